@@ -1,0 +1,192 @@
+//! The command line: every command, flag and default, as clap derive types.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// tally: a lakehouse query and batch engine for payment events.
+///
+/// One immutable raw lake; a daily exact ledger for finance, a seconds-fresh live view for
+/// operations, ad-hoc SQL for analysts.
+#[derive(Debug, Parser)]
+#[command(name = "tally", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts, before or after the subcommand.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Lake root: a local directory or s3://bucket/prefix [default: ./lake]
+    #[arg(long, global = true, env = "TALLY_LAKE")]
+    pub lake: Option<String>,
+    /// Config file [default: ./tally.toml if present]
+    #[arg(long, global = true, env = "TALLY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SQL over every registered table and print the result.
+    Sql(SqlArgs),
+    /// Interactive SQL: history, multi-line statements ending in `;`, `\d` to list tables.
+    Shell(ShellArgs),
+    /// List the registered tables.
+    Tables,
+    /// Write a realistic, deterministic raw lake (for demos, tests and benchmarks).
+    Generate(GenerateArgs),
+    /// Build one event day's ledger: every transaction once, replaced in one Delta commit.
+    Ledger(LedgerArgs),
+    /// Make a sample lake with realistic traffic and show what tally does with it.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    /// The event day (UTC), YYYY-MM-DD.
+    #[arg(long)]
+    pub date: String,
+    /// Days after the event day whose arrivals still count [default: 3, or tally.toml]
+    #[arg(long)]
+    pub late_days: Option<u32>,
+    /// Hash buckets of txn_id the work is split into [default: 16, or tally.toml]
+    #[arg(long)]
+    pub buckets: Option<u32>,
+    /// Memory limit, e.g. 1GiB: the dedup spills to disk beyond it.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+    /// Print the plan instead of running it.
+    #[arg(long)]
+    pub explain: bool,
+    /// Output format of the run summary.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SummaryFormat,
+}
+
+/// How a job prints its summary.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SummaryFormat {
+    /// Lines for people.
+    Table,
+    /// One JSON object.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Event days in the sample lake.
+    #[arg(long, default_value_t = 3)]
+    pub days: u32,
+    /// Transactions per day in the sample lake.
+    #[arg(long, default_value_t = 200_000)]
+    pub events_per_day: u64,
+    /// Write a fresh sample lake even if one is there.
+    #[arg(long)]
+    pub regenerate: bool,
+}
+
+/// How query results are printed.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// An aligned text table (for people).
+    Table,
+    /// CSV with a header, streamed.
+    Csv,
+    /// A JSON array of objects, streamed.
+    Json,
+    /// One JSON object per line, streamed.
+    Ndjson,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL text; several statements separated by `;` run in order.
+    pub query: String,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Allow DDL, DML, COPY and SET (raw data stays read-only).
+    #[arg(long)]
+    pub allow_write: bool,
+    /// Most rows the table format prints (csv/json print all).
+    #[arg(long, default_value_t = 1000)]
+    pub max_rows: usize,
+    /// Memory limit for the query, e.g. 2GiB; operators spill beyond it.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Allow DDL, DML, COPY and SET (raw data stays read-only).
+    #[arg(long)]
+    pub allow_write: bool,
+    /// Most rows printed per query.
+    #[arg(long, default_value_t = 40)]
+    pub max_rows: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of event days.
+    #[arg(long, default_value_t = 3)]
+    pub days: u32,
+    /// Distinct transactions per event day.
+    #[arg(long, default_value_t = 100_000)]
+    pub events_per_day: u64,
+    /// RNG seed; the same seed writes the same rows.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// First event day (YYYY-MM-DD).
+    #[arg(long, default_value = "2026-11-01")]
+    pub start: String,
+    /// Uniform partner volume instead of the default Zipf skew.
+    #[arg(long)]
+    pub skew_free: bool,
+    /// Number of partners.
+    #[arg(long, default_value_t = 300)]
+    pub partners: u32,
+}
+
+/// Parses a byte size like `512MiB`, `1GiB`, `2G` or a plain number of bytes.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected e.g. 512MiB or 2GiB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("bad size unit {other:?} in {s:?}")),
+    };
+    Ok((n * mult) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,8 @@
+//! One module per command: each turns its arguments into engine calls and prints the result.
+
+pub mod demo;
+pub mod generate;
+pub mod ledger;
+pub mod shell;
+pub mod sql;
+pub mod tables;

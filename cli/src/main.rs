@@ -1,0 +1,79 @@
+//! The `tally` binary: parses arguments, sets up logging, dispatches to one command module, and
+//! turns the outcome into an exit code (0 ok, 1 error, 2 usage, 3 reconciliation drift) with a
+//! one-line message. A closed stdout (`tally sql … | head`) is success.
+
+mod args;
+mod cmd;
+mod context;
+mod output;
+mod progress_bar;
+
+use args::{Cli, Command};
+use clap::Parser;
+use context::Context;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// The whole error chain on one line.
+pub fn one_line_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = tally_engine::lake::one_line(&cause.to_string());
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<tally_engine::TallyError>()
+                .is_some_and(|t| t.is_broken_pipe())
+            || c.to_string().contains("Broken pipe")
+    })
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,tally_engine=info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ctx = Context::resolve(&cli.global)?;
+    match &cli.command {
+        Command::Sql(a) => rt.block_on(cmd::sql::run(&ctx, a))?,
+        Command::Shell(a) => cmd::shell::run(&rt, &ctx, a)?,
+        Command::Tables => rt.block_on(cmd::tables::run(&ctx))?,
+        Command::Generate(a) => rt.block_on(cmd::generate::run(&ctx, a))?,
+        Command::Ledger(a) => rt.block_on(cmd::ledger::run(&ctx, a))?,
+        Command::Demo(a) => rt.block_on(cmd::demo::run(&ctx, a))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! `tally.toml`: where the lake is, how to reach S3, extra tables, and job settings.
+//!
+//! Layering is defaults < file < environment < flags. This module owns the first two and the
+//! shape; the CLI applies environment and flags and passes the resolved [`Config`] in, so the
+//! engine never reads globals behind the caller's back (the `AWS_*` variables are the one
+//! documented exception, read by [`crate::lake`] as every S3 tool does).
+
+use crate::error::{Result, TallyError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration. Every section has defaults, so an empty file is valid.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Lake root: a local path or `s3://bucket/prefix`. `None` means `./lake`.
+    pub lake: Option<String>,
+    /// How to reach S3-compatible storage; unset fields fall back to `AWS_*` variables.
+    pub s3: S3Options,
+    /// Extra tables to register by name, beside the lake's own.
+    pub tables: BTreeMap<String, TableConfig>,
+    /// Settings of the daily ledger job.
+    pub ledger: LedgerConfig,
+}
+
+/// S3 connection settings. Secrets are redacted from `Debug` output and never logged.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible server (`AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// Region (`AWS_REGION`); S3-compatible servers usually accept any.
+    pub region: Option<String>,
+    /// Access key id (`AWS_ACCESS_KEY_ID`). Prefer the environment over the file.
+    pub access_key_id: Option<String>,
+    /// Secret key (`AWS_SECRET_ACCESS_KEY`). Prefer the environment over the file.
+    pub secret_access_key: Option<String>,
+    /// Session token (`AWS_SESSION_TOKEN`).
+    pub session_token: Option<String>,
+    /// Allow plain HTTP endpoints (`AWS_ALLOW_HTTP`), e.g. a server on loopback.
+    pub allow_http: Option<bool>,
+    /// Per-request timeout: an unreachable endpoint fails after this, not after minutes.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Retries of a failed request before giving up.
+    pub max_retries: usize,
+    /// Total time spent retrying one request.
+    #[serde(with = "humantime_serde")]
+    pub retry_timeout: Duration,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: None,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &redact(&self.access_key_id))
+            .field("secret_access_key", &redact(&self.secret_access_key))
+            .field("session_token", &redact(&self.session_token))
+            .field("allow_http", &self.allow_http)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .finish()
+    }
+}
+
+/// Storage format of an extra table.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// A directory of Parquet files (hive partitions are discovered as columns).
+    Parquet,
+    /// A Delta table.
+    Delta,
+}
+
+/// An extra table registered by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Local path or `s3://` URL; relative paths are relative to the working directory.
+    pub location: String,
+    /// Parquet directory or Delta table.
+    pub format: TableFormat,
+}
+
+/// Settings of `tally ledger` and `tally backfill`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Days after D whose arrivals still count for D (partner replays land late).
+    pub late_days: u32,
+    /// Hash buckets of `txn_id` the dedup is split into.
+    pub buckets: u32,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            late_days: 3,
+            buckets: 16,
+        }
+    }
+}
+
+impl Config {
+    /// Parses a `tally.toml` text.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| TallyError::Config {
+            message: format!("{origin}: {}", e.to_string().replace('\n', " ")),
+        })
+    }
+
+    /// Reads `path`; when `required` is false a missing file gives the defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, &path.display().to_string()),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(TallyError::Config {
+                message: format!("cannot read {}: {e}", path.display()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", "t").unwrap();
+        assert_eq!(c.ledger.late_days, 3);
+        assert!(c.lake.is_none());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml(
+            r#"
+            lake = "s3://bucket/lake"
+            [s3]
+            endpoint = "http://127.0.0.1:9000"
+            allow_http = true
+            timeout = "10s"
+            [tables.fx]
+            location = "/data/fx"
+            format = "delta"
+            [ledger]
+            late_days = 5
+            "#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.s3.timeout, Duration::from_secs(10));
+        assert_eq!(c.tables["fx"].format, TableFormat::Delta);
+        assert_eq!(c.ledger.late_days, 5);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let e = Config::from_toml("lak = 1", "tally.toml").unwrap_err();
+        assert!(e.to_string().contains("lak"), "{e}");
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let s = S3Options {
+            secret_access_key: Some("hunter2".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,20 @@
+//! The jobs' SQL, embedded from `sql/*.sql` so the binary carries exactly the text reviewed in
+//! the repository, and named here in one place. Values are bound as `$n` parameters, never
+//! spliced into the text.
+
+/// Day D's ledger: arrivals, per-transaction collapse, agreement check (`sql/ledger.sql`).
+pub const LEDGER: &str = include_str!("../../sql/ledger.sql");
+
+/// Settles transactions whose copies disagree (`sql/ledger_disputed.sql`).
+pub const LEDGER_DISPUTED: &str = include_str!("../../sql/ledger_disputed.sql");
+
+/// A short, stable hash of SQL texts, recorded in commits so a re-run can prove it ran the
+/// same logic.
+pub fn sql_hash(texts: &[&str]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for t in texts {
+        h.update(t.as_bytes());
+        h.update(&[0]);
+    }
+    format!("{:016x}", h.digest())
+}

@@ -1,0 +1,98 @@
+//! The content fingerprint of a ledger day: what a re-run must reproduce.
+//!
+//! Row count, the exact amount sum, and an order-independent hash of the rows (the wrapping sum
+//! of each row's XXH3-64 over a canonical encoding of every column). File names, file order and
+//! row order do not matter; any changed value, lost row or extra row does.
+
+use crate::error::{Result, TallyError};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Fingerprint of a set of ledger rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Number of rows.
+    pub rows: u64,
+    /// Sum of `amount` in cents (exact).
+    pub amount_cents: i128,
+    /// Wrapping sum of per-row hashes.
+    pub row_hash: u64,
+}
+
+impl Fingerprint {
+    /// Folds a batch with the ledger schema into the fingerprint.
+    pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| TallyError::Internal(format!("fingerprint: no column {name}")))
+        };
+        let txn = col("txn_id")?.as_string::<i32>();
+        let partner = col("partner_id")?.as_string::<i32>();
+        let event = col("event_time")?.as_primitive::<TimestampMicrosecondType>();
+        let day = col("event_date")?.as_primitive::<Date32Type>();
+        let amount = col("amount")?.as_primitive::<Decimal128Type>();
+        let currency = col("currency")?.as_string::<i32>();
+        let status = col("status")?.as_string::<i32>();
+        let first = col("first_ingest_time")?.as_primitive::<TimestampMicrosecondType>();
+        let copies = col("copies")?.as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            let mut h = Xxh3::new();
+            let s = |h: &mut Xxh3, a: &arrow::array::StringArray| {
+                if a.is_null(i) {
+                    h.update(&[0]);
+                } else {
+                    h.update(&[1]);
+                    h.update(a.value(i).as_bytes());
+                    h.update(&[0xff]);
+                }
+            };
+            let n = |h: &mut Xxh3, valid: bool, bytes: &[u8]| {
+                h.update(&[valid as u8]);
+                if valid {
+                    h.update(bytes);
+                }
+            };
+            s(&mut h, txn);
+            s(&mut h, partner);
+            n(&mut h, event.is_valid(i), &event.value(i).to_le_bytes());
+            n(&mut h, day.is_valid(i), &day.value(i).to_le_bytes());
+            n(&mut h, amount.is_valid(i), &amount.value(i).to_le_bytes());
+            s(&mut h, currency);
+            s(&mut h, status);
+            n(&mut h, first.is_valid(i), &first.value(i).to_le_bytes());
+            n(&mut h, copies.is_valid(i), &copies.value(i).to_le_bytes());
+            self.row_hash = self.row_hash.wrapping_add(h.digest());
+            if amount.is_valid(i) {
+                self.amount_cents += amount.value(i);
+            }
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Combines fingerprints of disjoint row sets.
+    pub fn merge(&mut self, other: &Fingerprint) {
+        self.rows += other.rows;
+        self.amount_cents += other.amount_cents;
+        self.row_hash = self.row_hash.wrapping_add(other.row_hash);
+    }
+
+    /// The amount sum as decimal text (`1234` → `12.34`).
+    pub fn amount_text(&self) -> String {
+        let a = self.amount_cents.unsigned_abs();
+        let sign = if self.amount_cents < 0 { "-" } else { "" };
+        format!("{sign}{}.{:02}", a / 100, a % 100)
+    }
+
+    /// The commit-info form.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rows": self.rows,
+            "amount_sum": self.amount_text(),
+            "row_hash": format!("{:016x}", self.row_hash),
+        })
+    }
+}

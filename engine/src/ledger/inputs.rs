@@ -1,0 +1,51 @@
+//! The raw files a ledger day reads, checked before any work starts.
+//!
+//! Finance must never get a ledger with data silently left out, so every Parquet file in the
+//! day's arrival window is opened (footer only) before the plan runs: a corrupt file, a file
+//! with the wrong schema, or a `txn_id` column with nulls (per the footer statistics) fails the
+//! run, naming the file, before anything is written. The list is also the run's recorded input.
+
+use crate::error::{Result, TallyError};
+use crate::lake::{layout, Lake};
+use crate::raw_files::{self, InputFile};
+use crate::schema;
+use chrono::{Days, NaiveDate};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectMeta;
+
+/// Lists and checks the raw files with `ingest_date` in `[day, day + late_days]`.
+pub async fn collect(lake: &Lake, day: NaiveDate, late_days: u32) -> Result<Vec<InputFile>> {
+    let store = lake.store();
+    let mut metas: Vec<ObjectMeta> = Vec::new();
+    for offset in 0..=late_days {
+        let d = day
+            .checked_add_days(Days::new(offset as u64))
+            .ok_or_else(|| TallyError::InvalidArgument {
+                what: "date".into(),
+                message: format!("{day} + {offset} days is out of range"),
+            })?;
+        let prefix = lake.path_of(&format!(
+            "{}/{}={d}",
+            layout::RAW_PAYMENTS,
+            schema::INGEST_DATE
+        ))?;
+        let listed: Vec<ObjectMeta> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| lake.storage_error(e))?;
+        metas.extend(
+            listed
+                .into_iter()
+                .filter(|m| m.location.extension() == Some("parquet")),
+        );
+    }
+    let checked: Vec<InputFile> = futures::stream::iter(metas)
+        .map(|meta| raw_files::check(lake, meta))
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    let mut checked = checked;
+    checked.sort();
+    Ok(checked)
+}

@@ -1,0 +1,463 @@
+//! `tally ledger`: day D's ledger, every transaction once, replaced in one Delta commit.
+//!
+//! The plan is `sql/ledger.sql`: arrivals of D's events over the lateness horizon, collapsed per
+//! transaction by an aggregate grouped on (`txn_bucket(txn_id)`, `txn_id`), so the work is
+//! hash-partitioned by transaction and the aggregate spills under a memory limit instead of
+//! failing. Transactions whose copies disagree are settled by `sql/ledger_disputed.sql` and
+//! their variants go to `ledger_conflicts`. Each output partition is sorted by
+//! (`partner_id`, `txn_id`) and streamed into its own Parquet file, so files are sized by the
+//! bucket count and row groups prune by partner. The day's files then replace the previous
+//! ones in ONE commit whose info records the inputs, the SQL hash and the content fingerprint.
+//! Until that commit, readers see the previous ledger: a run killed at any moment changes nothing
+//! but leaves unreferenced files (removed by VACUUM).
+
+mod fingerprint;
+mod inputs;
+
+pub use crate::raw_files::InputFile;
+pub use fingerprint::Fingerprint;
+
+use crate::delta;
+use crate::error::{Result, TallyError};
+use crate::jobs_sql;
+use crate::lake::layout;
+use crate::progress::Progress;
+use crate::schema::{self, EVENT_DATE};
+use crate::session::TallySession;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use chrono::{Days, NaiveDate, NaiveTime};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::physical_expr::expressions::col as phys_col;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::{cast, col, lit};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a ledger run did.
+#[derive(Debug, Clone)]
+pub struct LedgerMetrics {
+    /// The event day.
+    pub day: NaiveDate,
+    /// Raw files read (the whole arrival window).
+    pub files_read: usize,
+    /// Raw rows in those files (the window; rows outside day D are skipped by the plan).
+    pub rows_read: u64,
+    /// Ledger rows written.
+    pub ledger_rows: u64,
+    /// Transactions whose copies disagreed (settled by the disputed path).
+    pub disputed: u64,
+    /// Rows written to `ledger_conflicts` (one per distinct payload).
+    pub conflict_rows: u64,
+    /// The content fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Delta version of `ledger` that holds the day.
+    pub version: u64,
+    /// Files the commit replaced and added.
+    pub removed_files: usize,
+    /// Files added.
+    pub added_files: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Builds one day's ledger. Configure with `with_*`, then [`LedgerJob::run`] or
+/// [`LedgerJob::explain`].
+pub struct LedgerJob<'a> {
+    session: &'a TallySession,
+    day: NaiveDate,
+    late_days: u32,
+    buckets: u32,
+    progress: &'a dyn Progress,
+}
+
+impl<'a> LedgerJob<'a> {
+    /// The job for `day` over `session`'s lake, with the default horizon of 3 days.
+    pub fn new(session: &'a TallySession, day: NaiveDate) -> Self {
+        Self {
+            session,
+            day,
+            late_days: 3,
+            buckets: 16,
+            progress: &crate::progress::NoProgress,
+        }
+    }
+
+    /// Days after D whose arrivals still count.
+    pub fn with_late_days(mut self, days: u32) -> Self {
+        self.late_days = days;
+        self
+    }
+
+    /// Number of `txn_id` hash buckets.
+    pub fn with_buckets(mut self, buckets: u32) -> Self {
+        self.buckets = buckets.max(1);
+        self
+    }
+
+    /// Where to report progress.
+    pub fn with_progress(mut self, progress: &'a dyn Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    fn params(&self) -> Result<Vec<ScalarValue>> {
+        let bad = || TallyError::InvalidArgument {
+            what: "date".into(),
+            message: format!("{} + {} days is out of range", self.day, self.late_days),
+        };
+        let last = self
+            .day
+            .checked_add_days(Days::new(self.late_days as u64))
+            .ok_or_else(bad)?;
+        let next = self.day.checked_add_days(Days::new(1)).ok_or_else(bad)?;
+        let date = |d: NaiveDate| ScalarValue::Date32(Some(schema::date32(d)));
+        let ts = |d: NaiveDate| {
+            ScalarValue::TimestampMicrosecond(
+                Some(d.and_time(NaiveTime::MIN).and_utc().timestamp_micros()),
+                Some("UTC".into()),
+            )
+        };
+        Ok(vec![date(self.day), date(last), ts(self.day), ts(next)])
+    }
+
+    fn require_raw(&self) -> Result<()> {
+        self.session
+            .table("raw_payments")
+            .map(|_| ())
+            .map_err(|_| TallyError::TableNotFound {
+                name: format!(
+                    "raw_payments (no raw files under {})",
+                    self.session
+                        .lake()
+                        .url_of(layout::RAW_PAYMENTS)
+                        .map(|u| u.to_string())
+                        .unwrap_or_default()
+                ),
+            })
+    }
+
+    /// The physical plan: the ledger SQL, each hash partition sorted by (partner_id, txn_id).
+    async fn plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
+        self.require_raw()?;
+        let mut params = self.params()?;
+        params.push(ScalarValue::Int64(Some(self.buckets as i64)));
+        let df = self
+            .session
+            .ctx()
+            .sql(jobs_sql::LEDGER)
+            .await?
+            .with_param_values(params)?;
+        let plan = df.create_physical_plan().await?;
+        let schema = plan.schema();
+        let ordering = LexOrdering::new(vec![
+            PhysicalSortExpr::new_default(phys_col("partner_id", &schema)?),
+            PhysicalSortExpr::new_default(phys_col("txn_id", &schema)?),
+        ])
+        .ok_or_else(|| TallyError::Internal("empty sort order".into()))?;
+        Ok(Arc::new(
+            SortExec::new(ordering, plan).with_preserve_partitioning(true),
+        ))
+    }
+
+    /// The plan as text, for `tally ledger --explain`.
+    pub async fn explain(&self) -> Result<String> {
+        let plan = self.plan().await?;
+        let text = displayable(plan.as_ref()).indent(true).to_string();
+        Ok(text)
+    }
+
+    /// Builds the day and commits it.
+    pub async fn run(self) -> Result<LedgerMetrics> {
+        let started = Instant::now();
+        let lake = self.session.lake();
+        self.require_raw()?;
+        self.progress
+            .message(&format!("{}: checking raw files", self.day));
+        let inputs = inputs::collect(lake, self.day, self.late_days).await?;
+        let rows_read: u64 = inputs.iter().map(|f| f.rows).sum();
+
+        let ledger_url = lake.url_of(layout::LEDGER)?;
+        let table =
+            delta::open_or_create(lake, &ledger_url, "ledger", &schema::LEDGER, &[EVENT_DATE])
+                .await?;
+
+        // Phase 1: the ledger plan, one writer per hash partition.
+        self.progress.message(&format!(
+            "{}: deduplicating {} raw rows",
+            self.day, rows_read
+        ));
+        let plan = self.plan().await?;
+        let partitions = plan.output_partitioning().partition_count();
+        self.progress.set_total("partitions", partitions as u64 + 1);
+        let task_ctx = self.session.ctx().task_ctx();
+        let mut tasks = Vec::new();
+        for p in 0..partitions {
+            let stream = plan.execute(p, Arc::clone(&task_ctx))?;
+            let writer = RecordBatchWriter::for_table(&table)?
+                .with_writer_properties(ledger_writer_properties());
+            tasks.push(tokio::spawn(write_partition(stream, writer)));
+        }
+        let mut adds = Vec::new();
+        let mut fp = Fingerprint::default();
+        let mut disputed: Vec<RecordBatch> = Vec::new();
+        for t in tasks {
+            let part = t
+                .await
+                .map_err(|e| TallyError::Internal(format!("ledger writer task: {e}")))??;
+            adds.extend(part.adds);
+            fp.merge(&part.fingerprint);
+            disputed.extend(part.disputed);
+            self.progress.advance(1);
+        }
+
+        // Phase 2: transactions whose copies disagree.
+        let disputed_count: u64 = disputed.iter().map(|b| b.num_rows() as u64).sum();
+        let mut conflicts: Vec<RecordBatch> = Vec::new();
+        if disputed_count > 0 {
+            let (winners, variants) = self.settle_disputed(disputed).await?;
+            let mut writer = RecordBatchWriter::for_table(&table)?
+                .with_writer_properties(ledger_writer_properties());
+            for b in winners {
+                let b = schema::conform(&b, &writer.arrow_schema())?;
+                fp.update(&b)?;
+                writer.write(b).await?;
+            }
+            adds.extend(writer.flush().await?);
+            conflicts = variants;
+        }
+        self.progress.advance(1);
+
+        // Phase 3: conflicts, then the ledger commit (the one finance reads).
+        let conflict_rows = self.write_conflicts(conflicts).await?;
+        let day_text = self.day.to_string();
+        let meta = commit_info(
+            &self,
+            &inputs,
+            rows_read,
+            &fp,
+            disputed_count,
+            conflict_rows,
+        );
+        let added_files = adds.len();
+        let (version, removed_files) =
+            delta::replace_partition(&table, EVENT_DATE, &day_text, adds, meta).await?;
+        Ok(LedgerMetrics {
+            day: self.day,
+            files_read: inputs.len(),
+            rows_read,
+            ledger_rows: fp.rows,
+            disputed: disputed_count,
+            conflict_rows,
+            fingerprint: fp,
+            version,
+            removed_files,
+            added_files,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Runs `ledger_disputed.sql` over the disputed ids; returns (ledger rows, conflict rows).
+    async fn settle_disputed(
+        &self,
+        disputed: Vec<RecordBatch>,
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+        let ctx = self.session.ctx();
+        let schema = disputed[0].schema();
+        let ids = MemTable::try_new(schema, vec![disputed])?;
+        ctx.register_table("disputed_txns", Arc::new(ids))?;
+        let result = async {
+            let df = ctx
+                .sql(jobs_sql::LEDGER_DISPUTED)
+                .await?
+                .with_param_values(self.params()?)?;
+            let settled = df.cache().await?;
+            let winners = settled
+                .clone()
+                .filter(col("is_winner"))?
+                .select(vec![
+                    col("txn_id"),
+                    col("partner_id"),
+                    col("event_time"),
+                    cast(col("event_time"), arrow::datatypes::DataType::Date32).alias(EVENT_DATE),
+                    col("amount"),
+                    col("currency"),
+                    col("status"),
+                    col("txn_first_ingest_time").alias("first_ingest_time"),
+                    col("txn_copies").alias("copies"),
+                ])?
+                .collect()
+                .await?;
+            let variants = settled
+                .filter(col("variants").gt(lit(1i64)))?
+                .select(vec![
+                    col("txn_id"),
+                    cast(col("event_time"), arrow::datatypes::DataType::Date32).alias(EVENT_DATE),
+                    col("partner_id"),
+                    col("amount"),
+                    col("currency"),
+                    col("status"),
+                    col("first_ingest_time"),
+                    col("copies"),
+                    col("is_winner"),
+                ])?
+                .collect()
+                .await?;
+            Ok::<_, TallyError>((winners, variants))
+        }
+        .await;
+        ctx.deregister_table("disputed_txns")?;
+        let (winners, variants) = result?;
+        // Conflict rows are all of day D (the event_time of losing variants may be NULL above).
+        let day = ScalarValue::Date32(Some(schema::date32(self.day)));
+        let variants = variants
+            .into_iter()
+            .map(|b| {
+                let n = b.num_rows();
+                let mut cols = b.columns().to_vec();
+                cols[1] = day.to_array_of_size(n)?;
+                Ok(RecordBatch::try_new(b.schema(), cols)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((winners, variants))
+    }
+
+    /// Replaces day D in `ledger_conflicts` (even with no rows, so a re-run clears stale ones).
+    async fn write_conflicts(&self, batches: Vec<RecordBatch>) -> Result<u64> {
+        let lake = self.session.lake();
+        let url = lake.url_of(layout::LEDGER_CONFLICTS)?;
+        let table = delta::open_or_create(
+            lake,
+            &url,
+            "ledger_conflicts",
+            &schema::LEDGER_CONFLICTS,
+            &[EVENT_DATE],
+        )
+        .await?;
+        let mut writer = RecordBatchWriter::for_table(&table)?;
+        let mut rows = 0u64;
+        for b in batches {
+            let b = schema::conform(&b, &writer.arrow_schema())?;
+            rows += b.num_rows() as u64;
+            writer.write(b).await?;
+        }
+        let adds = writer.flush().await?;
+        let meta = HashMap::from([(
+            "tally".to_string(),
+            serde_json::json!({"job": "ledger_conflicts", "day": self.day.to_string(), "rows": rows}),
+        )]);
+        delta::replace_partition(&table, EVENT_DATE, &self.day.to_string(), adds, meta).await?;
+        Ok(rows)
+    }
+}
+
+/// What one partition writer produced.
+struct PartOutput {
+    adds: Vec<deltalake::kernel::Add>,
+    fingerprint: Fingerprint,
+    /// `txn_id`s whose copies disagree (one-column batches).
+    disputed: Vec<RecordBatch>,
+}
+
+/// Streams one hash partition into ledger files, splitting off disputed transactions.
+async fn write_partition(
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    mut writer: RecordBatchWriter,
+) -> Result<PartOutput> {
+    let mut fp = Fingerprint::default();
+    let mut disputed = Vec::new();
+    let target = writer.arrow_schema();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let txn = batch
+            .column_by_name("txn_id")
+            .ok_or_else(|| TallyError::Internal("ledger plan lost txn_id".into()))?;
+        if txn.null_count() > 0 {
+            return Err(TallyError::BadInput {
+                message: "raw rows with a null txn_id (the dedup key) in the day's window".into(),
+            });
+        }
+        let agree = batch
+            .column_by_name("agree")
+            .ok_or_else(|| TallyError::Internal("ledger plan lost agree".into()))?
+            .as_boolean()
+            .clone();
+        let agreed = filter_record_batch(&batch, &agree)?;
+        let not_agree = arrow::compute::not(&agree)?;
+        let others = filter_record_batch(&batch, &not_agree)?;
+        if others.num_rows() > 0 {
+            disputed.push(others.project(&[others.schema().index_of("txn_id")?])?);
+        }
+        if agreed.num_rows() > 0 {
+            let b = schema::conform(&agreed, &target)?;
+            fp.update(&b)?;
+            writer.write(b).await?;
+        }
+    }
+    let adds = writer.flush().await?;
+    Ok(PartOutput {
+        adds,
+        fingerprint: fp,
+        disputed,
+    })
+}
+
+/// Ledger files: zstd, row groups of 128k rows (sorted by partner, so they prune), a bloom
+/// filter on `txn_id` for point lookups (`tally trace`, disputes).
+fn ledger_writer_properties() -> parquet::file::properties::WriterProperties {
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .set_column_bloom_filter_enabled("txn_id".into(), true)
+        .build()
+}
+
+/// The commit info: what produced this version, and what it contains.
+fn commit_info(
+    job: &LedgerJob<'_>,
+    inputs: &[InputFile],
+    rows_read: u64,
+    fp: &Fingerprint,
+    disputed: u64,
+    conflict_rows: u64,
+) -> HashMap<String, serde_json::Value> {
+    HashMap::from([(
+        "tally".to_string(),
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "job": "ledger",
+            "day": job.day.to_string(),
+            "late_days": job.late_days,
+            "buckets": job.buckets,
+            "sql_hash": jobs_sql::sql_hash(&[jobs_sql::LEDGER, jobs_sql::LEDGER_DISPUTED]),
+            "inputs": {
+                "files": inputs,
+                "file_count": inputs.len(),
+                "rows_read": rows_read,
+                "hash": inputs_hash(inputs),
+            },
+            "fingerprint": fp.to_json(),
+            "disputed": disputed,
+            "conflict_rows": conflict_rows,
+        }),
+    )])
+}
+
+/// A hash of the input file list (paths and sizes): equal hashes mean the same raw inputs.
+pub fn inputs_hash(inputs: &[InputFile]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for f in inputs {
+        h.update(f.path.as_bytes());
+        h.update(&[0]);
+        h.update(&f.size.to_le_bytes());
+    }
+    format!("{:016x}", h.digest())
+}

@@ -1,0 +1,41 @@
+//! tally's engine: the lake, sessions over it, and the jobs that run on them.
+//!
+//! Module map:
+//! - [`config`]: `tally.toml` (lake location, S3 options, extra tables, job settings);
+//! - [`day`]: parsing the calendar days jobs take;
+//! - [`lake`]: the lake root, its object store and table layout;
+//! - [`schema`]: every table schema, defined once;
+//! - [`session`]: the one place a DataFusion session is built (object store, UDFs, tables);
+//! - [`raw_files`]: checking raw Parquet files from their footers;
+//! - [`raw_table`]: `raw_payments`, pruned by arrival day from event-time filters;
+//! - [`delta`]: opening the lake's Delta tables with the lake's storage settings;
+//! - [`query`]: ad-hoc SQL with the read-only guard;
+//! - [`ledger`]: the daily finance ledger (exact dedup, one atomic Delta commit per day);
+//! - [`jobs_sql`]: the jobs' SQL texts from `sql/`;
+//! - [`generate`]: the realistic raw-lake generator;
+//! - [`progress`]: how long jobs report progress;
+//! - [`error`]: the typed error with its user / external / internal kind.
+//!
+//! arrow, datafusion and deltalake are re-exported so the CLI and tests never pin their own.
+
+pub mod config;
+pub mod day;
+pub mod delta;
+pub mod error;
+pub mod generate;
+pub mod jobs_sql;
+pub mod lake;
+pub mod ledger;
+pub mod progress;
+pub mod query;
+pub mod raw_files;
+pub mod raw_table;
+pub mod schema;
+pub mod session;
+
+pub use arrow;
+pub use datafusion;
+pub use deltalake;
+pub use error::{ErrorKind, Result, TallyError};
+pub use parquet;
+pub use tally_udfs as udfs;

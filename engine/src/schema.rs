@@ -1,0 +1,156 @@
+//! Table schemas, defined once.
+//!
+//! Every other place (the generator, the session's table registrations, the ledger's checks of
+//! raw files, the tests) takes its schema from here, so the copies cannot drift.
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use std::sync::{Arc, LazyLock};
+
+/// Precision of money columns: Decimal128(18, 2), exact to the cent.
+pub const AMOUNT_PRECISION: u8 = 18;
+/// Scale of money columns.
+pub const AMOUNT_SCALE: i8 = 2;
+
+/// The money type.
+pub fn amount_type() -> DataType {
+    DataType::Decimal128(AMOUNT_PRECISION, AMOUNT_SCALE)
+}
+
+/// Timestamps: microseconds, UTC.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Name of the hive partition column of `raw_payments`.
+pub const INGEST_DATE: &str = "ingest_date";
+
+/// Columns of a raw payment file (the `ingest_date` partition column is in the path, not here).
+pub static RAW_PAYMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, false),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("event_time", timestamp_type(), true),
+        Field::new("ingest_time", timestamp_type(), true),
+        Field::new("amount", amount_type(), true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+    ]))
+});
+
+/// Checks a raw file's schema against [`RAW_PAYMENTS`]; `Err` names the first difference.
+///
+/// String columns may be `Utf8`, `LargeUtf8` or `Utf8View`; nullability of `txn_id` in the file
+/// is not required (null values are caught by the jobs), everything else must match exactly.
+pub fn check_raw_schema(found: &Schema) -> Result<(), String> {
+    for want in RAW_PAYMENTS.fields() {
+        let Ok(got) = found.field_with_name(want.name()) else {
+            return Err(format!("missing column {}", want.name()));
+        };
+        let ok = match want.data_type() {
+            DataType::Utf8 => matches!(
+                got.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ),
+            DataType::Timestamp(unit, Some(_)) => matches!(
+                got.data_type(),
+                DataType::Timestamp(u, Some(tz))
+                    if u == unit && matches!(tz.as_ref(), "UTC" | "+00:00" | "Z")
+            ),
+            other => got.data_type() == other,
+        };
+        if !ok {
+            return Err(format!(
+                "column {} has type {}, expected {}",
+                want.name(),
+                got.data_type(),
+                want.data_type()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_schema_accepts_itself() {
+        check_raw_schema(&RAW_PAYMENTS).unwrap();
+    }
+
+    #[test]
+    fn float_amount_is_refused_by_name() {
+        let fields: Vec<Field> = RAW_PAYMENTS
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == "amount" {
+                    Field::new("amount", DataType::Float64, true)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        let e = check_raw_schema(&Schema::new(fields)).unwrap_err();
+        assert!(e.contains("amount") && e.contains("Float64"), "{e}");
+    }
+}
+
+/// Partition column of the ledger and its conflicts.
+pub const EVENT_DATE: &str = "event_date";
+
+/// The ledger: one row per transaction of an event day.
+pub static LEDGER: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, false),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("event_time", timestamp_type(), true),
+        Field::new(EVENT_DATE, DataType::Date32, false),
+        Field::new("amount", amount_type(), true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("first_ingest_time", timestamp_type(), true),
+        Field::new("copies", DataType::Int64, false),
+    ]))
+});
+
+/// Conflicting copies: one row per distinct payload of a disputed transaction.
+pub static LEDGER_CONFLICTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, false),
+        Field::new(EVENT_DATE, DataType::Date32, false),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("amount", amount_type(), true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+        Field::new("first_ingest_time", timestamp_type(), true),
+        Field::new("copies", DataType::Int64, false),
+        Field::new("is_winner", DataType::Boolean, false),
+    ]))
+});
+
+/// Casts a batch to `schema` by column name (e.g. `Utf8View` from a scan to `Utf8`).
+pub fn conform(
+    batch: &arrow::array::RecordBatch,
+    schema: &SchemaRef,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let col = batch.column_by_name(f.name()).ok_or_else(|| {
+                arrow::error::ArrowError::SchemaError(format!("missing column {}", f.name()))
+            })?;
+            arrow::compute::cast(col, f.data_type())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    arrow::array::RecordBatch::try_new(Arc::clone(schema), columns)
+}
+
+/// Days since 1970-01-01: the Arrow `Date32` value of a date.
+pub fn date32(day: chrono::NaiveDate) -> i32 {
+    // NaiveDate::default() is the Unix epoch, 1970-01-01.
+    day.signed_duration_since(chrono::NaiveDate::default())
+        .num_days() as i32
+}

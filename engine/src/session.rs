@@ -1,0 +1,265 @@
+//! The one place a DataFusion session is built.
+//!
+//! Every command (SQL, ledger, live, reconcile) gets its session from [`TallySession::open`], so
+//! the lake's object store, tally's UDFs and every table are registered the same way on every
+//! path. Tables that do not exist yet are simply absent; a table configured in `tally.toml` that
+//! cannot be opened is an error naming it.
+
+use crate::config::{Config, TableFormat};
+use crate::error::{Result, TallyError};
+use crate::lake::{layout, location_to_url, one_line, Lake};
+use crate::raw_table::RawPaymentsTable;
+use crate::schema;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use std::sync::Arc;
+
+/// Knobs for a session that differ between commands.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Memory limit in bytes for query execution; operators spill to disk beyond it.
+    pub memory_limit: Option<usize>,
+    /// Number of partitions plans are split into (default: the number of cores).
+    pub target_partitions: Option<usize>,
+}
+
+/// What a registered table is and where it lives, for `tally tables` and `\d`.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The SQL name.
+    pub name: String,
+    /// `parquet` or `delta`.
+    pub format: &'static str,
+    /// Its location URL.
+    pub location: String,
+    /// A short description (partitioning, Delta version).
+    pub detail: String,
+}
+
+/// A session over one lake, with every table registered.
+pub struct TallySession {
+    ctx: SessionContext,
+    lake: Lake,
+    tables: Vec<TableInfo>,
+}
+
+impl TallySession {
+    /// Builds a session over `lake`: object store, UDFs, the lake's tables and the configured ones.
+    pub async fn open(lake: &Lake, config: &Config, opts: &SessionOptions) -> Result<Self> {
+        let ctx = new_context(opts)?;
+        ctx.register_object_store(&lake.store_url(), lake.store());
+        tally_udfs::register_all(&ctx);
+        lake.check_reachable().await?;
+
+        let mut session = Self {
+            ctx,
+            lake: lake.clone(),
+            tables: Vec::new(),
+        };
+        let top = lake.list_dirs("").await?;
+        if top.iter().any(|d| d == "raw") {
+            session.register_raw_payments().await?;
+        }
+        for name in [
+            layout::LEDGER,
+            layout::LEDGER_CONFLICTS,
+            layout::LIVE_VIEW,
+            layout::LIVE_LATE,
+            layout::RECONCILIATIONS,
+            layout::RUNS,
+        ] {
+            if top.iter().any(|d| d == name) {
+                let url = lake.url_of(name)?;
+                session.register_delta_if_present(name, url).await?;
+            }
+        }
+        for (name, table) in &config.tables {
+            if session.tables.iter().any(|t| &t.name == name) {
+                return Err(TallyError::Config {
+                    message: format!("table {name} in tally.toml clashes with a lake table"),
+                });
+            }
+            let url = location_to_url(&table.location)?;
+            match table.format {
+                TableFormat::Parquet => session.register_parquet_dir(name, url).await?,
+                TableFormat::Delta => session.register_delta(name, url).await?,
+            }
+        }
+        Ok(session)
+    }
+
+    /// The DataFusion context (for running SQL or DataFrames).
+    pub fn ctx(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The lake this session reads.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// The registered tables, in registration order.
+    pub fn tables(&self) -> &[TableInfo] {
+        &self.tables
+    }
+
+    /// Looks up a registered table by name.
+    pub fn table(&self, name: &str) -> Result<&TableInfo> {
+        self.tables
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| TallyError::TableNotFound { name: name.into() })
+    }
+
+    async fn register_raw_payments(&mut self) -> Result<()> {
+        let url = self.lake.url_of(layout::RAW_PAYMENTS)?;
+        let parts = self.lake.list_dirs(layout::RAW_PAYMENTS).await?;
+        if parts.is_empty() {
+            return Ok(());
+        }
+        if parts.iter().any(|p| p == "_delta_log") {
+            return self.register_delta("raw_payments", url).await;
+        }
+        let table_url = listing_url(&url)?;
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![(schema::INGEST_DATE.to_string(), DataType::Date32)]);
+        let config = ListingTableConfig::new(table_url)
+            .with_listing_options(options)
+            .with_schema(Arc::clone(&schema::RAW_PAYMENTS));
+        let table = ListingTable::try_new(config)?;
+        self.ctx
+            .register_table("raw_payments", Arc::new(RawPaymentsTable::new(table)))?;
+        self.tables.push(TableInfo {
+            name: "raw_payments".into(),
+            format: "parquet",
+            location: url.to_string(),
+            detail: format!("{} ingest_date partitions", parts.len()),
+        });
+        Ok(())
+    }
+
+    /// Registers a Delta table if the location holds one; absent otherwise.
+    async fn register_delta_if_present(&mut self, name: &str, url: url::Url) -> Result<()> {
+        match self.open_delta(name, &url).await {
+            Ok(table) => self.register_opened_delta(name, &url, table).await,
+            Err(TallyError::Delta(deltalake::DeltaTableError::NotATable(_))) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn register_delta(&mut self, name: &str, url: url::Url) -> Result<()> {
+        let table = self.open_delta(name, &url).await?;
+        self.register_opened_delta(name, &url, table).await
+    }
+
+    async fn open_delta(&self, name: &str, url: &url::Url) -> Result<deltalake::DeltaTable> {
+        crate::delta::open(&self.lake, url)
+            .await
+            .map_err(|e| match e {
+                TallyError::Delta(deltalake::DeltaTableError::NotATable(_)) => e,
+                other => TallyError::TableOpen {
+                    name: name.into(),
+                    location: url.to_string(),
+                    message: one_line(&other.to_string()),
+                },
+            })
+    }
+
+    async fn register_opened_delta(
+        &mut self,
+        name: &str,
+        url: &url::Url,
+        table: deltalake::DeltaTable,
+    ) -> Result<()> {
+        table.update_datafusion_session(&self.ctx.state())?;
+        let provider = table.table_provider().await?;
+        self.ctx.register_table(name, provider)?;
+        self.tables.push(TableInfo {
+            name: name.into(),
+            format: "delta",
+            location: url.to_string(),
+            detail: table
+                .version()
+                .map(|v| format!("version {v}"))
+                .unwrap_or_default(),
+        });
+        Ok(())
+    }
+
+    async fn register_parquet_dir(&mut self, name: &str, url: url::Url) -> Result<()> {
+        let table_url = listing_url(&url)?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let state = self.ctx.state();
+        let options = options
+            .infer_partitions(&state, &table_url)
+            .await
+            .map(|cols| {
+                let cols = cols
+                    .into_iter()
+                    .map(|c| (c, DataType::Utf8))
+                    .collect::<Vec<_>>();
+                ListingOptions::new(Arc::new(ParquetFormat::default()))
+                    .with_file_extension(".parquet")
+                    .with_table_partition_cols(cols)
+            })
+            .map_err(|e| self.table_open_error(name, &url, e))?;
+        let config = ListingTableConfig::new(table_url)
+            .with_listing_options(options)
+            .infer_schema(&state)
+            .await
+            .map_err(|e| self.table_open_error(name, &url, e))?;
+        let table = ListingTable::try_new(config)?;
+        self.ctx.register_table(name, Arc::new(table))?;
+        self.tables.push(TableInfo {
+            name: name.into(),
+            format: "parquet",
+            location: url.to_string(),
+            detail: String::new(),
+        });
+        Ok(())
+    }
+
+    fn table_open_error(
+        &self,
+        name: &str,
+        url: &url::Url,
+        e: datafusion::error::DataFusionError,
+    ) -> TallyError {
+        TallyError::TableOpen {
+            name: name.into(),
+            location: url.to_string(),
+            message: one_line(&e.to_string()),
+        }
+    }
+}
+
+fn listing_url(url: &url::Url) -> Result<ListingTableUrl> {
+    Ok(ListingTableUrl::parse(url.as_str())?)
+}
+
+/// A context with tally's defaults: information_schema on, memory pool when limited.
+fn new_context(opts: &SessionOptions) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_create_default_catalog_and_schema(true);
+    if let Some(n) = opts.target_partitions {
+        config = config.with_target_partitions(n.max(1));
+    }
+    // Filter pushdown into the Parquet decoder: analysts' selective queries skip most pages.
+    config.options_mut().execution.parquet.pushdown_filters = true;
+    config.options_mut().execution.parquet.reorder_filters = true;
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = opts.memory_limit {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    let runtime = runtime.build_arc()?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}

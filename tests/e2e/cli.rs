@@ -1,0 +1,73 @@
+//! The command line itself: help, usage errors, bad arguments, missing lakes.
+
+use crate::harness::*;
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempdir();
+    for cmd in ["sql", "shell", "tables", "generate"] {
+        let out = tally_ok(dir.path(), &[cmd, "--help"]);
+        assert!(out.contains("Usage: tally"), "{cmd}: {out}");
+        assert!(
+            out.contains("--lake"),
+            "{cmd} help lacks the global --lake: {out}"
+        );
+    }
+}
+
+#[test]
+fn usage_error_exits_2() {
+    let dir = tempdir();
+    tally_fails(dir.path(), &["frobnicate"], 2);
+    tally_fails(dir.path(), &["generate", "--days", "many"], 2);
+}
+
+#[test]
+fn bad_date_exits_1_naming_the_value() {
+    let dir = tempdir();
+    let err = tally_fails(dir.path(), &["generate", "--start", "2026-02-30"], 1);
+    assert!(err.contains("2026-02-30"), "{err}");
+}
+
+#[test]
+fn missing_lake_is_one_clear_line() {
+    let dir = tempdir();
+    let err = tally_fails(dir.path(), &["sql", "SELECT 1"], 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("lake") && err.contains("no such directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lake_flag_is_global_before_or_after_the_subcommand_and_env_works() {
+    let dir = tempdir();
+    let lake = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&lake).unwrap();
+    let l = lake.to_str().unwrap();
+    tally_ok(dir.path(), &["--lake", l, "sql", "SELECT 1"]);
+    tally_ok(dir.path(), &["sql", "SELECT 1", "--lake", l]);
+    let out = tally_cmd(dir.path())
+        .env("TALLY_LAKE", l)
+        .args(["sql", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn config_file_sets_the_lake_and_bad_config_names_the_key() {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("cfglake")).unwrap();
+    std::fs::write(dir.path().join("tally.toml"), "lake = \"cfglake\"\n").unwrap();
+    let out = tally_ok(dir.path(), &["tables"]);
+    assert!(out.contains("cfglake"), "{out}");
+    std::fs::write(dir.path().join("tally.toml"), "lakes = \"x\"\n").unwrap();
+    let err = tally_fails(dir.path(), &["tables"], 1);
+    assert!(err.contains("lakes") && err.contains("tally.toml"), "{err}");
+}

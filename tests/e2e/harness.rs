@@ -1,0 +1,311 @@
+//! Helpers shared by the end-to-end modules: running `tally`, making lakes, reading raw files
+//! independently of the engine, and the S3 server.
+
+#![allow(dead_code)]
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Decimal128Type, TimestampMicrosecondType};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The built binary under test.
+pub fn tally_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tally")
+}
+
+/// A `tally` command with a clean environment (no AWS_*/TALLY_* leaking in) in `dir`.
+pub fn tally_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(tally_bin());
+    c.current_dir(dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") || k.starts_with("TALLY_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// Runs `tally` with args in `dir` and returns its output.
+pub fn tally(dir: &Path, args: &[&str]) -> Output {
+    tally_cmd(dir).args(args).output().expect("run tally")
+}
+
+/// Runs `tally`, asserting success, and returns stdout.
+pub fn tally_ok(dir: &Path, args: &[&str]) -> String {
+    let out = tally(dir, args);
+    assert!(
+        out.status.success(),
+        "tally {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+/// Runs `tally` expecting exit code `code`; returns stderr.
+pub fn tally_fails(dir: &Path, args: &[&str], code: i32) -> String {
+    let out = tally(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "tally {args:?}: expected exit {code}\nstdout: {}\nstderr: {stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// A fresh temp directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// Generates a small lake in `dir/lake` with the binary.
+pub fn generate(dir: &Path, days: u32, events: u64, seed: u64) {
+    tally_ok(
+        dir,
+        &[
+            "generate",
+            "--days",
+            &days.to_string(),
+            "--events-per-day",
+            &events.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ],
+    );
+}
+
+/// One raw row, read independently of the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RawRow {
+    pub txn_id: String,
+    pub partner_id: String,
+    pub event_time: i64,
+    pub ingest_time: i64,
+    pub amount: i128,
+    pub currency: String,
+    pub status: String,
+    /// `YYYY-MM-DD` from the file's `ingest_date=` directory.
+    pub ingest_date: String,
+    pub file: PathBuf,
+}
+
+/// Every Parquet file under a directory, recursively, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn read_batches(path: &Path) -> Vec<RecordBatch> {
+    let f = std::fs::File::open(path).expect("open parquet");
+    ParquetRecordBatchReaderBuilder::try_new(f)
+        .expect("parquet reader")
+        .build()
+        .expect("build reader")
+        .map(|b| b.expect("batch"))
+        .collect()
+}
+
+fn string_at(a: &dyn Array, i: usize) -> String {
+    match a.data_type() {
+        arrow::datatypes::DataType::Utf8View => a.as_string_view().value(i).to_string(),
+        _ => a.as_string::<i32>().value(i).to_string(),
+    }
+}
+
+/// Reads every raw row of a local lake's `raw/payments`.
+pub fn read_raw(lake: &Path) -> Vec<RawRow> {
+    let root = lake.join("raw/payments");
+    let mut rows = Vec::new();
+    for file in parquet_files(&root) {
+        let ingest_date = file
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("ingest_date="))
+            .expect("ingest_date dir")
+            .to_string();
+        for b in read_batches(&file) {
+            let col = |n: &str| b.column_by_name(n).expect(n).clone();
+            let (id, p, et, it, am, cu, st) = (
+                col("txn_id"),
+                col("partner_id"),
+                col("event_time"),
+                col("ingest_time"),
+                col("amount"),
+                col("currency"),
+                col("status"),
+            );
+            let et = et.as_primitive::<TimestampMicrosecondType>();
+            let it = it.as_primitive::<TimestampMicrosecondType>();
+            let am = am.as_primitive::<Decimal128Type>();
+            for i in 0..b.num_rows() {
+                rows.push(RawRow {
+                    txn_id: string_at(id.as_ref(), i),
+                    partner_id: string_at(p.as_ref(), i),
+                    event_time: et.value(i),
+                    ingest_time: it.value(i),
+                    amount: am.value(i),
+                    currency: string_at(cu.as_ref(), i),
+                    status: string_at(st.as_ref(), i),
+                    ingest_date: ingest_date.clone(),
+                    file: file.clone(),
+                });
+            }
+        }
+    }
+    rows
+}
+
+/// Formats cents as the decimal text tally prints (`1234` → `12.34`).
+pub fn cents(c: i128) -> String {
+    let sign = if c < 0 { "-" } else { "" };
+    let a = c.abs();
+    format!("{sign}{}.{:02}", a / 100, a % 100)
+}
+
+/// Parses `tally sql --format csv` output into rows of fields (header dropped).
+pub fn csv_rows(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+/// Counts by key.
+pub fn count_by<K: std::hash::Hash + Eq, T>(rows: &[T], key: impl Fn(&T) -> K) -> HashMap<K, u64> {
+    let mut m = HashMap::new();
+    for r in rows {
+        *m.entry(key(r)).or_insert(0) += 1;
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3: a real S3-compatible server (moto) on loopback, started once per test run.
+
+/// A running moto server.
+pub struct S3Server {
+    pub endpoint: String,
+    _child: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn http(endpoint_port: u16, method: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", endpoint_port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{endpoint_port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    Some(resp)
+}
+
+/// The shared S3 server; panics (fails the test loudly) if it cannot be started.
+pub fn s3() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let port = free_port();
+        let bin = std::env::var("TALLY_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
+        // A shell wrapper keeps the server only as long as this test process lives: a static
+        // is never dropped, and CI must not be left with a stray server.
+        let script = format!(
+            "{bin} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; trap 'kill $m 2>/dev/null' EXIT; \
+             while kill -0 {pid} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done",
+            pid = std::process::id()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "cannot find the S3 test server `{bin}`: install it with `pip install 'moto[server]'` (.ci/run does this)"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http(port, "GET", "/").is_some() {
+                return S3Server {
+                    endpoint: format!("http://127.0.0.1:{port}"),
+                    _child: child,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("S3 test server did not answer on 127.0.0.1:{port} within 30 s");
+    })
+}
+
+impl S3Server {
+    fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
+    /// Creates a bucket (unique per test) and returns its name.
+    pub fn bucket(&self, name: &str) -> String {
+        let resp = http(self.port(), "PUT", &format!("/{name}")).expect("create bucket");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "create bucket {name}: {resp}"
+        );
+        name.to_string()
+    }
+
+    /// A `tally` command pointed at this server with dummy credentials.
+    pub fn cmd(&self, dir: &Path) -> Command {
+        let mut c = tally_cmd(dir);
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true");
+        c
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self._child.kill();
+    }
+}

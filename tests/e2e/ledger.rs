@@ -1,0 +1,479 @@
+//! `tally ledger`: exactness against an independent HashMap dedup, idempotence, late replays,
+//! conflicts, concurrency, a real kill mid-run, and bad input that must change nothing.
+
+use crate::harness::*;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+const DAY_US: i64 = 86_400_000_000;
+
+fn day_start(day: &str) -> i64 {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
+fn add_days(day: &str, n: i64) -> String {
+    (chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap() + chrono::Duration::days(n))
+        .to_string()
+}
+
+/// A ledger row as text fields, in the order of `LEDGER_SQL`.
+pub type Row = Vec<String>;
+
+/// The ledger of `day`, computed here from the raw files with a plain HashMap.
+pub fn expected_ledger(rows: &[RawRow], day: &str, late_days: i64) -> BTreeMap<String, Row> {
+    let lo = day_start(day);
+    let last = add_days(day, late_days);
+    let mut by_txn: HashMap<&str, Vec<&RawRow>> = HashMap::new();
+    for r in rows {
+        if r.event_time >= lo
+            && r.event_time < lo + DAY_US
+            && r.ingest_date.as_str() >= day
+            && r.ingest_date <= last
+        {
+            by_txn.entry(&r.txn_id).or_default().push(r);
+        }
+    }
+    by_txn
+        .into_iter()
+        .map(|(id, copies)| {
+            let w = copies
+                .iter()
+                .min_by(|a, b| {
+                    (
+                        a.ingest_time,
+                        &a.partner_id,
+                        a.amount,
+                        &a.currency,
+                        &a.status,
+                        a.event_time,
+                    )
+                        .cmp(&(
+                            b.ingest_time,
+                            &b.partner_id,
+                            b.amount,
+                            &b.currency,
+                            &b.status,
+                            b.event_time,
+                        ))
+                })
+                .unwrap();
+            (
+                id.to_string(),
+                vec![
+                    id.to_string(),
+                    w.partner_id.clone(),
+                    w.event_time.to_string(),
+                    cents(w.amount),
+                    w.currency.clone(),
+                    w.status.clone(),
+                    w.ingest_time.to_string(),
+                    copies.len().to_string(),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// Distinct payloads of transactions whose copies disagree: (txn, partner, amount, currency, status, is_winner).
+pub fn expected_conflicts(rows: &[RawRow], day: &str, late_days: i64) -> BTreeSet<Row> {
+    let lo = day_start(day);
+    let last = add_days(day, late_days);
+    let ledger = expected_ledger(rows, day, late_days);
+    let mut payloads: HashMap<&str, BTreeSet<(String, String, String, String)>> = HashMap::new();
+    for r in rows {
+        if r.event_time >= lo
+            && r.event_time < lo + DAY_US
+            && r.ingest_date.as_str() >= day
+            && r.ingest_date <= last
+        {
+            payloads.entry(&r.txn_id).or_default().insert((
+                r.partner_id.clone(),
+                cents(r.amount),
+                r.currency.clone(),
+                r.status.clone(),
+            ));
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (id, set) in payloads {
+        if set.len() > 1 {
+            let w = &ledger[id];
+            for (p, a, c, s) in set {
+                let win = (&p, &a, &c, &s) == (&w[1], &w[3], &w[4], &w[5]);
+                out.insert(vec![id.to_string(), p, a, c, s, win.to_string()]);
+            }
+        }
+    }
+    out
+}
+
+const LEDGER_SQL: &str = "SELECT txn_id, partner_id, CAST(event_time AS BIGINT) AS et, amount, currency, status, \
+     CAST(first_ingest_time AS BIGINT) AS fi, copies FROM ledger WHERE event_date = DATE '{day}' ORDER BY txn_id";
+
+/// The ledger of `day` as tally reports it.
+pub fn ledger_rows(dir: &Path, lake: Option<&str>, day: &str) -> BTreeMap<String, Row> {
+    let sql = LEDGER_SQL.replace("{day}", day);
+    let mut args = vec!["sql", sql.as_str(), "--format", "csv"];
+    if let Some(l) = lake {
+        args.extend(["--lake", l]);
+    }
+    csv_rows(&tally_ok(dir, &args))
+        .into_iter()
+        .map(|r| (r[0].clone(), r))
+        .collect()
+}
+
+fn conflict_rows(dir: &Path, day: &str) -> BTreeSet<Row> {
+    let sql = format!(
+        "SELECT txn_id, partner_id, amount, currency, status, is_winner FROM ledger_conflicts WHERE event_date = DATE '{day}'"
+    );
+    csv_rows(&tally_ok(dir, &["sql", &sql, "--format", "csv"]))
+        .into_iter()
+        .collect()
+}
+
+/// Runs the ledger with JSON output; returns the summary.
+pub fn run_ledger(dir: &Path, day: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["ledger", "--date", day, "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = tally_ok(dir, &args);
+    serde_json::from_str(out.trim().lines().last().unwrap()).expect("json summary")
+}
+
+fn delta_versions(table: &Path) -> usize {
+    std::fs::read_dir(table.join("_delta_log"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".json")
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn ledger_matches_an_independent_dedup_and_conflicts_are_listed() {
+    let dir = tempdir();
+    generate(dir.path(), 3, 20_000, 21);
+    let raw = read_raw(&dir.path().join("lake"));
+    for day in ["2026-11-01", "2026-11-02"] {
+        let summary = run_ledger(dir.path(), day, &[]);
+        let want = expected_ledger(&raw, day, 3);
+        let got = ledger_rows(dir.path(), None, day);
+        assert_eq!(got.len(), want.len(), "{day}: row count");
+        for (id, w) in &want {
+            assert_eq!(got.get(id), Some(w), "{day}: ledger row of {id}");
+        }
+        assert_eq!(summary["ledger_rows"], want.len() as u64);
+        let total: i128 = want
+            .values()
+            .map(|w| {
+                let (units, frac) = w[3].split_once('.').unwrap();
+                units.parse::<i128>().unwrap() * 100 + frac.parse::<i128>().unwrap()
+            })
+            .sum();
+        assert_eq!(
+            summary["fingerprint"]["amount_sum"],
+            cents(total),
+            "{day}: exact amount"
+        );
+        let conflicts = expected_conflicts(&raw, day, 3);
+        assert!(
+            !conflicts.is_empty(),
+            "the generator should produce conflicts"
+        );
+        assert_eq!(
+            conflict_rows(dir.path(), day),
+            conflicts,
+            "{day}: conflicts"
+        );
+    }
+}
+
+#[test]
+fn rerun_is_identical_and_leaves_other_days_alone() {
+    let dir = tempdir();
+    generate(dir.path(), 2, 10_000, 22);
+    let a = run_ledger(dir.path(), "2026-11-01", &[]);
+    let b = run_ledger(dir.path(), "2026-11-02", &[]);
+    let day1 = ledger_rows(dir.path(), None, "2026-11-01");
+    let day2 = ledger_rows(dir.path(), None, "2026-11-02");
+    let again = run_ledger(dir.path(), "2026-11-01", &["--buckets", "5"]);
+    assert_eq!(
+        again["fingerprint"], a["fingerprint"],
+        "re-run must reproduce the fingerprint"
+    );
+    assert_eq!(
+        again["removed_files"].as_u64().unwrap(),
+        a["added_files"].as_u64().unwrap()
+    );
+    assert!(again["version"].as_i64() > b["version"].as_i64());
+    assert_eq!(ledger_rows(dir.path(), None, "2026-11-01"), day1);
+    assert_eq!(ledger_rows(dir.path(), None, "2026-11-02"), day2);
+    // The commit info carries the fingerprint and the inputs.
+    let log = std::fs::read_to_string(dir.path().join(format!(
+        "lake/ledger/_delta_log/{:020}.json",
+        again["version"].as_i64().unwrap()
+    )))
+    .unwrap();
+    assert!(
+        log.contains("\"fingerprint\"")
+            && log.contains("\"sql_hash\"")
+            && log.contains("ingest_date=2026-11-01"),
+        "{log}"
+    );
+}
+
+#[test]
+fn late_replay_is_absorbed_on_rerun_without_double_counting() {
+    let dir = tempdir();
+    let out = tally_ok(
+        dir.path(),
+        &[
+            "generate",
+            "--days",
+            "1",
+            "--events-per-day",
+            "10000",
+            "--seed",
+            "23",
+        ],
+    );
+    assert!(out.contains("late replay"), "{out}");
+    let raw_dir = dir.path().join("lake/raw/payments");
+    let replays: Vec<_> = parquet_files(&raw_dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("-replay-"))
+        .collect();
+    assert!(!replays.is_empty());
+    // Before the replay lands.
+    let parked = dir.path().join("parked");
+    std::fs::create_dir_all(&parked).unwrap();
+    for (i, p) in replays.iter().enumerate() {
+        std::fs::rename(p, parked.join(format!("{i}.parquet"))).unwrap();
+    }
+    let before = run_ledger(dir.path(), "2026-11-01", &[]);
+    let rows_before = ledger_rows(dir.path(), None, "2026-11-01");
+    // The replay lands a day or two later; the re-run absorbs it.
+    for (i, p) in replays.iter().enumerate() {
+        std::fs::rename(parked.join(format!("{i}.parquet")), p).unwrap();
+    }
+    let after = run_ledger(dir.path(), "2026-11-01", &[]);
+    let rows_after = ledger_rows(dir.path(), None, "2026-11-01");
+    assert_eq!(
+        before["ledger_rows"], after["ledger_rows"],
+        "a replay adds no transactions"
+    );
+    assert_eq!(
+        before["fingerprint"]["amount_sum"], after["fingerprint"]["amount_sum"],
+        "…and no money"
+    );
+    let raw = read_raw(&dir.path().join("lake"));
+    assert_eq!(rows_after, expected_ledger(&raw, "2026-11-01", 3));
+    let more_copies = rows_after
+        .iter()
+        .filter(|(id, r)| r[7] != rows_before[*id][7])
+        .count();
+    assert!(more_copies > 0, "replayed copies should be counted");
+}
+
+#[test]
+fn memory_limit_and_bucket_count_do_not_change_the_ledger() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 30_000, 24);
+    let a = run_ledger(dir.path(), "2026-11-01", &[]);
+    let b = run_ledger(
+        dir.path(),
+        "2026-11-01",
+        &["--memory-limit", "64MiB", "--buckets", "3"],
+    );
+    assert_eq!(a["fingerprint"], b["fingerprint"]);
+}
+
+#[test]
+fn explain_shows_hash_partitioning_on_the_txn_bucket() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 1_000, 25);
+    let out = tally_ok(dir.path(), &["ledger", "--date", "2026-11-01", "--explain"]);
+    assert!(out.contains("txn_bucket"), "{out}");
+    assert!(
+        out.contains("Hash([") && !out.contains("Hash([partner_id"),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join("lake/ledger/_delta_log").exists(),
+        "explain must not write"
+    );
+}
+
+#[test]
+fn concurrent_runs_for_different_days_both_commit() {
+    let dir = tempdir();
+    generate(dir.path(), 3, 10_000, 26);
+    run_ledger(dir.path(), "2026-11-01", &[]); // create the table first
+    let spawn = |d: &str| {
+        tally_cmd(dir.path())
+            .args(["ledger", "--date", d])
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (spawn("2026-11-02"), spawn("2026-11-03"));
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    let raw = read_raw(&dir.path().join("lake"));
+    for d in ["2026-11-01", "2026-11-02", "2026-11-03"] {
+        assert_eq!(
+            ledger_rows(dir.path(), None, d),
+            expected_ledger(&raw, d, 3),
+            "{d}"
+        );
+    }
+}
+
+#[test]
+fn killed_mid_run_leaves_the_previous_ledger_intact() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 200_000, 27);
+    let first = run_ledger(dir.path(), "2026-11-01", &[]);
+    let rows = ledger_rows(dir.path(), None, "2026-11-01");
+    let table = dir.path().join("lake/ledger");
+    let versions = delta_versions(&table);
+    for delay_ms in [50u64, 300, 900] {
+        let mut child = tally_cmd(dir.path())
+            .args(["ledger", "--date", "2026-11-01"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        let now = delta_versions(&table);
+        if status.success() || now != versions {
+            // It finished before the kill: the commit must then be a complete, identical ledger.
+            assert_eq!(ledger_rows(dir.path(), None, "2026-11-01"), rows);
+            continue;
+        }
+        assert_eq!(
+            ledger_rows(dir.path(), None, "2026-11-01"),
+            rows,
+            "killed after {delay_ms} ms"
+        );
+    }
+    let again = run_ledger(dir.path(), "2026-11-01", &[]);
+    assert_eq!(again["fingerprint"], first["fingerprint"]);
+}
+
+fn write_parquet(path: &Path, batch: arrow::array::RecordBatch) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+fn assert_bad_input_changes_nothing(dir: &Path, needle: &str) {
+    let table = dir.join("lake/ledger");
+    let versions = delta_versions(&table);
+    let rows = ledger_rows(dir, None, "2026-11-01");
+    let err = tally_fails(dir, &["ledger", "--date", "2026-11-01"], 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(delta_versions(&table), versions, "no new Delta version");
+    assert_eq!(ledger_rows(dir, None, "2026-11-01"), rows);
+}
+
+#[test]
+fn bad_input_fails_naming_it_and_changes_nothing() {
+    use arrow::array::{Decimal128Array, Float64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 28);
+    run_ledger(dir.path(), "2026-11-01", &[]);
+    let part = dir.path().join("lake/raw/payments/ingest_date=2026-11-02");
+    std::fs::create_dir_all(&part).unwrap();
+
+    // A corrupt file.
+    let corrupt = part.join("corrupt.parquet");
+    std::fs::write(&corrupt, b"PAR1 definitely not parquet").unwrap();
+    assert_bad_input_changes_nothing(dir.path(), "corrupt.parquet");
+    std::fs::remove_file(&corrupt).unwrap();
+
+    // A file whose amount is a float.
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let wrong = Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, true),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("event_time", ts.clone(), true),
+        Field::new("ingest_time", ts.clone(), true),
+        Field::new("amount", DataType::Float64, true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+    ]));
+    let t = day_start("2026-11-01") + 1_000;
+    let s = |v: Option<&str>| Arc::new(StringArray::from(vec![v])) as arrow::array::ArrayRef;
+    let tsa = || {
+        Arc::new(TimestampMicrosecondArray::from(vec![t]).with_timezone("UTC"))
+            as arrow::array::ArrayRef
+    };
+    let batch = arrow::array::RecordBatch::try_new(
+        wrong,
+        vec![
+            s(Some("txf")),
+            s(Some("p")),
+            tsa(),
+            tsa(),
+            Arc::new(Float64Array::from(vec![1.5])),
+            s(Some("USD")),
+            s(Some("ok")),
+        ],
+    )
+    .unwrap();
+    let float_file = part.join("float-amount.parquet");
+    write_parquet(&float_file, batch);
+    assert_bad_input_changes_nothing(dir.path(), "float-amount.parquet");
+    std::fs::remove_file(&float_file).unwrap();
+
+    // A file with a null txn_id.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, true),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("event_time", ts.clone(), true),
+        Field::new("ingest_time", ts, true),
+        Field::new("amount", DataType::Decimal128(18, 2), true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+    ]));
+    let amount = Arc::new(
+        Decimal128Array::from(vec![150i128])
+            .with_precision_and_scale(18, 2)
+            .unwrap(),
+    );
+    let batch = arrow::array::RecordBatch::try_new(
+        schema,
+        vec![
+            s(None),
+            s(Some("p")),
+            tsa(),
+            tsa(),
+            amount,
+            s(Some("USD")),
+            s(Some("ok")),
+        ],
+    )
+    .unwrap();
+    let null_file = part.join("null-txn.parquet");
+    write_parquet(&null_file, batch);
+    assert_bad_input_changes_nothing(dir.path(), "null-txn.parquet");
+    std::fs::remove_file(&null_file).unwrap();
+
+    // A bad date.
+    let err = tally_fails(dir.path(), &["ledger", "--date", "2026-11-31"], 1);
+    assert!(err.contains("2026-11-31"), "{err}");
+}

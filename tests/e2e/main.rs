@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `tally` binary on real lakes (local disk and a real S3-compatible
+//! server on loopback). Expected values are computed here, independently, by reading the raw
+//! Parquet files with the `parquet` crate and folding them in plain Rust collections.
+
+mod harness;
+
+mod cli;
+mod generate;
+mod ledger;
+mod s3;
+mod sql;

@@ -1,0 +1,250 @@
+//! `tally sql` / `tally tables` over a generated local lake, checked against the raw files.
+
+use crate::harness::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// One shared lake for read-only tests: 3 days × 20k events.
+fn lake() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tempdir();
+        generate(d.path(), 3, 20_000, 11);
+        d
+    })
+    .path()
+}
+
+#[test]
+fn count_and_exact_sum_per_arrival_day_match_the_files() {
+    let dir = lake();
+    let rows = read_raw(&dir.join("lake"));
+    let mut want: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+    for r in &rows {
+        let e = want.entry(r.ingest_date.clone()).or_default();
+        e.0 += 1;
+        e.1 += r.amount;
+    }
+    let out = tally_ok(
+        dir,
+        &[
+            "sql",
+            "SELECT ingest_date, count(*) AS n, sum(amount) AS total FROM raw_payments GROUP BY 1 ORDER BY 1",
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(out.starts_with("ingest_date,n,total"), "{out}");
+    let got: BTreeMap<String, (u64, String)> = csv_rows(&out)
+        .into_iter()
+        .map(|f| (f[0].clone(), (f[1].parse().unwrap(), f[2].clone())))
+        .collect();
+    let want: BTreeMap<String, (u64, String)> = want
+        .into_iter()
+        .map(|(k, (n, s))| (k, (n, cents(s))))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn json_output_is_an_array_of_objects() {
+    let out = tally_ok(
+        lake(),
+        &[
+            "sql",
+            "SELECT partner_id, count(*) AS n FROM raw_payments GROUP BY 1 ORDER BY 2 DESC LIMIT 3",
+            "--format",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("valid json");
+    let arr = v.as_array().expect("array");
+    assert_eq!(arr.len(), 3);
+    assert_eq!(arr[0]["partner_id"], "partner-0001");
+    let empty = tally_ok(
+        lake(),
+        &["sql", "SELECT 1 AS x WHERE false", "--format", "json"],
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&empty).unwrap(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn table_format_shows_header_and_values() {
+    let out = tally_ok(lake(), &["sql", "SELECT 1 AS one, 'x' AS letter"]);
+    assert!(
+        out.contains("one") && out.contains("letter") && out.contains("| 1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn ingest_date_filter_prunes_directories_in_explain() {
+    let out = tally_ok(
+        lake(),
+        &[
+            "sql",
+            "EXPLAIN SELECT sum(amount) FROM raw_payments WHERE ingest_date = DATE '2026-11-02'",
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(out.contains("ingest_date=2026-11-02"), "{out}");
+    assert!(
+        !out.contains("ingest_date=2026-11-01/") && !out.contains("ingest_date=2026-11-03/"),
+        "{out}"
+    );
+}
+
+#[test]
+fn event_time_filter_prunes_old_arrival_days() {
+    // Only arrivals from 2026-11-02 on can hold events of 2026-11-03 (one day of clock slack).
+    let out = tally_ok(
+        lake(),
+        &[
+            "sql",
+            "EXPLAIN SELECT sum(amount) FROM raw_payments WHERE event_time >= TIMESTAMP '2026-11-03T00:00:00Z' AND event_time < TIMESTAMP '2026-11-04T00:00:00Z'",
+            "--format",
+            "csv",
+        ],
+    );
+    assert!(out.contains("ingest_date=2026-11-03"), "{out}");
+    assert!(!out.contains("ingest_date=2026-11-01/"), "{out}");
+    // …and the pruning loses no rows.
+    let rows = read_raw(&lake().join("lake"));
+    let lo = chrono::NaiveDate::from_ymd_opt(2026, 11, 3)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros();
+    let want = rows
+        .iter()
+        .filter(|r| r.event_time >= lo && r.event_time < lo + 86_400_000_000)
+        .count();
+    let got = tally_ok(
+        lake(),
+        &[
+            "sql",
+            "SELECT count(*) FROM raw_payments WHERE event_time >= TIMESTAMP '2026-11-03T00:00:00Z' AND event_time < TIMESTAMP '2026-11-04T00:00:00Z'",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(csv_rows(&got)[0][0].parse::<usize>().unwrap(), want);
+}
+
+#[test]
+fn writes_are_refused_by_default_with_one_line() {
+    for (sql, name) in [
+        (
+            "INSERT INTO raw_payments SELECT * FROM raw_payments",
+            "INSERT INTO",
+        ),
+        ("COPY (SELECT 1) TO 'out.parquet'", "COPY"),
+        (
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 'lake/raw/payments'",
+            "CREATE EXTERNAL TABLE",
+        ),
+        ("DROP TABLE raw_payments", "DROP TABLE"),
+    ] {
+        let err = tally_fails(lake(), &["sql", sql], 1);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(name) && err.contains("read-only"),
+            "{sql}: {err}"
+        );
+    }
+    assert!(!lake().join("out.parquet").exists());
+}
+
+#[test]
+fn allow_write_permits_copy_but_raw_stays_read_only() {
+    let dir = tempdir();
+    let out = dir.path().join("ok_dir");
+    let copy = format!(
+        "COPY (SELECT 1 AS x) TO '{}' STORED AS PARQUET",
+        out.join("x.parquet").display()
+    );
+    tally_ok(lake(), &["sql", &copy, "--allow-write"]);
+    assert!(out.join("x.parquet").exists());
+    let before = parquet_files(&lake().join("lake/raw/payments")).len();
+    let err = tally_fails(
+        lake(),
+        &[
+            "sql",
+            "INSERT INTO raw_payments SELECT * FROM raw_payments LIMIT 1",
+            "--allow-write",
+        ],
+        1,
+    );
+    assert!(err.to_lowercase().contains("insert"), "{err}");
+    assert_eq!(
+        parquet_files(&lake().join("lake/raw/payments")).len(),
+        before
+    );
+}
+
+#[test]
+fn tables_lists_raw_payments() {
+    let out = tally_ok(lake(), &["tables"]);
+    assert!(
+        out.contains("raw_payments") && out.contains("parquet"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sql_error_is_one_line_exit_1() {
+    let err = tally_fails(
+        lake(),
+        &["sql", "SELECT no_such_column FROM raw_payments"],
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no_such_column"), "{err}");
+}
+
+#[test]
+fn corrupt_parquet_file_is_named() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 3);
+    let part = dir.path().join("lake/raw/payments/ingest_date=2026-11-01");
+    std::fs::write(part.join("zz-corrupt.parquet"), b"PAR1 this is not parquet").unwrap();
+    let err = tally_fails(
+        dir.path(),
+        &["sql", "SELECT sum(amount) FROM raw_payments"],
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("zz-corrupt.parquet"), "{err}");
+}
+
+#[test]
+fn closed_stdout_is_not_an_error() {
+    use std::io::Read;
+    let mut child = tally_cmd(lake())
+        .args(["sql", "SELECT * FROM raw_payments", "--format", "csv"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,24 @@
+//! SQL functions tally adds to DataFusion.
+//!
+//! Every session tally builds calls [`register_all`], so a function that works in `tally sql`
+//! also works inside the jobs' SQL (`sql/*.sql`) and, later, on a distributed runner that
+//! registers the same list. One function per file; each documents the SQL a user would type.
+
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::SessionContext;
+
+mod txn_bucket;
+
+pub use txn_bucket::{txn_hash64, TxnBucket};
+
+/// Every scalar function tally provides.
+pub fn functions() -> Vec<ScalarUDF> {
+    vec![ScalarUDF::from(TxnBucket::new())]
+}
+
+/// Registers [`functions`] into a session.
+pub fn register_all(ctx: &SessionContext) {
+    for f in functions() {
+        ctx.register_udf(f);
+    }
+}
