@@ -172,7 +172,10 @@ pub fn location_to_url(location: &str) -> Result<Url> {
     let mut url = if location.contains("://") {
         Url::parse(location).map_err(|e| bad(e.to_string()))?
     } else {
-        let abs = std::path::absolute(location).map_err(|e| bad(e.to_string()))?;
+        // Resolve `..` and symlinks when the directory exists (object-store paths refuse `..`).
+        let abs = std::fs::canonicalize(location)
+            .or_else(|_| std::path::absolute(location))
+            .map_err(|e| bad(e.to_string()))?;
         Url::from_directory_path(&abs).map_err(|_| bad("not an absolute path".into()))?
     };
     if !url.path().ends_with('/') {

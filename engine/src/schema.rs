@@ -70,33 +70,6 @@ pub fn check_raw_schema(found: &Schema) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_schema_accepts_itself() {
-        check_raw_schema(&RAW_PAYMENTS).unwrap();
-    }
-
-    #[test]
-    fn float_amount_is_refused_by_name() {
-        let fields: Vec<Field> = RAW_PAYMENTS
-            .fields()
-            .iter()
-            .map(|f| {
-                if f.name() == "amount" {
-                    Field::new("amount", DataType::Float64, true)
-                } else {
-                    f.as_ref().clone()
-                }
-            })
-            .collect();
-        let e = check_raw_schema(&Schema::new(fields)).unwrap_err();
-        assert!(e.contains("amount") && e.contains("Float64"), "{e}");
-    }
-}
-
 /// Partition column of the ledger and its conflicts.
 pub const EVENT_DATE: &str = "event_date";
 
@@ -153,4 +126,31 @@ pub fn date32(day: chrono::NaiveDate) -> i32 {
     // NaiveDate::default() is the Unix epoch, 1970-01-01.
     day.signed_duration_since(chrono::NaiveDate::default())
         .num_days() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_schema_accepts_itself() {
+        check_raw_schema(&RAW_PAYMENTS).unwrap();
+    }
+
+    #[test]
+    fn float_amount_is_refused_by_name() {
+        let fields: Vec<Field> = RAW_PAYMENTS
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == "amount" {
+                    Field::new("amount", DataType::Float64, true)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        let e = check_raw_schema(&Schema::new(fields)).unwrap_err();
+        assert!(e.contains("amount") && e.contains("Float64"), "{e}");
+    }
 }

@@ -245,6 +245,8 @@ pub fn s3() -> &'static S3Server {
              while kill -0 {pid} 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 1; done",
             pid = std::process::id()
         );
+        // Killed by Drop, and the wrapper exits with this process anyway.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("sh")
             .args(["-c", &script])
             .stdout(Stdio::null())

@@ -477,3 +477,25 @@ fn bad_input_fails_naming_it_and_changes_nothing() {
     let err = tally_fails(dir.path(), &["ledger", "--date", "2026-11-31"], 1);
     assert!(err.contains("2026-11-31"), "{err}");
 }
+
+/// The ledger of `day` read through a prepared command (e.g. one pointed at S3).
+pub fn ledger_rows_with(
+    mut cmd: std::process::Command,
+    lake: &str,
+    day: &str,
+) -> BTreeMap<String, Row> {
+    let sql = LEDGER_SQL.replace("{day}", day);
+    let out = cmd
+        .args(["sql", sql.as_str(), "--format", "csv", "--lake", lake])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    csv_rows(&String::from_utf8(out.stdout).unwrap())
+        .into_iter()
+        .map(|r| (r[0].clone(), r))
+        .collect()
+}

@@ -2,6 +2,9 @@
 //! server on loopback). Expected values are computed here, independently, by reading the raw
 //! Parquet files with the `parquet` crate and folding them in plain Rust collections.
 
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod harness;
 
 mod cli;

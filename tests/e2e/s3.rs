@@ -95,3 +95,56 @@ fn missing_bucket_is_a_clear_error() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no-such-bucket"), "{err}");
 }
+
+#[test]
+fn ledger_on_s3_is_exact_and_concurrent_commits_lose_nothing() {
+    let s3 = s3();
+    let bucket = s3.bucket("ledger-concurrent");
+    let dir = tempdir();
+    let lake = format!("s3://{bucket}/lake");
+    run_ok(s3.cmd(dir.path()).args([
+        "--lake",
+        &lake,
+        "generate",
+        "--days",
+        "4",
+        "--events-per-day",
+        "3000",
+        "--seed",
+        "9",
+    ]));
+    let local = tempdir();
+    generate(local.path(), 4, 3_000, 9);
+    let raw = read_raw(&local.path().join("lake"));
+
+    // Create the table, then four processes commit four days to it at the same moment.
+    run_ok(
+        s3.cmd(dir.path())
+            .args(["ledger", "--date", "2026-11-01", "--lake", &lake]),
+    );
+    let days = ["2026-11-01", "2026-11-02", "2026-11-03", "2026-11-04"];
+    let mut kids: Vec<_> = days
+        .iter()
+        .map(|d| {
+            s3.cmd(dir.path())
+                .args(["ledger", "--date", d, "--lake", &lake])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (d, k) in days.iter().zip(kids.iter_mut()) {
+        let status = k.wait().unwrap();
+        assert!(status.success(), "ledger {d} failed on S3");
+    }
+    for d in days {
+        let got = crate::ledger::ledger_rows_with(s3.cmd(dir.path()), &lake, d);
+        assert_eq!(got, crate::ledger::expected_ledger(&raw, d, 3), "{d} on S3");
+    }
+    // 1 create + 1 first run + 4 concurrent commits (+ conflicts-table commits elsewhere).
+    let versions = run_ok(s3.cmd(dir.path()).args(["tables", "--lake", &lake]));
+    assert!(
+        versions.contains("ledger") && versions.contains("version 5"),
+        "{versions}"
+    );
+}

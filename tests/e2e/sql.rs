@@ -248,3 +248,22 @@ fn closed_stdout_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn committed_sample_lake_answers_and_matches_its_files() {
+    let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/sample-lake");
+    let rows = read_raw(&sample);
+    assert!(!rows.is_empty(), "data/sample-lake has no raw rows");
+    let out = tally_ok(
+        &std::env::temp_dir(),
+        &[
+            "sql",
+            "SELECT count(*) FROM raw_payments",
+            "--format",
+            "csv",
+            "--lake",
+            sample.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(csv_rows(&out)[0][0].parse::<usize>().unwrap(), rows.len());
+}
