@@ -170,7 +170,7 @@ impl FileRows {
             Arc::new(self.status.finish()),
         ];
         Ok(RecordBatch::try_new(
-            Arc::clone(&schema::RAW_PAYMENTS),
+            Arc::clone(&schema::RAW_PAYMENTS_FILE),
             columns,
         )?)
     }

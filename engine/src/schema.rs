@@ -27,14 +27,28 @@ pub const INGEST_DATE: &str = "ingest_date";
 /// Columns of a raw payment file (the `ingest_date` partition column is in the path, not here).
 pub static RAW_PAYMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
-        Field::new("txn_id", DataType::Utf8, false),
-        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("txn_id", DataType::Utf8View, false),
+        Field::new("partner_id", DataType::Utf8View, true),
         Field::new("event_time", timestamp_type(), true),
         Field::new("ingest_time", timestamp_type(), true),
         Field::new("amount", amount_type(), true),
-        Field::new("currency", DataType::Utf8, true),
-        Field::new("status", DataType::Utf8, true),
+        Field::new("currency", DataType::Utf8View, true),
+        Field::new("status", DataType::Utf8View, true),
     ]))
+});
+
+/// The same columns as written to raw files: plain `Utf8` strings, as most writers produce.
+/// (The table reads them as `Utf8View`, DataFusion's faster string form.)
+pub static RAW_PAYMENTS_FILE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields: Vec<Field> = RAW_PAYMENTS
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 });
 
 /// Checks a raw file's schema against [`RAW_PAYMENTS`]; `Err` names the first difference.
@@ -47,7 +61,7 @@ pub fn check_raw_schema(found: &Schema) -> Result<(), String> {
             return Err(format!("missing column {}", want.name()));
         };
         let ok = match want.data_type() {
-            DataType::Utf8 => matches!(
+            DataType::Utf8 | DataType::Utf8View => matches!(
                 got.data_type(),
                 DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
             ),

@@ -8,7 +8,7 @@ use crate::error::{Result, TallyError};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType};
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Fingerprint of a set of ledger rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,33 +38,35 @@ impl Fingerprint {
         let status = col("status")?.as_string::<i32>();
         let first = col("first_ingest_time")?.as_primitive::<TimestampMicrosecondType>();
         let copies = col("copies")?.as_primitive::<Int64Type>();
+        // One reusable buffer per batch: a canonical encoding of the row, hashed once.
+        let mut buf: Vec<u8> = Vec::with_capacity(128);
         for i in 0..batch.num_rows() {
-            let mut h = Xxh3::new();
-            let s = |h: &mut Xxh3, a: &arrow::array::StringArray| {
+            buf.clear();
+            let s = |buf: &mut Vec<u8>, a: &arrow::array::StringArray| {
                 if a.is_null(i) {
-                    h.update(&[0]);
+                    buf.push(0);
                 } else {
-                    h.update(&[1]);
-                    h.update(a.value(i).as_bytes());
-                    h.update(&[0xff]);
+                    buf.push(1);
+                    buf.extend_from_slice(a.value(i).as_bytes());
+                    buf.push(0xff);
                 }
             };
-            let n = |h: &mut Xxh3, valid: bool, bytes: &[u8]| {
-                h.update(&[valid as u8]);
+            let n = |buf: &mut Vec<u8>, valid: bool, bytes: &[u8]| {
+                buf.push(valid as u8);
                 if valid {
-                    h.update(bytes);
+                    buf.extend_from_slice(bytes);
                 }
             };
-            s(&mut h, txn);
-            s(&mut h, partner);
-            n(&mut h, event.is_valid(i), &event.value(i).to_le_bytes());
-            n(&mut h, day.is_valid(i), &day.value(i).to_le_bytes());
-            n(&mut h, amount.is_valid(i), &amount.value(i).to_le_bytes());
-            s(&mut h, currency);
-            s(&mut h, status);
-            n(&mut h, first.is_valid(i), &first.value(i).to_le_bytes());
-            n(&mut h, copies.is_valid(i), &copies.value(i).to_le_bytes());
-            self.row_hash = self.row_hash.wrapping_add(h.digest());
+            s(&mut buf, txn);
+            s(&mut buf, partner);
+            n(&mut buf, event.is_valid(i), &event.value(i).to_le_bytes());
+            n(&mut buf, day.is_valid(i), &day.value(i).to_le_bytes());
+            n(&mut buf, amount.is_valid(i), &amount.value(i).to_le_bytes());
+            s(&mut buf, currency);
+            s(&mut buf, status);
+            n(&mut buf, first.is_valid(i), &first.value(i).to_le_bytes());
+            n(&mut buf, copies.is_valid(i), &copies.value(i).to_le_bytes());
+            self.row_hash = self.row_hash.wrapping_add(xxh3_64(&buf));
             if amount.is_valid(i) {
                 self.amount_cents += amount.value(i);
             }

@@ -13,6 +13,7 @@
 
 mod fingerprint;
 mod inputs;
+mod part_writer;
 
 pub use crate::raw_files::InputFile;
 pub use fingerprint::Fingerprint;
@@ -35,6 +36,7 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{cast, col, lit};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use part_writer::PartWriter;
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -182,6 +184,7 @@ impl<'a> LedgerJob<'a> {
             .message(&format!("{}: checking raw files", self.day));
         let inputs = inputs::collect(lake, self.day, self.late_days).await?;
         let rows_read: u64 = inputs.iter().map(|f| f.rows).sum();
+        tracing::info!(day = %self.day, files = inputs.len(), rows_read, secs = started.elapsed().as_secs_f64(), "ledger: inputs checked");
 
         let ledger_url = lake.url_of(layout::LEDGER)?;
         let table =
@@ -198,10 +201,12 @@ impl<'a> LedgerJob<'a> {
         self.progress.set_total("partitions", partitions as u64 + 1);
         let task_ctx = self.session.ctx().task_ctx();
         let mut tasks = Vec::new();
+        let run_id = format!("{:016x}", rand::random::<u64>());
+        let store = table.object_store();
+        let day_text = self.day.to_string();
         for p in 0..partitions {
             let stream = plan.execute(p, Arc::clone(&task_ctx))?;
-            let writer = RecordBatchWriter::for_table(&table)?
-                .with_writer_properties(ledger_writer_properties());
+            let writer = PartWriter::new(Arc::clone(&store), &schema::LEDGER, &day_text, p, &run_id)?;
             tasks.push(tokio::spawn(write_partition(stream, writer)));
         }
         let mut adds = Vec::new();
@@ -217,26 +222,28 @@ impl<'a> LedgerJob<'a> {
             self.progress.advance(1);
         }
 
+        tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), rows = fp.rows, "ledger: main plan written");
+
         // Phase 2: transactions whose copies disagree.
         let disputed_count: u64 = disputed.iter().map(|b| b.num_rows() as u64).sum();
         let mut conflicts: Vec<RecordBatch> = Vec::new();
         if disputed_count > 0 {
             let (winners, variants) = self.settle_disputed(disputed).await?;
-            let mut writer = RecordBatchWriter::for_table(&table)?
-                .with_writer_properties(ledger_writer_properties());
+            let mut writer = PartWriter::new(Arc::clone(&store), &schema::LEDGER, &day_text, partitions, &run_id)?;
             for b in winners {
-                let b = schema::conform(&b, &writer.arrow_schema())?;
+                let b = schema::conform(&b, &schema::LEDGER)?;
                 fp.update(&b)?;
-                writer.write(b).await?;
+                writer.write(&b).await?;
             }
-            adds.extend(writer.flush().await?);
+            adds.extend(writer.finish().await?);
             conflicts = variants;
         }
         self.progress.advance(1);
 
+        tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), disputed = disputed_count, "ledger: disputed settled");
+
         // Phase 3: conflicts, then the ledger commit (the one finance reads).
         let conflict_rows = self.write_conflicts(conflicts).await?;
-        let day_text = self.day.to_string();
         let meta = commit_info(
             &self,
             &inputs,
@@ -368,11 +375,11 @@ struct PartOutput {
 /// Streams one hash partition into ledger files, splitting off disputed transactions.
 async fn write_partition(
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
-    mut writer: RecordBatchWriter,
+    mut writer: PartWriter,
 ) -> Result<PartOutput> {
     let mut fp = Fingerprint::default();
     let mut disputed = Vec::new();
-    let target = writer.arrow_schema();
+    let target = Arc::clone(&schema::LEDGER);
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let txn = batch
@@ -397,27 +404,15 @@ async fn write_partition(
         if agreed.num_rows() > 0 {
             let b = schema::conform(&agreed, &target)?;
             fp.update(&b)?;
-            writer.write(b).await?;
+            writer.write(&b).await?;
         }
     }
-    let adds = writer.flush().await?;
+    let adds: Vec<_> = writer.finish().await?.into_iter().collect();
     Ok(PartOutput {
         adds,
         fingerprint: fp,
         disputed,
     })
-}
-
-/// Ledger files: zstd, row groups of 128k rows (sorted by partner, so they prune), a bloom
-/// filter on `txn_id` for point lookups (`tally trace`, disputes).
-fn ledger_writer_properties() -> parquet::file::properties::WriterProperties {
-    use parquet::basic::{Compression, ZstdLevel};
-    use parquet::file::properties::WriterProperties;
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .set_column_bloom_filter_enabled("txn_id".into(), true)
-        .build()
 }
 
 /// The commit info: what produced this version, and what it contains.
