@@ -267,3 +267,78 @@ fn committed_sample_lake_answers_and_matches_its_files() {
     );
     assert_eq!(csv_rows(&out)[0][0].parse::<usize>().unwrap(), rows.len());
 }
+
+#[test]
+fn tables_named_in_tally_toml_are_queryable_and_a_bad_one_is_named() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 31);
+    tally_ok(dir.path(), &["ledger", "--date", "2026-11-01"]);
+    // Another lake's ledger (Delta) and its raw files (a Parquet directory) as extra tables.
+    let other = tempdir();
+    let cfg = format!(
+        "lake = \"{}\"\n[tables.their_ledger]\nlocation = \"{}\"\nformat = \"delta\"\n[tables.their_raw]\nlocation = \"{}\"\nformat = \"parquet\"\n",
+        other.path().join("empty-lake").display(),
+        dir.path().join("lake/ledger").display(),
+        dir.path().join("lake/raw/payments").display(),
+    );
+    std::fs::create_dir_all(other.path().join("empty-lake")).unwrap();
+    std::fs::write(other.path().join("tally.toml"), &cfg).unwrap();
+    let want = read_raw(&dir.path().join("lake")).len();
+    let out = tally_ok(
+        other.path(),
+        &["sql", "SELECT (SELECT count(*) FROM their_raw) AS raw, (SELECT count(*) FROM their_ledger) AS ledger", "--format", "csv"],
+    );
+    let row = &csv_rows(&out)[0];
+    assert_eq!(row[0].parse::<usize>().unwrap(), want);
+    assert!(row[1].parse::<usize>().unwrap() > 1_900);
+
+    let bad = cfg.replace(
+        &dir.path().join("lake/ledger").display().to_string(),
+        "/nonexistent/ledger",
+    );
+    std::fs::write(other.path().join("tally.toml"), bad).unwrap();
+    let err = tally_fails(other.path(), &["sql", "SELECT 1"], 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("their_ledger") && err.contains("/nonexistent/ledger"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shell_runs_multiline_statements_and_backslash_commands() {
+    use std::io::Write;
+    let mut child = tally_cmd(lake())
+        .args(["shell"])
+        .env("HOME", lake())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"SELECT count(*) AS n\nFROM raw_payments;\n\\d\n\\d raw_payments\nSELECT nope;\n\\q\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let want = read_raw(&lake().join("lake")).len().to_string();
+    assert!(stdout.contains(&want), "count {want} missing: {stdout}");
+    assert!(stdout.contains("1 row in"), "timing line missing: {stdout}");
+    assert!(
+        stdout.contains("raw_payments")
+            && stdout.contains("ingest_date")
+            && stdout.contains("Date32"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("nope"),
+        "the error should be shown and the shell kept: {stderr}"
+    );
+}

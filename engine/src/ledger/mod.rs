@@ -36,8 +36,8 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{cast, col, lit};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use part_writer::PartWriter;
 use futures::StreamExt;
+use part_writer::PartWriter;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,7 +206,8 @@ impl<'a> LedgerJob<'a> {
         let day_text = self.day.to_string();
         for p in 0..partitions {
             let stream = plan.execute(p, Arc::clone(&task_ctx))?;
-            let writer = PartWriter::new(Arc::clone(&store), &schema::LEDGER, &day_text, p, &run_id)?;
+            let writer =
+                PartWriter::new(Arc::clone(&store), &schema::LEDGER, &day_text, p, &run_id)?;
             tasks.push(tokio::spawn(write_partition(stream, writer)));
         }
         let mut adds = Vec::new();
@@ -229,7 +230,13 @@ impl<'a> LedgerJob<'a> {
         let mut conflicts: Vec<RecordBatch> = Vec::new();
         if disputed_count > 0 {
             let (winners, variants) = self.settle_disputed(disputed).await?;
-            let mut writer = PartWriter::new(Arc::clone(&store), &schema::LEDGER, &day_text, partitions, &run_id)?;
+            let mut writer = PartWriter::new(
+                Arc::clone(&store),
+                &schema::LEDGER,
+                &day_text,
+                partitions,
+                &run_id,
+            )?;
             for b in winners {
                 let b = schema::conform(&b, &schema::LEDGER)?;
                 fp.update(&b)?;

@@ -12,9 +12,9 @@ use crate::schema::EVENT_DATE;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::Add;
+use object_store::buffered::BufWriter;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use object_store::buffered::BufWriter;
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -46,7 +46,13 @@ pub struct PartWriter {
 
 impl PartWriter {
     /// A new file `event_date=<day>/part-<n>-<run>.parquet` in the table rooted at `store`.
-    pub fn new(store: Arc<dyn ObjectStore>, table_schema: &SchemaRef, day: &str, part: usize, run_id: &str) -> Result<Self> {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        table_schema: &SchemaRef,
+        day: &str,
+        part: usize,
+        run_id: &str,
+    ) -> Result<Self> {
         let idx: Vec<usize> = table_schema
             .fields()
             .iter()
@@ -57,7 +63,8 @@ impl PartWriter {
         let file_schema = Arc::new(table_schema.project(&idx)?);
         let relative = format!("{EVENT_DATE}={day}/part-{part:05}-{run_id}.parquet");
         let object = BufWriter::new(Arc::clone(&store), StorePath::from(relative.as_str()));
-        let writer = AsyncArrowWriter::try_new(object, Arc::clone(&file_schema), Some(writer_properties()))?;
+        let writer =
+            AsyncArrowWriter::try_new(object, Arc::clone(&file_schema), Some(writer_properties()))?;
         Ok(Self {
             writer,
             relative,
@@ -70,17 +77,16 @@ impl PartWriter {
 
     /// Appends rows (with the table's columns; the partition column is dropped).
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let columns = self
-            .file_schema
-            .fields()
-            .iter()
-            .map(|f| {
-                batch
-                    .column_by_name(f.name())
-                    .cloned()
-                    .ok_or_else(|| TallyError::Internal(format!("ledger batch lacks {}", f.name())))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let columns =
+            self.file_schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    batch.column_by_name(f.name()).cloned().ok_or_else(|| {
+                        TallyError::Internal(format!("ledger batch lacks {}", f.name()))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
         let b = RecordBatch::try_new(Arc::clone(&self.file_schema), columns)?;
         self.rows += b.num_rows() as u64;
         self.writer.write(&b).await?;
