@@ -71,3 +71,28 @@ fn config_file_sets_the_lake_and_bad_config_names_the_key() {
     let err = tally_fails(dir.path(), &["tables"], 1);
     assert!(err.contains("lakes") && err.contains("tally.toml"), "{err}");
 }
+
+#[test]
+fn demo_builds_a_lake_and_a_ledger_and_tells_what_it_did() {
+    let dir = tempdir();
+    let out = tally_ok(
+        dir.path(),
+        &["demo", "--days", "2", "--events-per-day", "5000"],
+    );
+    let raw = read_raw(&dir.path().join("lake"));
+    assert!(out.contains(&format!("{} raw rows", raw.len())), "{out}");
+    assert!(
+        out.contains("2026-11-01: ") && out.contains("→ 5000 transactions"),
+        "{out}"
+    );
+    assert!(out.contains("is_winner"), "{out}");
+    // A second run reuses the lake instead of overwriting it.
+    let again = tally_ok(
+        dir.path(),
+        &["demo", "--days", "2", "--events-per-day", "5000"],
+    );
+    assert!(
+        again.contains("Using the raw lake already there"),
+        "{again}"
+    );
+}
