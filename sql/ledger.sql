@@ -16,7 +16,9 @@ WITH
 -- partner replays up to the horizon). Only copies whose event happened on D (UTC) count.
 arrivals AS (
     SELECT txn_bucket(txn_id, $5) AS bucket,
-           txn_id, partner_id, event_time, ingest_time, amount, currency, status
+           txn_id, partner_id, event_time, ingest_time, amount, currency, status,
+           -- One 64-bit fingerprint of the copy's payload: equal for identical copies.
+           payload_hash(partner_id, amount, currency, status, event_time) AS payload
     FROM raw_payments
     WHERE ingest_date BETWEEN $1 AND $2
       AND event_time >= $3
@@ -26,27 +28,21 @@ arrivals AS (
 -- Step 2. Collapse the copies of each transaction. Grouping starts with txn_bucket, a stable
 -- hash of txn_id (XXH3-64 mod $5), so the work is partitioned by transaction, never by
 -- partner: a partner sending half the traffic cannot make one worker a straggler.
--- When every copy carries the same payload, min() of each column IS that payload; the
--- min/max pairs tell whether the copies agree.
+-- When every copy carries the same payload (its payload_hash is the same for all of them),
+-- min() of each column IS that payload; the min/max pair of the hash tells whether they agree.
 per_txn AS (
     SELECT
         bucket,
         txn_id,
         count(*)                AS copies,
         min(ingest_time)        AS first_ingest_time,
+        min(payload)            AS payload_min,
+        max(payload)            AS payload_max,
         min(partner_id)         AS partner_id,
-        max(partner_id)         AS partner_id_max,
         min(amount)             AS amount,
-        max(amount)             AS amount_max,
         min(currency)           AS currency,
-        max(currency)           AS currency_max,
         min(status)             AS status,
-        max(status)             AS status_max,
-        min(event_time)         AS event_time,
-        max(event_time)         AS event_time_max,
-        -- A copy with a NULL in a payload column cannot be compared by min/max: count them.
-        count(*) - count(partner_id) + count(*) - count(amount)
-          + count(*) - count(currency) + count(*) - count(status) AS payload_nulls
+        min(event_time)         AS event_time
     FROM arrivals
     GROUP BY 1, 2
 )
@@ -63,10 +59,5 @@ SELECT
     status,
     first_ingest_time,
     copies,
-    (partner_id = partner_id_max
-        AND amount = amount_max
-        AND currency = currency_max
-        AND status = status_max
-        AND event_time = event_time_max
-        AND (payload_nulls = 0 OR copies = 1)) IS TRUE AS agree
+    payload_min = payload_max AS agree
 FROM per_txn

@@ -7,13 +7,18 @@
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionContext;
 
+mod payload_hash;
 mod txn_bucket;
 
+pub use payload_hash::PayloadHash;
 pub use txn_bucket::{txn_hash64, TxnBucket};
 
 /// Every scalar function tally provides.
 pub fn functions() -> Vec<ScalarUDF> {
-    vec![ScalarUDF::from(TxnBucket::new())]
+    vec![
+        ScalarUDF::from(TxnBucket::new()),
+        ScalarUDF::from(PayloadHash::new()),
+    ]
 }
 
 /// Registers [`functions`] into a session.

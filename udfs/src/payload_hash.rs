@@ -1,0 +1,101 @@
+//! `payload_hash(col, …)`: a 64-bit hash of a row's values, for telling whether copies agree.
+//!
+//! The ledger compares the copies of each transaction: `min(payload_hash(…)) =
+//! max(payload_hash(…))` over a transaction's copies means every copy carries the same payload,
+//! which replaces a min/max pair per payload column (two string accumulators each) with one
+//! pair of integers. NULLs hash to a fixed value, so NULL = NULL for this purpose. The hash is
+//! foldhash's quality hasher with seed 0: stable within a run (all it is used for), not
+//! promised across versions — never store it. Two different payloads of one transaction
+//! colliding has probability 2^-64 per pair of copies.
+
+use datafusion::arrow::array::{ArrayRef, Int64Array};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::hash_utils::{create_hashes_with_hasher, QualityRandomState};
+use datafusion::common::{exec_err, Result};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+use std::sync::Arc;
+
+/// `payload_hash(a, b, …) -> BIGINT`, never NULL.
+///
+/// ```sql
+/// SELECT txn_id, min(payload_hash(amount, status)) = max(payload_hash(amount, status)) AS agree
+/// FROM raw_payments GROUP BY txn_id;
+/// ```
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PayloadHash {
+    signature: Signature,
+}
+
+impl Default for PayloadHash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PayloadHash {
+    /// The function, taking any number of columns of any type.
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PayloadHash {
+    fn name(&self) -> &str {
+        "payload_hash"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if args.args.is_empty() {
+            return exec_err!("payload_hash needs at least one argument");
+        }
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut hashes = vec![0u64; args.number_rows];
+        create_hashes_with_hasher(
+            arrays.iter(),
+            &QualityRandomState::with_seed(0),
+            &mut hashes,
+        )?;
+        let out: Int64Array = hashes.into_iter().map(|h| h as i64).collect();
+        Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, StringArray};
+    use datafusion::arrow::datatypes::Field;
+    use datafusion::common::config::ConfigOptions;
+
+    #[test]
+    fn equal_rows_hash_equal_and_null_differs_from_a_value() {
+        let a: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), Some("x"), None, Some("y")]));
+        let args = ScalarFunctionArgs {
+            args: vec![ColumnarValue::Array(a)],
+            arg_fields: vec![Arc::new(Field::new("a", DataType::Utf8, true))],
+            number_rows: 4,
+            return_field: Arc::new(Field::new("h", DataType::Int64, false)),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let ColumnarValue::Array(out) = PayloadHash::new().invoke_with_args(args).unwrap() else {
+            panic!("expected an array");
+        };
+        let h = out.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(h.null_count(), 0);
+        assert_eq!(h.value(0), h.value(1));
+        assert_ne!(h.value(0), h.value(2));
+        assert_ne!(h.value(0), h.value(3));
+    }
+}
