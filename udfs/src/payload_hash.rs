@@ -81,7 +81,12 @@ mod tests {
 
     #[test]
     fn equal_rows_hash_equal_and_null_differs_from_a_value() {
-        let a: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), Some("x"), None, Some("y")]));
+        let a: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("x"),
+            Some("x"),
+            None,
+            Some("y"),
+        ]));
         let args = ScalarFunctionArgs {
             args: vec![ColumnarValue::Array(a)],
             arg_fields: vec![Arc::new(Field::new("a", DataType::Utf8, true))],
