@@ -131,8 +131,9 @@ impl Lake {
             .collect())
     }
 
-    /// Checks the root can be reached and exists; a clear error otherwise.
-    pub async fn check_reachable(&self) -> Result<()> {
+    /// The directories at the root (which tables exist), after checking the root can be
+    /// reached and exists; a clear error otherwise. One LIST on S3.
+    pub async fn top_level_dirs(&self) -> Result<Vec<String>> {
         if self.is_local() {
             let path = self.root.to_file_path().map_err(|_| TallyError::Lake {
                 location: self.root.to_string(),
@@ -144,9 +145,8 @@ impl Lake {
                     message: "no such directory (create one with `tally generate` or `tally demo`, or pass --lake)".into(),
                 });
             }
-            return Ok(());
         }
-        self.list_dirs("").await.map(|_| ())
+        self.list_dirs("").await
     }
 
     /// Wraps a storage error with the lake location, keeping it on one line.

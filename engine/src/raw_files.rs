@@ -77,16 +77,24 @@ pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
     })
 }
 
+/// The Parquet files under a directory of the lake (recursively), sorted by path.
+pub async fn list_parquet(lake: &Lake, relative: &str) -> Result<Vec<ObjectMeta>> {
+    let prefix = lake.path_of(relative)?;
+    let mut metas: Vec<ObjectMeta> = lake
+        .store()
+        .list(Some(&prefix))
+        .try_filter(|m| futures::future::ready(m.location.extension() == Some("parquet")))
+        .try_collect()
+        .await
+        .map_err(|e| lake.storage_error(e))?;
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(metas)
+}
+
 /// After a query failed inside the Parquet reader: finds the first raw file that fails
 /// [`check`], so the error can name it. Only runs on the failure path.
 pub async fn find_bad_file(lake: &Lake) -> Option<TallyError> {
-    let prefix = lake.path_of(layout::RAW_PAYMENTS).ok()?;
-    let metas: Vec<ObjectMeta> = lake.store().list(Some(&prefix)).try_collect().await.ok()?;
-    let mut metas: Vec<ObjectMeta> = metas
-        .into_iter()
-        .filter(|m| m.location.extension() == Some("parquet"))
-        .collect();
-    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let metas = list_parquet(lake, layout::RAW_PAYMENTS).await.ok()?;
     let mut checks = futures::stream::iter(metas)
         .map(|m| check(lake, m))
         .buffered(16);

@@ -55,14 +55,13 @@ impl TallySession {
         let ctx = new_context(opts)?;
         ctx.register_object_store(&lake.store_url(), lake.store());
         tally_udfs::register_all(&ctx);
-        lake.check_reachable().await?;
+        let top = lake.top_level_dirs().await?;
 
         let mut session = Self {
             ctx,
             lake: lake.clone(),
             tables: Vec::new(),
         };
-        let top = lake.list_dirs("").await?;
         if top.iter().any(|d| d == "raw") {
             session.register_raw_payments().await?;
         }
@@ -198,19 +197,15 @@ impl TallySession {
         let options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let state = self.ctx.state();
-        let options = options
+        // Hive directories (`key=value/`) become string columns.
+        let partition_cols = options
             .infer_partitions(&state, &table_url)
             .await
-            .map(|cols| {
-                let cols = cols
-                    .into_iter()
-                    .map(|c| (c, DataType::Utf8))
-                    .collect::<Vec<_>>();
-                ListingOptions::new(Arc::new(ParquetFormat::default()))
-                    .with_file_extension(".parquet")
-                    .with_table_partition_cols(cols)
-            })
-            .map_err(|e| self.table_open_error(name, &url, e))?;
+            .map_err(|e| self.table_open_error(name, &url, e))?
+            .into_iter()
+            .map(|c| (c, DataType::Utf8))
+            .collect();
+        let options = options.with_table_partition_cols(partition_cols);
         let config = ListingTableConfig::new(table_url)
             .with_listing_options(options)
             .infer_schema(&state)

@@ -48,15 +48,10 @@ fn lake_flag_is_global_before_or_after_the_subcommand_and_env_works() {
     let l = lake.to_str().unwrap();
     tally_ok(dir.path(), &["--lake", l, "sql", "SELECT 1"]);
     tally_ok(dir.path(), &["sql", "SELECT 1", "--lake", l]);
-    let out = tally_cmd(dir.path())
-        .env("TALLY_LAKE", l)
-        .args(["sql", "SELECT 1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        tally_cmd(dir.path())
+            .env("TALLY_LAKE", l)
+            .args(["sql", "SELECT 1"]),
     );
 }
 

@@ -37,12 +37,17 @@ pub fn tally(dir: &Path, args: &[&str]) -> Output {
     tally_cmd(dir).args(args).output().expect("run tally")
 }
 
-/// Runs `tally`, asserting success, and returns stdout.
+/// Runs `tally` with args in `dir`, asserting success, and returns stdout.
 pub fn tally_ok(dir: &Path, args: &[&str]) -> String {
-    let out = tally(dir, args);
+    run_ok(tally_cmd(dir).args(args))
+}
+
+/// Runs a prepared command (e.g. one pointed at S3), asserting success; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run tally");
     assert!(
         out.status.success(),
-        "tally {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        "{cmd:?} failed ({:?}):\nstdout: {}\nstderr: {}",
         out.status.code(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

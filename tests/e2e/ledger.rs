@@ -115,17 +115,9 @@ pub fn expected_conflicts(rows: &[RawRow], day: &str, late_days: i64) -> BTreeSe
 const LEDGER_SQL: &str = "SELECT txn_id, partner_id, CAST(event_time AS BIGINT) AS et, amount, currency, status, \
      CAST(first_ingest_time AS BIGINT) AS fi, copies FROM ledger WHERE event_date = DATE '{day}' ORDER BY txn_id";
 
-/// The ledger of `day` as tally reports it.
-pub fn ledger_rows(dir: &Path, lake: Option<&str>, day: &str) -> BTreeMap<String, Row> {
-    let sql = LEDGER_SQL.replace("{day}", day);
-    let mut args = vec!["sql", sql.as_str(), "--format", "csv"];
-    if let Some(l) = lake {
-        args.extend(["--lake", l]);
-    }
-    csv_rows(&tally_ok(dir, &args))
-        .into_iter()
-        .map(|r| (r[0].clone(), r))
-        .collect()
+/// The ledger of `day` as tally reports it for the lake in `dir`.
+pub fn ledger_rows(dir: &Path, day: &str) -> BTreeMap<String, Row> {
+    ledger_rows_with(&mut tally_cmd(dir), day)
 }
 
 fn conflict_rows(dir: &Path, day: &str) -> BTreeSet<Row> {
@@ -168,7 +160,7 @@ fn ledger_matches_an_independent_dedup_and_conflicts_are_listed() {
     for day in ["2026-11-01", "2026-11-02"] {
         let summary = run_ledger(dir.path(), day, &[]);
         let want = expected_ledger(&raw, day, 3);
-        let got = ledger_rows(dir.path(), None, day);
+        let got = ledger_rows(dir.path(), day);
         assert_eq!(got.len(), want.len(), "{day}: row count");
         for (id, w) in &want {
             assert_eq!(got.get(id), Some(w), "{day}: ledger row of {id}");
@@ -205,8 +197,8 @@ fn rerun_is_identical_and_leaves_other_days_alone() {
     generate(dir.path(), 2, 10_000, 22);
     let a = run_ledger(dir.path(), "2026-11-01", &[]);
     let b = run_ledger(dir.path(), "2026-11-02", &[]);
-    let day1 = ledger_rows(dir.path(), None, "2026-11-01");
-    let day2 = ledger_rows(dir.path(), None, "2026-11-02");
+    let day1 = ledger_rows(dir.path(), "2026-11-01");
+    let day2 = ledger_rows(dir.path(), "2026-11-02");
     let again = run_ledger(dir.path(), "2026-11-01", &["--buckets", "5"]);
     assert_eq!(
         again["fingerprint"], a["fingerprint"],
@@ -217,8 +209,8 @@ fn rerun_is_identical_and_leaves_other_days_alone() {
         a["added_files"].as_u64().unwrap()
     );
     assert!(again["version"].as_i64() > b["version"].as_i64());
-    assert_eq!(ledger_rows(dir.path(), None, "2026-11-01"), day1);
-    assert_eq!(ledger_rows(dir.path(), None, "2026-11-02"), day2);
+    assert_eq!(ledger_rows(dir.path(), "2026-11-01"), day1);
+    assert_eq!(ledger_rows(dir.path(), "2026-11-02"), day2);
     // The commit info carries the fingerprint and the inputs.
     let log = std::fs::read_to_string(dir.path().join(format!(
         "lake/ledger/_delta_log/{:020}.json",
@@ -262,13 +254,13 @@ fn late_replay_is_absorbed_on_rerun_without_double_counting() {
         std::fs::rename(p, parked.join(format!("{i}.parquet"))).unwrap();
     }
     let before = run_ledger(dir.path(), "2026-11-01", &[]);
-    let rows_before = ledger_rows(dir.path(), None, "2026-11-01");
+    let rows_before = ledger_rows(dir.path(), "2026-11-01");
     // The replay lands a day or two later; the re-run absorbs it.
     for (i, p) in replays.iter().enumerate() {
         std::fs::rename(parked.join(format!("{i}.parquet")), p).unwrap();
     }
     let after = run_ledger(dir.path(), "2026-11-01", &[]);
-    let rows_after = ledger_rows(dir.path(), None, "2026-11-01");
+    let rows_after = ledger_rows(dir.path(), "2026-11-01");
     assert_eq!(
         before["ledger_rows"], after["ledger_rows"],
         "a replay adds no transactions"
@@ -331,7 +323,7 @@ fn concurrent_runs_for_different_days_both_commit() {
     let raw = read_raw(&dir.path().join("lake"));
     for d in ["2026-11-01", "2026-11-02", "2026-11-03"] {
         assert_eq!(
-            ledger_rows(dir.path(), None, d),
+            ledger_rows(dir.path(), d),
             expected_ledger(&raw, d, 3),
             "{d}"
         );
@@ -339,31 +331,45 @@ fn concurrent_runs_for_different_days_both_commit() {
 }
 
 #[test]
-fn killed_mid_run_leaves_the_previous_ledger_intact() {
+fn killed_mid_write_leaves_the_previous_ledger_intact() {
     let dir = tempdir();
     generate(dir.path(), 1, 200_000, 27);
     let first = run_ledger(dir.path(), "2026-11-01", &[]);
-    let rows = ledger_rows(dir.path(), None, "2026-11-01");
+    let rows = ledger_rows(dir.path(), "2026-11-01");
     let table = dir.path().join("lake/ledger");
+    let partition = table.join("event_date=2026-11-01");
     let versions = delta_versions(&table);
-    for delay_ms in [50u64, 300, 900] {
+    let entries = |p: &Path| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+    for attempt in 0..3 {
+        let before = entries(&partition);
         let mut child = tally_cmd(dir.path())
             .args(["ledger", "--date", "2026-11-01"])
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let now = delta_versions(&table);
-        if status.success() || now != versions {
-            // It finished before the kill: the commit must then be a complete, identical ledger.
-            assert_eq!(ledger_rows(dir.path(), None, "2026-11-01"), rows);
-            continue;
+        // Wait for the run to start writing its new files (staged or finished), then SIGKILL.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while entries(&partition) == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+        assert!(
+            entries(&partition) > before,
+            "attempt {attempt}: no new file appeared"
+        );
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "attempt {attempt}: the run finished before the kill"
+        );
         assert_eq!(
-            ledger_rows(dir.path(), None, "2026-11-01"),
+            delta_versions(&table),
+            versions,
+            "attempt {attempt}: a commit landed"
+        );
+        assert_eq!(
+            ledger_rows(dir.path(), "2026-11-01"),
             rows,
-            "killed after {delay_ms} ms"
+            "attempt {attempt}"
         );
     }
     let again = run_ledger(dir.path(), "2026-11-01", &[]);
@@ -380,12 +386,12 @@ fn write_parquet(path: &Path, batch: arrow::array::RecordBatch) {
 fn assert_bad_input_changes_nothing(dir: &Path, needle: &str) {
     let table = dir.join("lake/ledger");
     let versions = delta_versions(&table);
-    let rows = ledger_rows(dir, None, "2026-11-01");
+    let rows = ledger_rows(dir, "2026-11-01");
     let err = tally_fails(dir, &["ledger", "--date", "2026-11-01"], 1);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
     assert_eq!(delta_versions(&table), versions, "no new Delta version");
-    assert_eq!(ledger_rows(dir, None, "2026-11-01"), rows);
+    assert_eq!(ledger_rows(dir, "2026-11-01"), rows);
 }
 
 #[test]
@@ -479,22 +485,9 @@ fn bad_input_fails_naming_it_and_changes_nothing() {
 }
 
 /// The ledger of `day` read through a prepared command (e.g. one pointed at S3).
-pub fn ledger_rows_with(
-    mut cmd: std::process::Command,
-    lake: &str,
-    day: &str,
-) -> BTreeMap<String, Row> {
+pub fn ledger_rows_with(cmd: &mut std::process::Command, day: &str) -> BTreeMap<String, Row> {
     let sql = LEDGER_SQL.replace("{day}", day);
-    let out = cmd
-        .args(["sql", sql.as_str(), "--format", "csv", "--lake", lake])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    csv_rows(&String::from_utf8(out.stdout).unwrap())
+    csv_rows(&run_ok(cmd.args(["sql", sql.as_str(), "--format", "csv"])))
         .into_iter()
         .map(|r| (r[0].clone(), r))
         .collect()

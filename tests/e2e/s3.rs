@@ -3,17 +3,6 @@
 use crate::harness::*;
 use std::time::{Duration, Instant};
 
-fn run_ok(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn generate_and_query_a_lake_in_a_bucket() {
     let s3 = s3();
@@ -138,7 +127,7 @@ fn ledger_on_s3_is_exact_and_concurrent_commits_lose_nothing() {
         assert!(status.success(), "ledger {d} failed on S3");
     }
     for d in days {
-        let got = crate::ledger::ledger_rows_with(s3.cmd(dir.path()), &lake, d);
+        let got = crate::ledger::ledger_rows_with(s3.cmd(dir.path()).args(["--lake", &lake]), d);
         assert_eq!(got, crate::ledger::expected_ledger(&raw, d, 3), "{d} on S3");
     }
     // 1 create + 1 first run + 4 concurrent commits (+ conflicts-table commits elsewhere).

@@ -15,7 +15,6 @@ use object_store::ObjectMeta;
 
 /// Lists and checks the raw files with `ingest_date` in `[day, day + late_days]`.
 pub async fn collect(lake: &Lake, day: NaiveDate, late_days: u32) -> Result<Vec<InputFile>> {
-    let store = lake.store();
     let mut metas: Vec<ObjectMeta> = Vec::new();
     for offset in 0..=late_days {
         let d = day
@@ -24,28 +23,14 @@ pub async fn collect(lake: &Lake, day: NaiveDate, late_days: u32) -> Result<Vec<
                 what: "date".into(),
                 message: format!("{day} + {offset} days is out of range"),
             })?;
-        let prefix = lake.path_of(&format!(
-            "{}/{}={d}",
-            layout::RAW_PAYMENTS,
-            schema::INGEST_DATE
-        ))?;
-        let listed: Vec<ObjectMeta> = store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| lake.storage_error(e))?;
-        metas.extend(
-            listed
-                .into_iter()
-                .filter(|m| m.location.extension() == Some("parquet")),
-        );
+        let partition = format!("{}/{}={d}", layout::RAW_PAYMENTS, schema::INGEST_DATE);
+        metas.extend(raw_files::list_parquet(lake, &partition).await?);
     }
-    let checked: Vec<InputFile> = futures::stream::iter(metas)
+    let mut checked: Vec<InputFile> = futures::stream::iter(metas)
         .map(|meta| raw_files::check(lake, meta))
         .buffer_unordered(16)
         .try_collect()
         .await?;
-    let mut checked = checked;
     checked.sort();
     Ok(checked)
 }
