@@ -42,8 +42,41 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Build one event day's ledger: every transaction once, replaced in one Delta commit.
     Ledger(LedgerArgs),
+    /// Follow the raw lake in micro-batches into live_view (per minute and partner).
+    Live(LiveArgs),
     /// Make a sample lake with realistic traffic and show what tally does with it.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// Time between micro-batches, e.g. 1s or 500ms [default: 1s, or tally.toml]
+    #[arg(long)]
+    pub interval: Option<humantime::Duration>,
+    /// Process the files that are there, then exit (exit 1 if any file was quarantined).
+    #[arg(long)]
+    pub once: bool,
+    /// How long a txn_id is remembered for dedup, in event time [default: 10m]
+    #[arg(long)]
+    pub dedup_ttl: Option<humantime::Duration>,
+    /// How far behind the newest event_time an event still counts as on time [default: 2m]
+    #[arg(long)]
+    pub grace: Option<humantime::Duration>,
+    /// Windows older than this behind the newest event_time are dropped [default: 48h]
+    #[arg(long)]
+    pub retention: Option<humantime::Duration>,
+    /// Most raw files one batch reads [default: 256]
+    #[arg(long)]
+    pub max_files_per_batch: Option<usize>,
+    /// Roll the tables up (and checkpoint/vacuum the Delta log) every N batches [default: 60]
+    #[arg(long)]
+    pub compact_every: Option<u64>,
+    /// On the first start, follow ingest_date partitions from N days before the newest [default: 2]
+    #[arg(long)]
+    pub start_lookback_days: Option<u64>,
+    /// One line per batch for people, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SummaryFormat,
 }
 
 #[derive(Debug, Args)]

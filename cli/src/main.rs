@@ -60,6 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tables => rt.block_on(cmd::tables::run(&ctx))?,
         Command::Generate(a) => rt.block_on(cmd::generate::run(&ctx, a))?,
         Command::Ledger(a) => rt.block_on(cmd::ledger::run(&ctx, a))?,
+        Command::Live(a) => return rt.block_on(cmd::live::run(&ctx, a)),
         Command::Demo(a) => rt.block_on(cmd::demo::run(&ctx, a))?,
     }
     Ok(ExitCode::SUCCESS)

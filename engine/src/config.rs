@@ -24,6 +24,10 @@ pub struct Config {
     pub tables: BTreeMap<String, TableConfig>,
     /// Settings of the daily ledger job.
     pub ledger: LedgerConfig,
+    /// Settings of the live micro-batch mode.
+    pub live: LiveConfig,
+    /// Settings of `tally reconcile`.
+    pub reconcile: ReconcileConfig,
 }
 
 /// S3 connection settings. Secrets are redacted from `Debug` output and never logged.
@@ -129,6 +133,59 @@ impl Default for LedgerConfig {
     }
 }
 
+/// Settings of `tally live`. Durations are strings like `"1s"`, `"10m"`, `"48h"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Time between micro-batches.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long (in event time, behind the watermark) a `txn_id` is remembered for dedup.
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+    /// How far behind the newest `event_time` an event may be and still count as on time.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Windows older than this (behind the newest `event_time`) are dropped from the view.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Most raw files one micro-batch takes (bounds a catch-up batch's memory).
+    pub max_files_per_batch: usize,
+    /// Every this many batches the view is rolled up, the Delta log checkpointed and vacuumed.
+    pub compact_every: u64,
+    /// On the first start, follow `ingest_date` partitions from this many days before the
+    /// newest (older history is the ledger's and the analysts' business).
+    pub start_lookback_days: u64,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            dedup_ttl: Duration::from_secs(600),
+            grace: Duration::from_secs(120),
+            retention: Duration::from_secs(48 * 3600),
+            max_files_per_batch: 256,
+            compact_every: 60,
+            start_lookback_days: 2,
+        }
+    }
+}
+
+/// Settings of `tally reconcile`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Largest acceptable unexplained drift, relative to the ledger (0.001 = 0.1%).
+    pub threshold: f64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self { threshold: 0.001 }
+    }
+}
+
 impl Config {
     /// Parses a `tally.toml` text.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
@@ -174,6 +231,8 @@ mod tests {
             format = "delta"
             [ledger]
             late_days = 5
+            [live]
+            dedup_ttl = "5m"
             "#,
             "t",
         )
@@ -181,6 +240,8 @@ mod tests {
         assert_eq!(c.s3.timeout, Duration::from_secs(10));
         assert_eq!(c.tables["fx"].format, TableFormat::Delta);
         assert_eq!(c.ledger.late_days, 5);
+        assert_eq!(c.live.dedup_ttl, Duration::from_secs(300));
+        assert_eq!(c.live.grace, Duration::from_secs(120));
     }
 
     #[test]

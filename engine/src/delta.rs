@@ -37,6 +37,7 @@ pub async fn open_or_create(
     name: &str,
     schema: &SchemaRef,
     partition_by: &[&str],
+    properties: &[(&str, &str)],
 ) -> Result<DeltaTable> {
     let local_missing = url.scheme() == "file"
         && url
@@ -66,6 +67,7 @@ pub async fn open_or_create(
         .with_table_name(name)
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(partition_by.iter().map(|s| s.to_string()))
+        .with_configuration(properties.iter().map(|(k, v)| (*k, Some(*v))))
         .with_save_mode(SaveMode::Ignore)
         .await;
     match created {

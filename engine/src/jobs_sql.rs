@@ -18,3 +18,6 @@ pub fn sql_hash(texts: &[&str]) -> String {
     }
     format!("{:016x}", h.digest())
 }
+
+/// One micro-batch's per-minute, per-partner totals (`sql/live_window.sql`).
+pub const LIVE_WINDOW: &str = include_str!("../../sql/live_window.sql");

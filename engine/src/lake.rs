@@ -115,6 +115,31 @@ impl Lake {
         url_to_store_path(&self.url_of(relative)?)
     }
 
+    /// Object-store path of a file under the root (`relative` uses `/` separators).
+    pub fn file_path(&self, relative: &str) -> Result<StorePath> {
+        let mut path = self.path_of("")?;
+        for part in relative.split('/').filter(|s| !s.is_empty()) {
+            path = path.join(part);
+        }
+        Ok(path)
+    }
+
+    /// A store location as a path relative to the root (what jobs record and errors name).
+    pub fn relative_path(&self, location: &StorePath) -> String {
+        let Ok(root) = self.path_of("") else {
+            return location.to_string();
+        };
+        location
+            .prefix_match(&root)
+            .map(|parts| {
+                parts
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_else(|| location.to_string())
+    }
+
     /// Lists the immediate children (directory names) of a directory under the root.
     /// A missing directory lists as empty.
     pub async fn list_dirs(&self, relative: &str) -> Result<Vec<String>> {

@@ -11,6 +11,7 @@
 //! - [`delta`]: opening the lake's Delta tables with the lake's storage settings;
 //! - [`query`]: ad-hoc SQL with the read-only guard;
 //! - [`ledger`]: the daily finance ledger (exact dedup, one atomic Delta commit per day);
+//! - [`live`]: the incremental micro-batch live view (dedup within a TTL, watermark, exactly once);
 //! - [`jobs_sql`]: the jobs' SQL texts from `sql/`;
 //! - [`generate`]: the realistic raw-lake generator;
 //! - [`progress`]: how long jobs report progress;
@@ -26,6 +27,7 @@ pub mod generate;
 pub mod jobs_sql;
 pub mod lake;
 pub mod ledger;
+pub mod live;
 pub mod progress;
 pub mod query;
 pub mod raw_files;

@@ -28,17 +28,7 @@ pub struct InputFile {
 
 /// Checks one raw file; the error names it (relative to the lake root).
 pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
-    let root = lake.path_of("")?;
-    let rel = meta
-        .location
-        .prefix_match(&root)
-        .map(|parts| {
-            parts
-                .map(|p| p.as_ref().to_string())
-                .collect::<Vec<_>>()
-                .join("/")
-        })
-        .unwrap_or_else(|| meta.location.to_string());
+    let rel = lake.relative_path(&meta.location);
     let bad = |message: String| TallyError::BadRawFile {
         file: rel.clone(),
         message,

@@ -117,6 +117,42 @@ pub static LEDGER_CONFLICTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// Money sums in the live tables: wide enough for years of a firehose, still exact.
+pub fn amount_sum_type() -> DataType {
+    DataType::Decimal128(38, AMOUNT_SCALE)
+}
+
+/// `live_view` and `live_late`: per minute of `event_time` and partner, partial counts that a
+/// reader sums (tally's session registers both as views that do it).
+pub static LIVE_WINDOW: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("window_start", timestamp_type(), false),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("events", DataType::Int64, false),
+        Field::new("errors", DataType::Int64, false),
+        Field::new("amount", amount_sum_type(), true),
+    ]))
+});
+
+/// The raw columns the live mode reads, as plain strings.
+pub static LIVE_INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let keep = [
+        "txn_id",
+        "partner_id",
+        "event_time",
+        "ingest_time",
+        "amount",
+        "status",
+    ];
+    let fields: Vec<Field> = RAW_PAYMENTS_FILE
+        .fields()
+        .iter()
+        .filter(|f| keep.contains(&f.name().as_str()))
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(Schema::new(fields))
+});
+
 /// Casts a batch to `schema` by column name (e.g. `Utf8View` from a scan to `Utf8`).
 pub fn conform(
     batch: &arrow::array::RecordBatch,

@@ -179,15 +179,23 @@ impl TallySession {
     ) -> Result<()> {
         table.update_datafusion_session(&self.ctx.state())?;
         let provider = table.table_provider().await?;
-        self.ctx.register_table(name, provider)?;
+        let mut detail = table
+            .version()
+            .map(|v| format!("version {v}"))
+            .unwrap_or_default();
+        if name == layout::LIVE_VIEW || name == layout::LIVE_LATE {
+            // The live tables hold partial rows per batch; readers get one row per key.
+            let view = crate::live::sink::totals(&self.ctx, provider)?.into_view();
+            self.ctx.register_table(name, view)?;
+            detail.push_str(", one row per (window_start, partner_id)");
+        } else {
+            self.ctx.register_table(name, provider)?;
+        }
         self.tables.push(TableInfo {
             name: name.into(),
             format: "delta",
             location: url.to_string(),
-            detail: table
-                .version()
-                .map(|v| format!("version {v}"))
-                .unwrap_or_default(),
+            detail,
         });
         Ok(())
     }

@@ -104,6 +104,71 @@ pub struct RawRow {
     pub file: PathBuf,
 }
 
+/// Writes one record batch as a Parquet file.
+pub fn write_parquet(path: &Path, batch: RecordBatch) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+/// Writes raw rows as a raw-payments file `name` in `lake/raw/payments/ingest_date=<day>/`
+/// (the row's `ingest_date` and `file` fields are ignored).
+pub fn write_raw(lake: &Path, day: &str, name: &str, rows: &[RawRow]) {
+    use arrow::array::{ArrayRef, Decimal128Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, false),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("event_time", ts.clone(), true),
+        Field::new("ingest_time", ts, true),
+        Field::new("amount", DataType::Decimal128(18, 2), true),
+        Field::new("currency", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, true),
+    ]));
+    let s = |f: &dyn Fn(&RawRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let t = |f: &dyn Fn(&RawRow) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"),
+        )
+    };
+    let amount: ArrayRef = Arc::new(
+        Decimal128Array::from_iter_values(rows.iter().map(|r| r.amount))
+            .with_precision_and_scale(18, 2)
+            .unwrap(),
+    );
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            s(&|r| &r.txn_id),
+            s(&|r| &r.partner_id),
+            t(&|r| r.event_time),
+            t(&|r| r.ingest_time),
+            amount,
+            s(&|r| &r.currency),
+            s(&|r| &r.status),
+        ],
+    )
+    .unwrap();
+    let dir = lake.join(format!("raw/payments/ingest_date={day}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Write then rename, as a landing job would: a reader never sees half a file.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    write_parquet(&tmp, batch);
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// Microseconds since the epoch of `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn micros(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp_micros()
+}
+
 /// Every Parquet file under a directory, recursively, sorted.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -376,13 +376,6 @@ fn killed_mid_write_leaves_the_previous_ledger_intact() {
     assert_eq!(again["fingerprint"], first["fingerprint"]);
 }
 
-fn write_parquet(path: &Path, batch: arrow::array::RecordBatch) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-}
-
 fn assert_bad_input_changes_nothing(dir: &Path, needle: &str) {
     let table = dir.join("lake/ledger");
     let versions = delta_versions(&table);

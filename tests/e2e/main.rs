@@ -10,5 +10,6 @@ mod harness;
 mod cli;
 mod generate;
 mod ledger;
+mod live;
 mod s3;
 mod sql;

@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod generate;
 pub mod ledger;
+pub mod live;
 pub mod shell;
 pub mod sql;
 pub mod tables;

@@ -187,9 +187,15 @@ impl<'a> LedgerJob<'a> {
         tracing::info!(day = %self.day, files = inputs.len(), rows_read, secs = started.elapsed().as_secs_f64(), "ledger: inputs checked");
 
         let ledger_url = lake.url_of(layout::LEDGER)?;
-        let table =
-            delta::open_or_create(lake, &ledger_url, "ledger", &schema::LEDGER, &[EVENT_DATE])
-                .await?;
+        let table = delta::open_or_create(
+            lake,
+            &ledger_url,
+            "ledger",
+            &schema::LEDGER,
+            &[EVENT_DATE],
+            &[],
+        )
+        .await?;
 
         // Phase 1: the ledger plan, one writer per hash partition.
         self.progress.message(&format!(
@@ -352,6 +358,7 @@ impl<'a> LedgerJob<'a> {
             "ledger_conflicts",
             &schema::LEDGER_CONFLICTS,
             &[EVENT_DATE],
+            &[],
         )
         .await?;
         let mut writer = RecordBatchWriter::for_table(&table)?;

@@ -1,0 +1,120 @@
+//! The live mode's checkpoint: what has been processed, kept beside `live_view`.
+//!
+//! One JSON file per batch, `live_view/_tally_live/checkpoint-<batch>.json`, holding the state
+//! *after* that batch: the watermark input (newest `event_time`), the newest file time, and the
+//! recent batches with their files. It is written before the batch's Delta commit and only
+//! trusted once the commit carrying the same batch number as its application transaction
+//! exists, so the pair (Delta `txn` version, checkpoint file) moves atomically:
+//! - checkpoint `n` written, commit `n` missing → batch `n` is redone with exactly the files
+//!   the checkpoint recorded (processing is deterministic, so the redo writes the same rows);
+//! - commit `n` present → checkpoint `n` is the state.
+//!
+//! The dedup keys themselves are not stored: raw files are immutable, so on restart the keys
+//! are rebuilt by re-reading `txn_id`/`event_time` of the batches whose keys may still be alive
+//! (those whose newest event is within the TTL). That keeps each checkpoint small (file names
+//! of the last few minutes) instead of writing hundreds of MB of hashes every second.
+
+use crate::error::{Result, TallyError};
+use crate::lake::{layout, Lake};
+use object_store::{ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+/// Directory of the checkpoint files, inside the `live_view` table directory (Delta ignores
+/// `_`-prefixed directories; vacuum leaves them alone).
+pub const DIR: &str = "_tally_live";
+
+/// One raw file a batch read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Path relative to the lake root.
+    pub path: String,
+    /// Last-modified time, milliseconds since the epoch.
+    pub mtime_ms: i64,
+    /// Size in bytes.
+    pub size: u64,
+    /// The file could not be read as raw payments and was skipped (quarantined).
+    #[serde(default)]
+    pub quarantined: bool,
+}
+
+/// One committed micro-batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// The batch number (the Delta application transaction version).
+    pub batch: u64,
+    /// Newest `event_time` (µs) seen before this batch: the watermark input it ran with.
+    pub max_event_before: Option<i64>,
+    /// Newest `event_time` (µs) seen after it.
+    pub max_event_after: Option<i64>,
+    /// The files it read, in the order it read them.
+    pub files: Vec<FileRecord>,
+}
+
+/// The state after a batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The last batch included (0: none yet).
+    pub batch: u64,
+    /// Newest `event_time` seen (µs).
+    pub max_event_time: Option<i64>,
+    /// Newest last-modified time of a processed file (ms).
+    pub newest_mtime_ms: Option<i64>,
+    /// Newest `ingest_date` partition a processed file came from (`YYYY-MM-DD`).
+    pub newest_partition: Option<String>,
+    /// Oldest partition the live mode follows (chosen on its first start).
+    #[serde(default)]
+    pub start_partition: Option<String>,
+    /// Recent batches, oldest first: those whose dedup keys may still be alive, and those
+    /// whose files are recent enough to be listed again (so they are known as seen).
+    pub batches: Vec<BatchRecord>,
+}
+
+impl Checkpoint {
+    /// Paths read by the retained batches.
+    pub fn seen_paths(&self) -> std::collections::HashSet<&str> {
+        self.batches
+            .iter()
+            .flat_map(|b| b.files.iter().map(|f| f.path.as_str()))
+            .collect()
+    }
+}
+
+fn relative(batch: u64) -> String {
+    format!("{}/{DIR}/checkpoint-{batch:020}.json", layout::LIVE_VIEW)
+}
+
+/// Reads checkpoint `batch`; `None` if it does not exist.
+pub async fn read(lake: &Lake, batch: u64) -> Result<Option<Checkpoint>> {
+    let path = lake.file_path(&relative(batch))?;
+    match lake.store().get(&path).await {
+        Ok(got) => {
+            let bytes = got.bytes().await.map_err(|e| lake.storage_error(e))?;
+            let cp = serde_json::from_slice(&bytes).map_err(|e| {
+                TallyError::Internal(format!("live checkpoint {} is unreadable: {e}", path))
+            })?;
+            Ok(Some(cp))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(lake.storage_error(e)),
+    }
+}
+
+/// Writes checkpoint `cp` (overwriting a leftover of a crashed attempt at the same batch).
+pub async fn write(lake: &Lake, cp: &Checkpoint) -> Result<()> {
+    let path = lake.file_path(&relative(cp.batch))?;
+    let body = serde_json::to_vec(cp).map_err(|e| TallyError::Internal(e.to_string()))?;
+    lake.store()
+        .put(&path, PutPayload::from(body))
+        .await
+        .map_err(|e| lake.storage_error(e))?;
+    Ok(())
+}
+
+/// Deletes checkpoints older than `keep_from` (best effort: a leftover is harmless).
+pub async fn prune(lake: &Lake, keep_from: u64) {
+    for batch in keep_from.saturating_sub(8)..keep_from {
+        if let Ok(path) = lake.file_path(&relative(batch)) {
+            let _ = lake.store().delete(&path).await;
+        }
+    }
+}

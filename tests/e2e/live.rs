@@ -1,0 +1,342 @@
+//! `tally live`: exact totals, dedup within the TTL, late rows, crash recovery, retention,
+//! quarantine and clean shutdown — through the real binary on real Delta tables.
+
+use crate::harness::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const MINUTE: i64 = 60_000_000;
+
+/// (window_start µs, partner) → (events, errors, amount in cents).
+type Totals = BTreeMap<(i64, String), (u64, u64, i128)>;
+
+fn expected(rows: &[RawRow]) -> Totals {
+    let mut t = Totals::new();
+    for r in rows {
+        let e = t
+            .entry((
+                r.event_time.div_euclid(MINUTE) * MINUTE,
+                r.partner_id.clone(),
+            ))
+            .or_default();
+        e.0 += 1;
+        e.1 += u64::from(r.status != "ok");
+        e.2 += r.amount;
+    }
+    t
+}
+
+/// A live table read back through `tally sql` (the per-key view).
+fn read_totals(dir: &Path, table: &str) -> Totals {
+    let lake = dir.join("lake");
+    if !lake.join(table).join("_delta_log").is_dir() {
+        return Totals::new();
+    }
+    let sql = format!(
+        "SELECT CAST(window_start AS BIGINT), partner_id, events, errors, CAST(amount * 100 AS DECIMAL(38,0)) FROM {table} ORDER BY 1, 2"
+    );
+    csv_rows(&tally_ok(dir, &["sql", &sql, "--format", "csv"]))
+        .into_iter()
+        .map(|r| {
+            (
+                (r[0].parse().unwrap(), r[1].clone()),
+                (
+                    r[2].parse().unwrap(),
+                    r[3].parse().unwrap(),
+                    r[4].parse().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn row(txn: &str, partner: &str, event: i64, ingest: i64, cents: i128, status: &str) -> RawRow {
+    RawRow {
+        txn_id: txn.into(),
+        partner_id: partner.into(),
+        event_time: event,
+        ingest_time: ingest,
+        amount: cents,
+        currency: "EUR".into(),
+        status: status.into(),
+        ingest_date: String::new(),
+        file: Default::default(),
+    }
+}
+
+/// `n` distinct transactions from `start`, one every `step` µs, over 5 partners, ~7% errors.
+fn traffic(prefix: &str, start: i64, step: i64, n: usize) -> Vec<RawRow> {
+    (0..n)
+        .map(|i| {
+            let t = start + i as i64 * step;
+            row(
+                &format!("{prefix}-{i}"),
+                &format!("p{}", i % 5),
+                t,
+                t + 1_500_000,
+                100 + (i as i128 * 37) % 10_000,
+                if i % 14 == 3 { "declined" } else { "ok" },
+            )
+        })
+        .collect()
+}
+
+fn live_once(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["live", "--once", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = tally_ok(dir, &args);
+    let last = out.lines().last().unwrap();
+    serde_json::from_str::<serde_json::Value>(last).unwrap()["summary"].clone()
+}
+
+#[test]
+fn totals_match_an_independent_count_on_duplicate_free_input() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let start = micros("2026-11-20T10:00:00Z");
+    let rows = traffic("a", start, 700_000, 3_000); // 35 minutes
+    for (i, chunk) in rows.chunks(1_000).enumerate() {
+        write_raw(&lake, "2026-11-20", &format!("f{i}.parquet"), chunk);
+    }
+    let s = live_once(dir.path(), &[]);
+    assert_eq!(s["rows"], 3_000);
+    assert_eq!(s["applied"], 3_000);
+    assert_eq!(s["deduped"], 0);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&rows));
+    assert!(read_totals(dir.path(), "live_late").is_empty());
+
+    // Nothing new: a second run does nothing and changes nothing.
+    let again = live_once(dir.path(), &[]);
+    assert_eq!(again["batches"], 0);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&rows));
+}
+
+#[test]
+fn retries_within_the_ttl_collapse_and_late_rows_land_in_live_late() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let start = micros("2026-11-20T10:00:00Z");
+    let first = traffic("a", start, 600_000, 3_000); // 10:00 .. 10:30
+    write_raw(&lake, "2026-11-20", "a.parquet", &first);
+    live_once(dir.path(), &[]);
+
+    // Next file: webhook retries of the last 5 minutes (same event_time, landing later), new
+    // on-time events, and events from 09:00 that arrive behind the watermark (10:28).
+    let mut retries: Vec<RawRow> = first
+        .iter()
+        .filter(|r| r.event_time >= start + 25 * MINUTE)
+        .cloned()
+        .collect();
+    for r in &mut retries {
+        r.ingest_time += 3 * MINUTE;
+    }
+    let on_time = traffic("b", start + 30 * MINUTE, 1_000_000, 200);
+    let late = traffic("c", start - 60 * MINUTE, 1_000_000, 300);
+    let mut second = retries.clone();
+    second.extend(on_time.iter().cloned());
+    second.extend(late.iter().cloned());
+    write_raw(&lake, "2026-11-20", "b.parquet", &second);
+    let s = live_once(dir.path(), &[]);
+    assert_eq!(s["deduped"], retries.len() as u64);
+    assert_eq!(s["late"], 300);
+
+    let mut applied = first.clone();
+    applied.extend(on_time);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&applied));
+    assert_eq!(read_totals(dir.path(), "live_late"), expected(&late));
+}
+
+/// A tiny xorshift so the kill moments vary run to run but are printed for reproduction.
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_then_restart_counts_everything_once() {
+    // A generated lake (retries, a late replay) processed in many small batches.
+    let reference = tempdir();
+    generate(reference.path(), 4, 40_000, 11);
+    let crashed = tempdir();
+    copy_dir(&reference.path().join("lake"), &crashed.path().join("lake"));
+    let args = [
+        "live",
+        "--once",
+        "--max-files-per-batch",
+        "1",
+        "--compact-every",
+        "4",
+        "--start-lookback-days",
+        "10",
+        "--retention",
+        "1000h",
+    ];
+    let t0 = Instant::now();
+    tally_ok(reference.path(), &args);
+    let full_run_ms = t0.elapsed().as_millis() as u64;
+    let want_view = read_totals(reference.path(), "live_view");
+    let want_late = read_totals(reference.path(), "live_late");
+    let raw = read_raw(&reference.path().join("lake"));
+    let distinct: std::collections::HashSet<&str> = raw.iter().map(|r| r.txn_id.as_str()).collect();
+    let counted: u64 = want_view
+        .values()
+        .chain(want_late.values())
+        .map(|v| v.0)
+        .sum();
+    assert!(counted >= distinct.len() as u64 && counted <= raw.len() as u64);
+
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill seed {seed}");
+    let mut killed_mid_run = 0;
+    for _ in 0..30 {
+        if killed_mid_run >= 6 {
+            break;
+        }
+        let mut child = tally_cmd(crashed.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Kill within the first sixth of a full run, so several kills land before it finishes.
+        let wait = Duration::from_millis(10 + next_rand(&mut seed) % (full_run_ms / 6).max(20));
+        std::thread::sleep(wait);
+        match child.try_wait().unwrap() {
+            None => killed_mid_run += 1,
+            Some(status) => {
+                let out = child.wait_with_output().unwrap();
+                assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                continue;
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // The table stays readable between crashes.
+        if crashed.path().join("lake/live_view/_delta_log").is_dir() {
+            tally_ok(crashed.path(), &["sql", "SELECT count(*) FROM live_view"]);
+        }
+    }
+    assert!(
+        killed_mid_run >= 6,
+        "only {killed_mid_run} kills landed mid-run"
+    );
+    tally_ok(crashed.path(), &args);
+    assert_eq!(read_totals(crashed.path(), "live_view"), want_view);
+    assert_eq!(read_totals(crashed.path(), "live_late"), want_late);
+}
+
+#[test]
+fn retention_keeps_only_recent_windows_and_rollup_keeps_totals() {
+    let dir = tempdir();
+    generate(dir.path(), 2, 5_000, 3);
+    live_once(
+        dir.path(),
+        &[
+            "--retention",
+            "2h",
+            "--compact-every",
+            "1",
+            "--start-lookback-days",
+            "10",
+        ],
+    );
+    let view = read_totals(dir.path(), "live_view");
+    let newest = view.keys().map(|k| k.0).max().unwrap();
+    let oldest = view.keys().map(|k| k.0).min().unwrap();
+    assert!(
+        newest - oldest <= 2 * 60 * MINUTE,
+        "oldest window {oldest}, newest {newest}"
+    );
+
+    // Without retention the same recent windows hold the same totals.
+    let full = tempdir();
+    generate(full.path(), 2, 5_000, 3);
+    live_once(full.path(), &["--start-lookback-days", "10"]);
+    let all = read_totals(full.path(), "live_view");
+    let recent: Totals = all.into_iter().filter(|(k, _)| k.0 >= oldest).collect();
+    assert_eq!(view, recent);
+}
+
+#[test]
+fn a_bad_file_is_quarantined_named_and_skipped() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let rows = traffic("a", micros("2026-11-20T10:00:00Z"), 1_000_000, 500);
+    write_raw(&lake, "2026-11-20", "good.parquet", &rows);
+    std::fs::write(
+        lake.join("raw/payments/ingest_date=2026-11-20/broken.parquet"),
+        b"PAR1 not really",
+    )
+    .unwrap();
+    let err = tally_fails(dir.path(), &["live", "--once"], 1);
+    assert!(err.contains("broken.parquet"), "{err}");
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&rows));
+    // Recorded as processed: the next run does not stall on it.
+    let s = live_once(dir.path(), &[]);
+    assert_eq!(s["batches"], 0);
+}
+
+#[test]
+fn sigterm_finishes_the_batch_and_exits_cleanly() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    write_raw(
+        &lake,
+        "2026-11-20",
+        "a.parquet",
+        &traffic("a", micros("2026-11-20T10:00:00Z"), 1_000_000, 100),
+    );
+    let mut child = tally_cmd(dir.path())
+        .args(["live", "--interval", "200ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !lake
+        .join("live_view/_delta_log/00000000000000000001.json")
+        .exists()
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no batch committed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
