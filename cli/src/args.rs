@@ -42,10 +42,78 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Build one event day's ledger: every transaction once, replaced in one Delta commit.
     Ledger(LedgerArgs),
+    /// Build the ledger for every day of a range; resumable, skips unchanged days.
+    Backfill(BackfillArgs),
     /// Follow the raw lake in micro-batches into live_view (per minute and partner).
     Live(LiveArgs),
+    /// Compare one day's ledger with the live view, per partner (exit 3 on drift).
+    Reconcile(ReconcileArgs),
+    /// Every raw copy of a transaction, which one won and why, and where the ledger holds it.
+    Trace(TraceArgs),
     /// Make a sample lake with realistic traffic and show what tally does with it.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// First event day (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: String,
+    /// Last event day, inclusive (YYYY-MM-DD).
+    #[arg(long)]
+    pub to: String,
+    /// Days built at once.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Days after each event day whose arrivals still count [default: 3, or tally.toml]
+    #[arg(long)]
+    pub late_days: Option<u32>,
+    /// Hash buckets of txn_id per day [default: 16, or tally.toml]
+    #[arg(long)]
+    pub buckets: Option<u32>,
+    /// Memory limit of each day's plan, e.g. 2GiB.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+    /// Per-day lines: a progress bar on a terminal, JSON lines otherwise (auto), or force one.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+}
+
+/// How a long job shows progress.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar on a terminal, JSON lines otherwise.
+    Auto,
+    /// An indicatif bar on stderr.
+    Bar,
+    /// One JSON object per finished day on stdout.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// The event day (UTC), YYYY-MM-DD.
+    #[arg(long)]
+    pub date: String,
+    /// Largest acceptable unexplained drift, relative to the ledger [default: 0.001]
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// A table for people, or one JSON object.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SummaryFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The transaction id.
+    #[arg(long)]
+    pub txn: String,
+    /// Arrival window searched after the ledger day [default: 3, or tally.toml]
+    #[arg(long)]
+    pub late_days: Option<u32>,
+    /// Lines for people, or one JSON object.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SummaryFormat,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +252,10 @@ pub struct GenerateArgs {
     /// Number of partners.
     #[arg(long, default_value_t = 300)]
     pub partners: u32,
+    /// The replaying partner had a 10:00-14:00 outage on the replayed day: those events
+    /// arrive only with the late replay.
+    #[arg(long)]
+    pub outage: bool,
 }
 
 /// Parses a byte size like `512MiB`, `1GiB`, `2G` or a plain number of bytes.

@@ -37,10 +37,13 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn init_logging(verbose: u8) {
+    // delta-rs logs a missing table as an ERROR and a retried concurrent commit as a WARN;
+    // both are normal for tally (tables are created on first use, days commit concurrently).
+    let quiet = "buoyant_kernel=off,delta_kernel=off,deltalake_core=error";
     let default = match verbose {
-        0 => "warn",
-        1 => "info,tally_engine=info",
-        _ => "debug",
+        0 => format!("warn,{quiet}"),
+        1 => format!("info,tally_engine=info,{quiet}"),
+        _ => "debug".to_string(),
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -61,6 +64,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(a) => rt.block_on(cmd::generate::run(&ctx, a))?,
         Command::Ledger(a) => rt.block_on(cmd::ledger::run(&ctx, a))?,
         Command::Live(a) => return rt.block_on(cmd::live::run(&ctx, a)),
+        Command::Backfill(a) => return rt.block_on(cmd::backfill::run(&ctx, a)),
+        Command::Reconcile(a) => return rt.block_on(cmd::reconcile::run(&ctx, a)),
+        Command::Trace(a) => rt.block_on(cmd::trace::run(&ctx, a))?,
         Command::Demo(a) => rt.block_on(cmd::demo::run(&ctx, a))?,
     }
     Ok(ExitCode::SUCCESS)

@@ -20,6 +20,15 @@ use url::Url;
 
 /// Opens the Delta table at `url` (inside or beside `lake`'s storage).
 pub async fn open(lake: &Lake, url: &Url) -> Result<DeltaTable> {
+    if url.scheme() == "file"
+        && url
+            .to_file_path()
+            .is_ok_and(|p| !p.join("_delta_log").is_dir())
+    {
+        return Err(TallyError::Delta(DeltaTableError::NotATable(
+            url.to_string(),
+        )));
+    }
     let table = if url.scheme() == "file" {
         deltalake::open_table(url.clone()).await?
     } else {
@@ -114,4 +123,31 @@ pub async fn replace_partition(
         .build(Some(snapshot), table.log_store(), operation)
         .await?;
     Ok((commit.version(), removed))
+}
+
+/// Appends `batches` (conformed to the table's schema) in one commit with `app_metadata` in
+/// the commit info. Blind appends from concurrent writers do not conflict. Returns the version.
+pub async fn append(
+    table: &DeltaTable,
+    batches: Vec<arrow::array::RecordBatch>,
+    app_metadata: HashMap<String, serde_json::Value>,
+) -> Result<u64> {
+    use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+    let mut writer = RecordBatchWriter::for_table(table)?;
+    for b in batches {
+        let b = crate::schema::conform(&b, &writer.arrow_schema())?;
+        writer.write(b).await?;
+    }
+    let adds = writer.flush().await?;
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    let commit = CommitBuilder::from(CommitProperties::default())
+        .with_actions(adds.into_iter().map(Action::Add).collect())
+        .with_app_metadata(app_metadata)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await?;
+    Ok(commit.version())
 }

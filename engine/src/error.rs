@@ -67,6 +67,10 @@ pub enum TallyError {
     #[error("invalid {what}: {message}")]
     InvalidArgument { what: String, message: String },
 
+    /// Another run holds what this one needs (e.g. the same ledger day); retry later.
+    #[error("{message}")]
+    Busy { message: String },
+
     /// The object store (local disk or S3) failed.
     #[error("storage: {0}")]
     Storage(#[from] object_store::Error),
@@ -108,9 +112,10 @@ impl TallyError {
             | TallyError::BadRawFile { .. }
             | TallyError::BadInput { .. }
             | TallyError::InvalidArgument { .. } => ErrorKind::User,
-            TallyError::Lake { .. } | TallyError::Storage(_) | TallyError::Io(_) => {
-                ErrorKind::External
-            }
+            TallyError::Lake { .. }
+            | TallyError::Busy { .. }
+            | TallyError::Storage(_)
+            | TallyError::Io(_) => ErrorKind::External,
             TallyError::Query(e) => match e.find_root() {
                 D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
                     ErrorKind::User

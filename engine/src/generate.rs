@@ -35,6 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// The replaying partner's outage (with `outage`): 10:00 to 14:00 of the replayed day.
+const OUTAGE_START: i64 = 10 * 3_600_000_000;
+const OUTAGE_END: i64 = 14 * 3_600_000_000;
 const CURRENCIES: [&str; 8] = ["USD", "EUR", "GBP", "JPY", "BRL", "INR", "CAD", "AUD"];
 
 /// What to generate.
@@ -54,6 +57,10 @@ pub struct GenerateOptions {
     pub partners: u32,
     /// Transactions per chunk (one file per chunk and arrival day).
     pub rows_per_file: u64,
+    /// The replaying partner had an outage: its events of 10:00–14:00 on the replayed day are
+    /// delivered only by the late replay (the live view misses them; the ledger re-run gets
+    /// them). Without it the replay only re-sends copies already delivered.
+    pub outage: bool,
 }
 
 impl Default for GenerateOptions {
@@ -66,6 +73,7 @@ impl Default for GenerateOptions {
             skew_free: false,
             partners: 300,
             rows_per_file: 500_000,
+            outage: false,
         }
     }
 }
@@ -287,19 +295,30 @@ fn generate_chunk(
                 late.push(&id, partner, event, t, cents, currency, status);
             }
         };
-        push(&mut main, &mut late, ingest, cents, status);
+        // The draws below happen whether or not the copies are delivered, so an outage changes
+        // nothing else about the day.
+        let in_outage = opts.outage
+            && replay.is_some_and(|(rp, _)| rp as usize == p)
+            && (OUTAGE_START..OUTAGE_END).contains(&(event - day_start));
+        let deliver = !in_outage;
+        if deliver {
+            push(&mut main, &mut late, ingest, cents, status);
+        }
         if rng.random_bool(RETRY_RATE) {
             let copies = if rng.random_bool(0.2) { 2 } else { 1 };
             for i in 0..copies {
                 let t = ingest + rng.random_range(1_000_000..300_000_000) * (i + 1);
-                push(&mut main, &mut late, t, cents, status);
+                if deliver {
+                    push(&mut main, &mut late, t, cents, status);
+                }
             }
         }
         if rng.random_bool(CONFLICT_RATE) {
             let t = ingest + rng.random_range(1_000_000..600_000_000);
-            if rng.random_bool(0.5) {
+            let flip = rng.random_bool(0.5);
+            if deliver && flip {
                 push(&mut main, &mut late, t, cents + 100, status);
-            } else {
+            } else if deliver {
                 let flipped = if status == "ok" { "declined" } else { "ok" };
                 push(&mut main, &mut late, t, cents, flipped);
             }

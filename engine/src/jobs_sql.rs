@@ -21,3 +21,6 @@ pub fn sql_hash(texts: &[&str]) -> String {
 
 /// One micro-batch's per-minute, per-partner totals (`sql/live_window.sql`).
 pub const LIVE_WINDOW: &str = include_str!("../../sql/live_window.sql");
+
+/// Day D's ledger against the live view, per partner (`sql/reconcile.sql`).
+pub const RECONCILE: &str = include_str!("../../sql/reconcile.sql");

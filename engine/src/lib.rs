@@ -12,6 +12,11 @@
 //! - [`query`]: ad-hoc SQL with the read-only guard;
 //! - [`ledger`]: the daily finance ledger (exact dedup, one atomic Delta commit per day);
 //! - [`live`]: the incremental micro-batch live view (dedup within a TTL, watermark, exactly once);
+//! - [`backfill`]: ledger days as tasks (lease, skip unchanged days, record in `runs`);
+//! - [`day_lock`]: the per-day lease that keeps two runs off one day;
+//! - [`runs`]: the `runs` table, the ledger's run log;
+//! - [`reconcile`]: the ledger against the live view, per partner, with a verdict;
+//! - [`trace`]: every copy of one transaction and why the winner won;
 //! - [`jobs_sql`]: the jobs' SQL texts from `sql/`;
 //! - [`generate`]: the realistic raw-lake generator;
 //! - [`progress`]: how long jobs report progress;
@@ -19,8 +24,10 @@
 //!
 //! arrow, datafusion and deltalake are re-exported so the CLI and tests never pin their own.
 
+pub mod backfill;
 pub mod config;
 pub mod day;
+pub mod day_lock;
 pub mod delta;
 pub mod error;
 pub mod generate;
@@ -32,12 +39,16 @@ pub mod progress;
 pub mod query;
 pub mod raw_files;
 pub mod raw_table;
+pub mod reconcile;
+pub mod runs;
 pub mod schema;
 pub mod session;
+pub mod trace;
 
 pub use arrow;
 pub use datafusion;
 pub use deltalake;
 pub use error::{ErrorKind, Result, TallyError};
+pub use object_store;
 pub use parquet;
 pub use tally_udfs as udfs;

@@ -134,6 +134,51 @@ pub static LIVE_WINDOW: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `runs`: one row per ledger day run (by `tally ledger` or `tally backfill`).
+pub static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("command", DataType::Utf8, false),
+        Field::new("day", DataType::Date32, false),
+        Field::new("started_at", timestamp_type(), false),
+        Field::new("finished_at", timestamp_type(), false),
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("inputs_key", DataType::Utf8, true),
+        Field::new("input_files", DataType::Int64, true),
+        Field::new("rows_read", DataType::Int64, true),
+        Field::new("ledger_rows", DataType::Int64, true),
+        Field::new("ledger_amount", amount_sum_type(), true),
+        Field::new("row_hash", DataType::Utf8, true),
+        Field::new("ledger_version", DataType::Int64, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("tally_version", DataType::Utf8, false),
+    ]))
+});
+
+/// `reconciliations`: one row per partner per `tally reconcile` run.
+pub static RECONCILIATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("run_time", timestamp_type(), false),
+        Field::new("day", DataType::Date32, false),
+        Field::new("partner_id", DataType::Utf8, true),
+        Field::new("ledger_events", DataType::Int64, false),
+        Field::new("ledger_errors", DataType::Int64, false),
+        Field::new("ledger_amount", amount_sum_type(), false),
+        Field::new("live_events", DataType::Int64, false),
+        Field::new("live_errors", DataType::Int64, false),
+        Field::new("live_amount", amount_sum_type(), false),
+        Field::new("late_events", DataType::Int64, false),
+        Field::new("late_amount", amount_sum_type(), false),
+        Field::new("raw_drift", DataType::Float64, false),
+        Field::new("unexplained_drift", DataType::Float64, false),
+        Field::new("threshold", DataType::Float64, false),
+        Field::new("verdict", DataType::Utf8, false),
+        Field::new("ledger_version", DataType::Int64, true),
+        Field::new("live_view_version", DataType::Int64, true),
+    ]))
+});
+
 /// The raw columns the live mode reads, as plain strings.
 pub static LIVE_INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
     let keep = [

@@ -154,7 +154,14 @@ impl TallySession {
     }
 
     async fn register_delta(&mut self, name: &str, url: url::Url) -> Result<()> {
-        let table = self.open_delta(name, &url).await?;
+        let table = self.open_delta(name, &url).await.map_err(|e| match e {
+            TallyError::Delta(deltalake::DeltaTableError::NotATable(_)) => TallyError::TableOpen {
+                name: name.into(),
+                location: url.to_string(),
+                message: "not a Delta table (no _delta_log)".into(),
+            },
+            other => other,
+        })?;
         self.register_opened_delta(name, &url, table).await
     }
 

@@ -68,26 +68,56 @@ fn config_file_sets_the_lake_and_bad_config_names_the_key() {
 }
 
 #[test]
-fn demo_builds_a_lake_and_a_ledger_and_tells_what_it_did() {
+fn demo_tells_the_replay_story_with_figures_that_hold() {
     let dir = tempdir();
     let out = tally_ok(
         dir.path(),
-        &["demo", "--days", "2", "--events-per-day", "5000"],
+        &["demo", "--days", "3", "--events-per-day", "6000"],
     );
-    let raw = read_raw(&dir.path().join("lake"));
+    let lake = dir.path().join("lake");
+    let raw = read_raw(&lake);
     assert!(out.contains(&format!("{} raw rows", raw.len())), "{out}");
+    // The replaying partner's day in the ledger, computed independently.
+    let partner = out
+        .split_whitespace()
+        .find(|w| w.starts_with("partner-"))
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string();
+    let day = "2026-11-02";
+    let lo = micros("2026-11-02T00:00:00Z");
+    let txns: std::collections::HashSet<&str> = raw
+        .iter()
+        .filter(|r| {
+            r.partner_id == partner && r.event_time >= lo && r.event_time < lo + 86_400_000_000
+        })
+        .map(|r| r.txn_id.as_str())
+        .collect();
     assert!(
-        out.contains("2026-11-01: ") && out.contains("→ 5000 transactions"),
+        out.contains(&format!(
+            "{partner} now has {} events in the ledger",
+            txns.len()
+        )),
         "{out}"
     );
-    assert!(out.contains("is_winner"), "{out}");
-    // A second run reuses the lake instead of overwriting it.
-    let again = tally_ok(
-        dir.path(),
-        &["demo", "--days", "2", "--events-per-day", "5000"],
-    );
     assert!(
-        again.contains("Using the raw lake already there"),
-        "{again}"
+        out.contains("-> ok") && out.contains("exit code 0"),
+        "{out}"
     );
+    assert!(out.contains("recorded in live_late"), "{out}");
+    let late = csv_rows(&tally_ok(
+        dir.path(),
+        &["sql", &format!("SELECT sum(events) FROM live_late WHERE partner_id = '{partner}' AND CAST(window_start AS DATE) = DATE '{day}'"), "--format", "csv"],
+    ));
+    assert!(late[0][0].parse::<u64>().unwrap() > 0);
+    // A second run replaces its own sample lake.
+    tally_ok(
+        dir.path(),
+        &["demo", "--days", "3", "--events-per-day", "6000"],
+    );
+    // It refuses a lake it did not make.
+    let other = tempdir();
+    generate(other.path(), 1, 100, 1);
+    let err = tally_fails(other.path(), &["demo"], 1);
+    assert!(err.contains("did not make"), "{err}");
 }

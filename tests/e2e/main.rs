@@ -7,9 +7,12 @@
 
 mod harness;
 
+mod backfill;
 mod cli;
 mod generate;
 mod ledger;
 mod live;
+mod reconcile;
 mod s3;
 mod sql;
+mod trace;

@@ -14,6 +14,7 @@ pub async fn run(ctx: &Context, args: &GenerateArgs) -> Result<()> {
         seed: args.seed,
         skew_free: args.skew_free,
         partners: args.partners,
+        outage: args.outage,
         ..Default::default()
     };
     let bar = Bar::new();

@@ -25,7 +25,7 @@ pub async fn run(ctx: &Context, args: &LedgerArgs) -> Result<()> {
         println!("{}", job.explain().await?);
         return Ok(());
     }
-    let m = job.run().await?;
+    let m = tally_engine::backfill::ledger_day(&session, &ctx.config, day, job).await?;
     bar.finish();
     print_summary(&m, args.format);
     Ok(())

@@ -1,9 +1,12 @@
 //! One module per command: each turns its arguments into engine calls and prints the result.
 
+pub mod backfill;
 pub mod demo;
 pub mod generate;
 pub mod ledger;
 pub mod live;
+pub mod reconcile;
 pub mod shell;
 pub mod sql;
 pub mod tables;
+pub mod trace;

@@ -13,8 +13,35 @@ use chrono::{Days, NaiveDate};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 
+/// The raw files with `ingest_date` in `[day, day + late_days]`, without opening them (rows 0):
+/// enough to tell whether a day's inputs changed since its last run.
+pub async fn list(lake: &Lake, day: NaiveDate, late_days: u32) -> Result<Vec<InputFile>> {
+    let mut files: Vec<InputFile> = list_metas(lake, day, late_days)
+        .await?
+        .into_iter()
+        .map(|m| InputFile {
+            path: lake.relative_path(&m.location),
+            size: m.size,
+            rows: 0,
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Lists and checks the raw files with `ingest_date` in `[day, day + late_days]`.
 pub async fn collect(lake: &Lake, day: NaiveDate, late_days: u32) -> Result<Vec<InputFile>> {
+    let metas = list_metas(lake, day, late_days).await?;
+    let mut checked: Vec<InputFile> = futures::stream::iter(metas)
+        .map(|meta| raw_files::check(lake, meta))
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    checked.sort();
+    Ok(checked)
+}
+
+async fn list_metas(lake: &Lake, day: NaiveDate, late_days: u32) -> Result<Vec<ObjectMeta>> {
     let mut metas: Vec<ObjectMeta> = Vec::new();
     for offset in 0..=late_days {
         let d = day
@@ -26,11 +53,5 @@ pub async fn collect(lake: &Lake, day: NaiveDate, late_days: u32) -> Result<Vec<
         let partition = format!("{}/{}={d}", layout::RAW_PAYMENTS, schema::INGEST_DATE);
         metas.extend(raw_files::list_parquet(lake, &partition).await?);
     }
-    let mut checked: Vec<InputFile> = futures::stream::iter(metas)
-        .map(|meta| raw_files::check(lake, meta))
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
-    checked.sort();
-    Ok(checked)
+    Ok(metas)
 }

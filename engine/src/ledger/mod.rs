@@ -12,7 +12,7 @@
 //! but leaves unreferenced files (removed by VACUUM).
 
 mod fingerprint;
-mod inputs;
+pub mod inputs;
 mod part_writer;
 
 pub use crate::raw_files::InputFile;
@@ -67,6 +67,8 @@ pub struct LedgerMetrics {
     pub added_files: usize,
     /// Wall time.
     pub elapsed: Duration,
+    /// What identifies this run's inputs and logic (see [`inputs_key`]).
+    pub inputs_key: String,
 }
 
 /// Builds one day's ledger. Configure with `with_*`, then [`LedgerJob::run`] or
@@ -280,6 +282,7 @@ impl<'a> LedgerJob<'a> {
             removed_files,
             added_files,
             elapsed: started.elapsed(),
+            inputs_key: inputs_key(&inputs, self.late_days),
         })
     }
 
@@ -458,6 +461,13 @@ fn commit_info(
             "conflict_rows": conflict_rows,
         }),
     )])
+}
+
+/// What decides a day's ledger: the raw files (paths and sizes), the lateness horizon and the
+/// SQL. A backfill skips a day whose key equals the key of its last successful run.
+pub fn inputs_key(inputs: &[InputFile], late_days: u32) -> String {
+    let sql = jobs_sql::sql_hash(&[jobs_sql::LEDGER, jobs_sql::LEDGER_DISPUTED]);
+    format!("{}-{late_days}-{sql}", inputs_hash(inputs))
 }
 
 /// A hash of the input file list (paths and sizes): equal hashes mean the same raw inputs.
