@@ -104,6 +104,18 @@ def rss_mib(pid):
     return 0.0
 
 
+def read_time(tally, lake):
+    """Best of 3 wall times of reading live_view through a fresh `tally sql` process."""
+    best = None
+    for _ in range(3):
+        s = time.perf_counter()
+        subprocess.run([tally, "sql", "SELECT count(*), sum(events) FROM live_view", "--lake", str(lake)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        d = time.perf_counter() - s
+        best = d if best is None else min(best, d)
+    return best
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))]
@@ -138,13 +150,19 @@ def main():
     landed_rows = 0
     t0 = time.time()
     i = 1
+    read_early = None
     while time.time() - t0 < args.duration:
         tick = t0 + i
+        if read_early is None and time.time() - t0 >= 60:
+            read_early = read_time(tally, lake)
         landed_rows += lander.land(i)
         rss.append((time.time() - t0, rss_mib(proc.pid)))
         i += 1
         time.sleep(max(0.0, tick - time.time()))
     land_end = time.time()
+    read_late = read_time(tally, lake)
+    log_files = len(list((lake / "live_view" / "_delta_log").glob("*.json")))
+    versions = max(b["batch"] for b in batches) if batches else 0
     # Wait for everything landed to be committed.
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -202,6 +220,8 @@ def main():
         f"| batches | {len(batches)} (median {statistics.median(batch_ms):.0f} ms, p95 {pct(batch_ms, 95):.0f} ms per batch with rows) | |",
         f"| tally RSS: first minute avg / last minute avg / peak | {statistics.mean(minute1):.0f} / {statistics.mean(last_min):.0f} / {peak:.0f} MiB | flat |",
         f"| tally RSS over the run (MiB) | {rss_at} | |",
+        f"| reading live_view (`tally sql`, fresh process): after 1 min / at the end | {read_early or 0:.2f} s / {read_late:.2f} s | as fast after a day as after a minute |",
+        f"| live_view Delta log at the end | {log_files} commit files kept for {versions} batches (roll-up every 60 batches, checkpoint every 100 commits, 1 h log retention) | |",
         f"| dedup state at the end | {batches[-1]['state_keys']:,} keys, ~{batches[-1]['state_bytes'] / 2**20:.0f} MiB | |",
         "",
         f"Reference: DuckDB {duckdb.__version__} running the same per-minute, per-partner aggregate on one landed file "

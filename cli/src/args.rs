@@ -54,6 +54,20 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+/// How a ledger day's plan runs (shared by `ledger` and `backfill`).
+#[derive(Debug, Args)]
+pub struct LedgerPlanArgs {
+    /// Days after the event day whose arrivals still count [default: 3, or tally.toml]
+    #[arg(long)]
+    pub late_days: Option<u32>,
+    /// Hash buckets of txn_id the work is split into [default: 16, or tally.toml]
+    #[arg(long)]
+    pub buckets: Option<u32>,
+    /// Memory limit per day, e.g. 1GiB: the dedup spills to disk beyond it.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+}
+
 #[derive(Debug, Args)]
 pub struct BackfillArgs {
     /// First event day (YYYY-MM-DD).
@@ -65,15 +79,8 @@ pub struct BackfillArgs {
     /// Days built at once.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
-    /// Days after each event day whose arrivals still count [default: 3, or tally.toml]
-    #[arg(long)]
-    pub late_days: Option<u32>,
-    /// Hash buckets of txn_id per day [default: 16, or tally.toml]
-    #[arg(long)]
-    pub buckets: Option<u32>,
-    /// Memory limit of each day's plan, e.g. 2GiB.
-    #[arg(long, value_parser = parse_bytes)]
-    pub memory_limit: Option<usize>,
+    #[command(flatten)]
+    pub plan: LedgerPlanArgs,
     /// Per-day lines: a progress bar on a terminal, JSON lines otherwise (auto), or force one.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
@@ -152,15 +159,8 @@ pub struct LedgerArgs {
     /// The event day (UTC), YYYY-MM-DD.
     #[arg(long)]
     pub date: String,
-    /// Days after the event day whose arrivals still count [default: 3, or tally.toml]
-    #[arg(long)]
-    pub late_days: Option<u32>,
-    /// Hash buckets of txn_id the work is split into [default: 16, or tally.toml]
-    #[arg(long)]
-    pub buckets: Option<u32>,
-    /// Memory limit, e.g. 1GiB: the dedup spills to disk beyond it.
-    #[arg(long, value_parser = parse_bytes)]
-    pub memory_limit: Option<usize>,
+    #[command(flatten)]
+    pub plan: LedgerPlanArgs,
     /// Print the plan instead of running it.
     #[arg(long)]
     pub explain: bool,

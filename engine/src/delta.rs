@@ -96,6 +96,10 @@ pub async fn replace_partition(
     adds: Vec<Add>,
     app_metadata: HashMap<String, serde_json::Value>,
 ) -> Result<(u64, usize)> {
+    // Commit on the newest snapshot: the table may have moved since the job opened it (another
+    // day's commit, or a concurrent first creation that landed as a second metadata version).
+    let mut table = table.clone();
+    table.update_state().await?;
     let snapshot = table.snapshot()?;
     let removes: Vec<Action> = table
         .get_active_add_actions_by_partitions(&[])
@@ -133,7 +137,9 @@ pub async fn append(
     app_metadata: HashMap<String, serde_json::Value>,
 ) -> Result<u64> {
     use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-    let mut writer = RecordBatchWriter::for_table(table)?;
+    let mut table = table.clone();
+    table.update_state().await?;
+    let mut writer = RecordBatchWriter::for_table(&table)?;
     for b in batches {
         let b = crate::schema::conform(&b, &writer.arrow_schema())?;
         writer.write(b).await?;

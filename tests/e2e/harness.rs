@@ -112,22 +112,27 @@ pub fn write_parquet(path: &Path, batch: RecordBatch) {
     w.close().unwrap();
 }
 
-/// Writes raw rows as a raw-payments file `name` in `lake/raw/payments/ingest_date=<day>/`
-/// (the row's `ingest_date` and `file` fields are ignored).
-pub fn write_raw(lake: &Path, day: &str, name: &str, rows: &[RawRow]) {
-    use arrow::array::{ArrayRef, Decimal128Array, StringArray, TimestampMicrosecondArray};
+/// The raw file schema as a writer outside tally would produce it (plain strings).
+pub fn raw_file_schema(txn_id_nullable: bool) -> arrow::datatypes::SchemaRef {
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    use std::sync::Arc;
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("txn_id", DataType::Utf8, false),
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, txn_id_nullable),
         Field::new("partner_id", DataType::Utf8, true),
         Field::new("event_time", ts.clone(), true),
         Field::new("ingest_time", ts, true),
         Field::new("amount", DataType::Decimal128(18, 2), true),
         Field::new("currency", DataType::Utf8, true),
         Field::new("status", DataType::Utf8, true),
-    ]));
+    ]))
+}
+
+/// Writes raw rows as a raw-payments file `name` in `lake/raw/payments/ingest_date=<day>/`
+/// (the row's `ingest_date` and `file` fields are ignored).
+pub fn write_raw(lake: &Path, day: &str, name: &str, rows: &[RawRow]) {
+    use arrow::array::{ArrayRef, Decimal128Array, StringArray, TimestampMicrosecondArray};
+    use std::sync::Arc;
+    let schema = raw_file_schema(false);
     let s = |f: &dyn Fn(&RawRow) -> &str| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
     };

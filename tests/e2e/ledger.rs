@@ -390,7 +390,7 @@ fn assert_bad_input_changes_nothing(dir: &Path, needle: &str) {
 #[test]
 fn bad_input_fails_naming_it_and_changes_nothing() {
     use arrow::array::{Decimal128Array, Float64Array, StringArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
     let dir = tempdir();
     generate(dir.path(), 1, 2_000, 28);
@@ -405,16 +405,16 @@ fn bad_input_fails_naming_it_and_changes_nothing() {
     std::fs::remove_file(&corrupt).unwrap();
 
     // A file whose amount is a float.
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let wrong = Arc::new(Schema::new(vec![
-        Field::new("txn_id", DataType::Utf8, true),
-        Field::new("partner_id", DataType::Utf8, true),
-        Field::new("event_time", ts.clone(), true),
-        Field::new("ingest_time", ts.clone(), true),
-        Field::new("amount", DataType::Float64, true),
-        Field::new("currency", DataType::Utf8, true),
-        Field::new("status", DataType::Utf8, true),
-    ]));
+    let wrong = Arc::new(Schema::new(
+        raw_file_schema(true)
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "amount" => Arc::new(Field::new("amount", DataType::Float64, true)),
+                _ => Arc::clone(f),
+            })
+            .collect::<Vec<_>>(),
+    ));
     let t = day_start("2026-11-01") + 1_000;
     let s = |v: Option<&str>| Arc::new(StringArray::from(vec![v])) as arrow::array::ArrayRef;
     let tsa = || {
@@ -440,15 +440,7 @@ fn bad_input_fails_naming_it_and_changes_nothing() {
     std::fs::remove_file(&float_file).unwrap();
 
     // A file with a null txn_id.
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("txn_id", DataType::Utf8, true),
-        Field::new("partner_id", DataType::Utf8, true),
-        Field::new("event_time", ts.clone(), true),
-        Field::new("ingest_time", ts, true),
-        Field::new("amount", DataType::Decimal128(18, 2), true),
-        Field::new("currency", DataType::Utf8, true),
-        Field::new("status", DataType::Utf8, true),
-    ]));
+    let schema = raw_file_schema(true);
     let amount = Arc::new(
         Decimal128Array::from(vec![150i128])
             .with_precision_and_scale(18, 2)

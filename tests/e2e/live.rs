@@ -340,3 +340,77 @@ fn sigterm_finishes_the_batch_and_exits_cleanly() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// Writes `rows` as one commit to a Delta raw table at `lake/raw/payments` (partitioned by
+/// `ingest_date`), through the engine's Delta helpers, as another writer would.
+fn append_delta_raw(lake: &Path, day: &str, rows: &[RawRow]) {
+    use arrow::array::{ArrayRef, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let tmp = tempdir();
+    write_raw(tmp.path(), day, "x.parquet", rows);
+    let file = tmp
+        .path()
+        .join(format!("raw/payments/ingest_date={day}/x.parquet"));
+    let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(file).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("ingest_date", DataType::Utf8, true));
+    let schema = Arc::new(Schema::new(fields));
+    let mut cols: Vec<ArrayRef> = batch.columns().to_vec();
+    cols.push(Arc::new(StringArray::from(vec![day; batch.num_rows()])));
+    let with_day = arrow::array::RecordBatch::try_new(Arc::clone(&schema), cols).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lake =
+            tally_engine::lake::Lake::open(lake.to_str().unwrap(), &Default::default()).unwrap();
+        let url = lake.url_of("raw/payments").unwrap();
+        let table = tally_engine::delta::open_or_create(
+            &lake,
+            &url,
+            "raw_payments",
+            &schema,
+            &["ingest_date"],
+            &[],
+        )
+        .await
+        .unwrap();
+        tally_engine::delta::append(&table, vec![with_day], Default::default())
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_delta_raw_table_is_followed_by_its_versions() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    std::fs::create_dir_all(&lake).unwrap();
+    let start = micros("2026-11-20T10:00:00Z");
+    let first = traffic("a", start, 1_000_000, 400);
+    append_delta_raw(&lake, "2026-11-20", &first);
+    let s = live_once(dir.path(), &[]);
+    assert_eq!(s["applied"], 400);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&first));
+
+    let second = traffic("b", start + 400_000_000, 1_000_000, 300);
+    append_delta_raw(&lake, "2026-11-20", &second);
+    let s = live_once(dir.path(), &[]);
+    assert_eq!(s["applied"], 300, "only the new version's files: {s}");
+    let mut all = first;
+    all.extend(second);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
+    assert_eq!(live_once(dir.path(), &[])["batches"], 0);
+}

@@ -19,9 +19,9 @@ pub async fn run(ctx: &Context, args: &BackfillArgs) -> Result<ExitCode> {
     let to = tally_engine::day::parse(&args.to)?;
     let job = BackfillJob::new(&ctx.lake, &ctx.config, from, to)?
         .with_jobs(args.jobs)
-        .with_late_days(args.late_days.unwrap_or(ctx.config.ledger.late_days))
-        .with_buckets(args.buckets.unwrap_or(ctx.config.ledger.buckets))
-        .with_memory_limit(args.memory_limit);
+        .with_late_days(args.plan.late_days.unwrap_or(ctx.config.ledger.late_days))
+        .with_buckets(args.plan.buckets.unwrap_or(ctx.config.ledger.buckets))
+        .with_memory_limit(args.plan.memory_limit);
     let total = job.days().len() as u64;
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -8,10 +8,10 @@ use tally_engine::ledger::{LedgerJob, LedgerMetrics};
 use tally_engine::session::SessionOptions;
 
 pub async fn run(ctx: &Context, args: &LedgerArgs) -> Result<()> {
-    let buckets = args.buckets.unwrap_or(ctx.config.ledger.buckets);
-    let late_days = args.late_days.unwrap_or(ctx.config.ledger.late_days);
+    let buckets = args.plan.buckets.unwrap_or(ctx.config.ledger.buckets);
+    let late_days = args.plan.late_days.unwrap_or(ctx.config.ledger.late_days);
     let opts = SessionOptions {
-        memory_limit: args.memory_limit,
+        memory_limit: args.plan.memory_limit,
         target_partitions: Some(buckets as usize),
     };
     let day = tally_engine::day::parse(&args.date)?;

@@ -64,6 +64,9 @@ pub struct Checkpoint {
     /// Oldest partition the live mode follows (chosen on its first start).
     #[serde(default)]
     pub start_partition: Option<String>,
+    /// When `raw_payments` is a Delta table: the last version whose added files were read.
+    #[serde(default)]
+    pub raw_version: Option<u64>,
     /// Recent batches, oldest first: those whose dedup keys may still be alive, and those
     /// whose files are recent enough to be listed again (so they are known as seen).
     pub batches: Vec<BatchRecord>,

@@ -11,13 +11,16 @@
 //! than `file_window` behind the newest processed file (then it was processed by a batch the
 //! checkpoint no longer retains). This is Spark's `maxFileAge` rule: a file written with an
 //! mtime far in the past (e.g. copied preserving times) is not picked up.
+//!
+//! When `raw_payments` is a Delta table, nothing is listed: the table is followed by its
+//! versions, reading the `add` actions of each commit after the last one processed (the
+//! checkpoint keeps that version), as Spark's Delta source does.
 
 use super::checkpoint::{Checkpoint, FileRecord};
-use crate::error::Result;
+use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
 use crate::raw_files::list_parquet;
 use chrono::{Days, NaiveDate};
-use object_store::ObjectMeta;
 
 /// Ticks between re-listings of the partition directories.
 pub const RESCAN_TICKS: u64 = 30;
@@ -25,12 +28,19 @@ pub const RESCAN_TICKS: u64 = 30;
 /// A new raw file, with the partition it is in.
 #[derive(Debug, Clone)]
 pub struct NewFile {
-    /// Its `ingest_date` partition.
+    /// Its `ingest_date` partition (Parquet layout; the Unix epoch for Delta files).
     pub partition: NaiveDate,
-    /// Listing metadata.
-    pub meta: ObjectMeta,
     /// The record the checkpoint will hold.
     pub record: FileRecord,
+}
+
+/// What a tick found: new files, and for a Delta raw table the last version they cover.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The files, in processing order.
+    pub files: Vec<NewFile>,
+    /// The last raw Delta version read (Delta raw tables only).
+    pub raw_version: Option<u64>,
 }
 
 /// Lists open partitions and returns unseen files.
@@ -43,6 +53,8 @@ pub struct Discovery {
     start_lookback_days: u64,
     /// How far behind the newest processed file an unseen file's mtime may be.
     file_window_ms: i64,
+    /// The raw Delta table, when `raw_payments` is one.
+    delta: Option<deltalake::DeltaTable>,
 }
 
 impl Discovery {
@@ -54,8 +66,15 @@ impl Discovery {
             ticks: 0,
             start_lookback_days,
             file_window_ms,
+            delta: None,
         };
-        d.rescan().await?;
+        let dirs = lake.list_dirs(layout::RAW_PAYMENTS).await?;
+        if dirs.iter().any(|d| d == "_delta_log") {
+            let url = lake.url_of(layout::RAW_PAYMENTS)?;
+            d.delta = Some(crate::delta::open(lake, &url).await?);
+        } else {
+            d.rescan().await?;
+        }
         Ok(d)
     }
 
@@ -109,8 +128,74 @@ impl Discovery {
         open
     }
 
+    /// Unseen raw files, at most `limit` (a Delta commit's files are never split).
+    pub async fn new_files(&mut self, cp: &Checkpoint, limit: usize) -> Result<Found> {
+        if self.delta.is_some() {
+            return self.new_delta_files(cp, limit).await;
+        }
+        Ok(Found {
+            files: self.new_listed_files(cp, limit).await?,
+            raw_version: None,
+        })
+    }
+
+    /// The files added by raw Delta versions after the checkpoint's.
+    async fn new_delta_files(&mut self, cp: &Checkpoint, limit: usize) -> Result<Found> {
+        let Some(table) = self.delta.as_mut() else {
+            return Ok(Found::default());
+        };
+        table.update_state().await?;
+        let Some(latest) = table.version() else {
+            return Ok(Found::default());
+        };
+        let log = table.log_store();
+        let mut next = cp.raw_version.map_or(0, |v| v + 1);
+        let mut found = Found {
+            files: Vec::new(),
+            raw_version: cp.raw_version,
+        };
+        while next <= latest && found.files.len() < limit {
+            let commit = log
+                .read_commit_entry(next)
+                .await?
+                .ok_or_else(|| TallyError::Lake {
+                    location: self.lake.root().to_string(),
+                    message: format!(
+                        "version {next} of the raw Delta table's log is gone (log retention); \
+                     the live mode cannot tell which files it added"
+                    ),
+                })?;
+            for line in commit.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let action: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| TallyError::Internal(format!("raw Delta version {next}: {e}")))?;
+                let Some(add) = action.get("add") else {
+                    continue;
+                };
+                let Some(path) = add.get("path").and_then(|p| p.as_str()) else {
+                    continue;
+                };
+                let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+                found.files.push(NewFile {
+                    partition: NaiveDate::default(),
+                    record: FileRecord {
+                        path: format!("{}/{path}", layout::RAW_PAYMENTS),
+                        mtime_ms: add
+                            .get("modificationTime")
+                            .and_then(|v| v.as_i64())
+                            .unwrap_or(0),
+                        size: add.get("size").and_then(|v| v.as_u64()).unwrap_or(0),
+                        quarantined: false,
+                    },
+                });
+            }
+            found.raw_version = Some(next);
+            next += 1;
+        }
+        Ok(found)
+    }
+
     /// Unseen files of the open partitions, in (partition, path) order, at most `limit`.
-    pub async fn new_files(&mut self, cp: &Checkpoint, limit: usize) -> Result<Vec<NewFile>> {
+    async fn new_listed_files(&mut self, cp: &Checkpoint, limit: usize) -> Result<Vec<NewFile>> {
         self.ticks += 1;
         if self.ticks.is_multiple_of(RESCAN_TICKS) {
             self.rescan().await?;
@@ -141,7 +226,6 @@ impl Discovery {
                         size: meta.size,
                         quarantined: false,
                     },
-                    meta,
                 });
             }
             if found.len() >= limit {

@@ -246,8 +246,9 @@ struct Runner {
     state: DedupState,
     discovery: Discovery,
     ctx: SessionContext,
-    /// A batch to redo before discovering new files (crash recovery).
-    pending: Option<Vec<FileRecord>>,
+    /// A batch to redo before discovering new files (crash recovery), with the raw Delta
+    /// version it covered.
+    pending: Option<(Vec<FileRecord>, Option<u64>)>,
 }
 
 impl Runner {
@@ -271,11 +272,13 @@ impl Runner {
                 ))
             })?
         };
-        let pending = checkpoint::read(lake, committed + 1)
-            .await?
-            .and_then(|p| p.batches.last().cloned())
-            .filter(|b| b.batch == committed + 1)
-            .map(|b| b.files);
+        let pending = checkpoint::read(lake, committed + 1).await?.and_then(|p| {
+            let raw_version = p.raw_version;
+            p.batches
+                .last()
+                .filter(|b| b.batch == committed + 1)
+                .map(|b| (b.files.clone(), raw_version))
+        });
         let mut runner = Self {
             lake: lake.clone(),
             cfg: cfg.clone(),
@@ -338,26 +341,30 @@ impl Runner {
             if let Some(m) = self.kept_minute(b.max_event_after) {
                 self.state.evict_before(m);
             }
+            if let Some(newest) = b.max_event_after {
+                self.state.seal_before(minute_of(newest));
+            }
         }
         Ok(())
     }
 
     /// One tick: the pending redo, or new files. `None` when there was nothing to do.
     async fn tick(&mut self) -> Result<Option<BatchMetrics>> {
-        let (files, recovered) = match self.pending.take() {
-            Some(files) => (files, true),
+        let (files, raw_version, recovered) = match self.pending.take() {
+            Some((files, raw_version)) => (files, raw_version, true),
             None => {
                 let found = self
                     .discovery
                     .new_files(&self.cp, self.cfg.max_files_per_batch.max(1))
                     .await?;
-                (found.into_iter().map(|f| f.record).collect(), false)
+                let files: Vec<FileRecord> = found.files.into_iter().map(|f| f.record).collect();
+                (files, found.raw_version, false)
             }
         };
-        if files.is_empty() {
+        if files.is_empty() && raw_version == self.cp.raw_version {
             return Ok(None);
         }
-        let mut m = self.run_batch(files).await?;
+        let mut m = self.run_batch(files, raw_version).await?;
         m.recovered = recovered;
         if m.batch.is_multiple_of(self.cfg.compact_every.max(1)) {
             self.maintain().await?;
@@ -365,7 +372,11 @@ impl Runner {
         Ok(Some(m))
     }
 
-    async fn run_batch(&mut self, mut files: Vec<FileRecord>) -> Result<BatchMetrics> {
+    async fn run_batch(
+        &mut self,
+        mut files: Vec<FileRecord>,
+        raw_version: Option<u64>,
+    ) -> Result<BatchMetrics> {
         let started = Instant::now();
         let n = self.cp.batch + 1;
         let mut rows = Vec::new();
@@ -391,10 +402,14 @@ impl Runner {
         if let Some(m) = self.kept_minute(after) {
             self.state.evict_before(m);
         }
+        if let Some(newest) = after {
+            self.state.seal_before(minute_of(newest));
+        }
         let view_rows = batch::window_totals(&self.ctx, routed.applied.clone()).await?;
         let late_rows = batch::window_totals(&self.ctx, routed.late.clone()).await?;
 
-        let cp = self.next_checkpoint(n, before, after, files);
+        let mut cp = self.next_checkpoint(n, before, after, files);
+        cp.raw_version = raw_version.or(self.cp.raw_version);
         checkpoint::write(&self.lake, &cp).await?;
 
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -502,6 +517,7 @@ impl Runner {
             newest_mtime_ms,
             newest_partition,
             start_partition,
+            raw_version: self.cp.raw_version,
             batches,
         }
     }
