@@ -29,7 +29,9 @@ arrivals AS (
 -- hash of txn_id (XXH3-64 mod $5), so the work is partitioned by transaction, never by
 -- partner: a partner sending half the traffic cannot make one worker a straggler.
 -- When every copy carries the same payload (its payload_hash is the same for all of them),
--- min() of each column IS that payload; the min/max pair of the hash tells whether they agree.
+-- any copy's columns ARE that payload: any_copy() takes one without comparing strings (a
+-- min() per string column was most of this step's CPU). The min/max pair of the hash tells
+-- whether they agree; transactions whose copies do not are settled by ledger_disputed.sql.
 per_txn AS (
     SELECT
         bucket,
@@ -38,11 +40,11 @@ per_txn AS (
         min(ingest_time)        AS first_ingest_time,
         min(payload)            AS payload_min,
         max(payload)            AS payload_max,
-        min(partner_id)         AS partner_id,
-        min(amount)             AS amount,
-        min(currency)           AS currency,
-        min(status)             AS status,
-        min(event_time)         AS event_time
+        any_copy(partner_id)    AS partner_id,
+        any_copy(amount)        AS amount,
+        any_copy(currency)      AS currency,
+        any_copy(status)        AS status,
+        any_copy(event_time)    AS event_time
     FROM arrivals
     GROUP BY 1, 2
 )

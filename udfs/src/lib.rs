@@ -4,12 +4,14 @@
 //! also works inside the jobs' SQL (`sql/*.sql`) and, later, on a distributed runner that
 //! registers the same list. One function per file; each documents the SQL a user would type.
 
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
+mod any_copy;
 mod payload_hash;
 mod txn_bucket;
 
+pub use any_copy::AnyCopy;
 pub use payload_hash::PayloadHash;
 pub use txn_bucket::{txn_hash64, TxnBucket};
 
@@ -21,9 +23,17 @@ pub fn functions() -> Vec<ScalarUDF> {
     ]
 }
 
-/// Registers [`functions`] into a session.
+/// Every aggregate function tally provides.
+pub fn aggregate_functions() -> Vec<AggregateUDF> {
+    vec![AggregateUDF::from(AnyCopy::new())]
+}
+
+/// Registers [`functions`] and [`aggregate_functions`] into a session.
 pub fn register_all(ctx: &SessionContext) {
     for f in functions() {
         ctx.register_udf(f);
+    }
+    for f in aggregate_functions() {
+        ctx.register_udaf(f);
     }
 }

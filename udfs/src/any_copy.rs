@@ -1,0 +1,278 @@
+//! `any_copy(col)`: one copy's value per group, without comparing values.
+//!
+//! The ledger collapses the copies of each transaction; when every copy carries the same
+//! payload (checked by `payload_hash`), any copy's columns ARE the payload, so comparing
+//! strings with `min()` is wasted work — on a 10M-transaction day the three string `min`s
+//! were most of the aggregate's CPU. `any_copy` remembers, per group, where its first
+//! non-null value is (input batch, row) and gathers all of them in one `interleave` at the
+//! end: no string is copied or compared per row. Which copy is picked depends on arrival
+//! order, so use it only where the copies are known to agree (the ledger settles disagreeing
+//! transactions separately).
+//!
+//! The state is the value itself, so partial aggregation, spilling and a distributed runner
+//! that registers the function all work.
+
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, StringViewArray,
+};
+use datafusion::arrow::compute::{interleave, kernels::boolean::not, nullif};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::utils::{format_state_name, AggregateOrderSensitivity};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
+use std::sync::Arc;
+
+/// `any_copy(x)`: the value of one (non-null) copy in the group.
+///
+/// ```sql
+/// SELECT txn_id, any_copy(partner_id) FROM raw_payments GROUP BY txn_id;
+/// ```
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct AnyCopy {
+    signature: Signature,
+}
+
+impl Default for AnyCopy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AnyCopy {
+    /// The function, taking one column of any type.
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl AggregateUDFImpl for AnyCopy {
+    fn name(&self) -> &str {
+        "any_copy"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn accumulator(&self, acc_args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(AnyCopyAccumulator {
+            value: ScalarValue::try_from(acc_args.return_field.data_type())?,
+        }))
+    }
+
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format_state_name(args.name, "any_copy"),
+            args.return_field.data_type().clone(),
+            true,
+        ))])
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(AnyCopyGroups {
+            data_type: args.return_field.data_type().clone(),
+            sources: Vec::new(),
+            picks: Vec::new(),
+        }))
+    }
+
+    fn order_sensitivity(&self) -> AggregateOrderSensitivity {
+        AggregateOrderSensitivity::Insensitive
+    }
+}
+
+/// The row-at-a-time form (used when DataFusion cannot use the groups form).
+#[derive(Debug)]
+struct AnyCopyAccumulator {
+    value: ScalarValue,
+}
+
+impl Accumulator for AnyCopyAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        if !self.value.is_null() {
+            return Ok(());
+        }
+        let a = &values[0];
+        if let Some(i) = (0..a.len()).find(|&i| a.is_valid(i)) {
+            self.value = ScalarValue::try_from_array(a, i)?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(self.value.clone())
+    }
+
+    fn size(&self) -> usize {
+        self.value.size()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![self.value.clone()])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        self.update_batch(states)
+    }
+}
+
+/// Per group: which input array (1-based; 0 = none yet) and row holds its value.
+struct AnyCopyGroups {
+    data_type: DataType,
+    /// Input arrays that hold at least one picked value.
+    sources: Vec<ArrayRef>,
+    picks: Vec<(u32, u32)>,
+}
+
+impl AnyCopyGroups {
+    fn pick(
+        &mut self,
+        values: &ArrayRef,
+        group_indices: &[usize],
+        filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) {
+        self.picks.resize(total_num_groups, (0, 0));
+        let source = self.sources.len() as u32 + 1;
+        let mut used = false;
+        for (row, &g) in group_indices.iter().enumerate() {
+            if self.picks[g].0 != 0
+                || values.is_null(row)
+                || filter.is_some_and(|f| !f.value(row) || f.is_null(row))
+            {
+                continue;
+            }
+            self.picks[g] = (source, row as u32);
+            used = true;
+        }
+        if used {
+            self.sources.push(Arc::clone(values));
+        }
+    }
+}
+
+impl GroupsAccumulator for AnyCopyGroups {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.pick(&values[0], group_indices, opt_filter, total_num_groups);
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let picks = emit_to.take_needed(&mut self.picks);
+        let none = new_null_array(&self.data_type, 1);
+        let mut arrays: Vec<&dyn Array> = Vec::with_capacity(self.sources.len() + 1);
+        arrays.push(none.as_ref());
+        arrays.extend(self.sources.iter().map(|a| a.as_ref()));
+        let indices: Vec<(usize, usize)> = picks
+            .iter()
+            .map(|&(s, r)| (s as usize, if s == 0 { 0 } else { r as usize }))
+            .collect();
+        let out = interleave(&arrays, &indices)?;
+        if matches!(emit_to, EmitTo::All) {
+            self.sources.clear();
+        }
+        // Gathered string views still point into every source's buffers: compact them so
+        // the output does not pin the whole input.
+        if let Some(views) = out.as_string_view_opt() {
+            let compact: StringViewArray = views.gc();
+            return Ok(Arc::new(compact));
+        }
+        Ok(out)
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate(emit_to)?])
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.pick(&values[0], group_indices, None, total_num_groups);
+        Ok(())
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let v = Arc::clone(&values[0]);
+        Ok(vec![match opt_filter {
+            None => v,
+            Some(f) => nullif(&v, &not(f)?)?,
+        }])
+    }
+
+    fn size(&self) -> usize {
+        self.sources
+            .iter()
+            .map(|a| a.get_array_memory_size())
+            .sum::<usize>()
+            + self.picks.capacity() * std::mem::size_of::<(u32, u32)>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::StringArray;
+
+    #[test]
+    fn picks_the_first_non_null_value_of_each_group_across_batches() {
+        let mut acc = AnyCopyGroups {
+            data_type: DataType::Utf8,
+            sources: Vec::new(),
+            picks: Vec::new(),
+        };
+        let a: ArrayRef = Arc::new(StringArray::from(vec![None, Some("x"), Some("y")]));
+        acc.update_batch(&[a], &[0, 0, 1], None, 3).unwrap();
+        let b: ArrayRef = Arc::new(StringArray::from(vec![Some("z"), Some("w")]));
+        acc.update_batch(&[b], &[2, 0], None, 4).unwrap();
+        let out = acc.evaluate(EmitTo::All).unwrap();
+        let out = out.as_string::<i32>();
+        assert_eq!(out.value(0), "x");
+        assert_eq!(out.value(1), "y");
+        assert_eq!(out.value(2), "z");
+        assert!(out.is_null(3), "a group that never saw a value is null");
+    }
+
+    #[test]
+    fn emitting_the_first_groups_keeps_the_rest() {
+        let mut acc = AnyCopyGroups {
+            data_type: DataType::Utf8,
+            sources: Vec::new(),
+            picks: Vec::new(),
+        };
+        let a: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
+        acc.update_batch(&[a], &[0, 1, 2], None, 3).unwrap();
+        let first = acc.evaluate(EmitTo::First(2)).unwrap();
+        assert_eq!(first.len(), 2);
+        let rest = acc.evaluate(EmitTo::All).unwrap();
+        assert_eq!(rest.as_string::<i32>().value(0), "c");
+    }
+}
