@@ -3,9 +3,10 @@
 //! The ledger collapses the copies of each transaction; when every copy carries the same
 //! payload (checked by `payload_hash`), any copy's columns ARE the payload, so comparing
 //! strings with `min()` is wasted work — on a 10M-transaction day the three string `min`s
-//! were most of the aggregate's CPU. `any_copy` remembers, per group, where its first
-//! non-null value is (input batch, row) and gathers all of them in one `interleave` at the
-//! end: no string is copied or compared per row. Which copy is picked depends on arrival
+//! were most of the aggregate's CPU. `any_copy` takes, from each input batch, the values of
+//! groups it has not seen (one `take` per batch, into compact arrays), remembers where each
+//! group's value is, and gathers them with one `interleave` at the end: no per-row string
+//! comparison and no allocation per group. Which copy is picked depends on arrival
 //! order, so use it only where the copies are known to agree (the ledger settles disagreeing
 //! transactions separately).
 //!
@@ -13,9 +14,9 @@
 //! that registers the function all work.
 
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, BooleanArray, StringViewArray,
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, UInt32Array,
 };
-use datafusion::arrow::compute::{interleave, kernels::boolean::not, nullif};
+use datafusion::arrow::compute::{interleave, kernels::boolean::not, nullif, take};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -147,10 +148,10 @@ impl AnyCopyGroups {
         group_indices: &[usize],
         filter: Option<&BooleanArray>,
         total_num_groups: usize,
-    ) {
+    ) -> Result<()> {
         self.picks.resize(total_num_groups, (0, 0));
         let source = self.sources.len() as u32 + 1;
-        let mut used = false;
+        let mut rows: Vec<u32> = Vec::new();
         for (row, &g) in group_indices.iter().enumerate() {
             if self.picks[g].0 != 0
                 || values.is_null(row)
@@ -158,12 +159,42 @@ impl AnyCopyGroups {
             {
                 continue;
             }
-            self.picks[g] = (source, row as u32);
-            used = true;
+            self.picks[g] = (source, rows.len() as u32);
+            rows.push(row as u32);
         }
-        if used {
-            self.sources.push(Arc::clone(values));
+        if !rows.is_empty() {
+            // Keep only the picked values, in their own buffers: the input batch (and the
+            // decoded pages its string views point into) is not pinned, and `size()` is true.
+            self.sources.push(compact(take(
+                values.as_ref(),
+                &UInt32Array::from(rows),
+                None,
+            )?));
         }
+        Ok(())
+    }
+}
+
+impl AnyCopyGroups {
+    /// The values of `picks`, in order (null where a group has none).
+    fn gather(&self, picks: &[(u32, u32)]) -> Result<ArrayRef> {
+        let none = new_null_array(&self.data_type, 1);
+        let mut arrays: Vec<&dyn Array> = Vec::with_capacity(self.sources.len() + 1);
+        arrays.push(none.as_ref());
+        arrays.extend(self.sources.iter().map(|a| a.as_ref()));
+        let indices: Vec<(usize, usize)> = picks
+            .iter()
+            .map(|&(s, r)| (s as usize, if s == 0 { 0 } else { r as usize }))
+            .collect();
+        Ok(compact(interleave(&arrays, &indices)?))
+    }
+}
+
+/// String views gathered from other arrays still point into their buffers: copy them out.
+fn compact(a: ArrayRef) -> ArrayRef {
+    match a.as_string_view_opt() {
+        Some(views) => Arc::new(views.gc()),
+        None => a,
     }
 }
 
@@ -175,29 +206,28 @@ impl GroupsAccumulator for AnyCopyGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.pick(&values[0], group_indices, opt_filter, total_num_groups);
-        Ok(())
+        self.pick(&values[0], group_indices, opt_filter, total_num_groups)
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let picks = emit_to.take_needed(&mut self.picks);
-        let none = new_null_array(&self.data_type, 1);
-        let mut arrays: Vec<&dyn Array> = Vec::with_capacity(self.sources.len() + 1);
-        arrays.push(none.as_ref());
-        arrays.extend(self.sources.iter().map(|a| a.as_ref()));
-        let indices: Vec<(usize, usize)> = picks
-            .iter()
-            .map(|&(s, r)| (s as usize, if s == 0 { 0 } else { r as usize }))
-            .collect();
-        let out = interleave(&arrays, &indices)?;
-        if matches!(emit_to, EmitTo::All) {
-            self.sources.clear();
-        }
-        // Gathered string views still point into every source's buffers: compact them so
-        // the output does not pin the whole input.
-        if let Some(views) = out.as_string_view_opt() {
-            let compact: StringViewArray = views.gc();
-            return Ok(Arc::new(compact));
+        let out = self.gather(&picks)?;
+        // The groups left (after emitting the first n, as a sorted merge of spilled state
+        // does) are gathered into one array, so emitted values do not stay pinned.
+        let rest = std::mem::take(&mut self.picks);
+        let kept = if rest.is_empty() {
+            None
+        } else {
+            Some(self.gather(&rest)?)
+        };
+        self.sources.clear();
+        if let Some(kept) = kept {
+            self.picks = rest
+                .iter()
+                .enumerate()
+                .map(|(i, &(s, _))| if s == 0 { (0, 0) } else { (1, i as u32) })
+                .collect();
+            self.sources = vec![kept];
         }
         Ok(out)
     }
@@ -212,8 +242,7 @@ impl GroupsAccumulator for AnyCopyGroups {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.pick(&values[0], group_indices, None, total_num_groups);
-        Ok(())
+        self.pick(&values[0], group_indices, None, total_num_groups)
     }
 
     fn convert_to_state(
@@ -272,7 +301,12 @@ mod tests {
         acc.update_batch(&[a], &[0, 1, 2], None, 3).unwrap();
         let first = acc.evaluate(EmitTo::First(2)).unwrap();
         assert_eq!(first.len(), 2);
+        assert_eq!(acc.sources.len(), 1, "the rest was compacted");
+        let b: ArrayRef = Arc::new(StringArray::from(vec!["d", "e"]));
+        acc.update_batch(&[b], &[0, 1], None, 2).unwrap();
         let rest = acc.evaluate(EmitTo::All).unwrap();
-        assert_eq!(rest.as_string::<i32>().value(0), "c");
+        let rest = rest.as_string::<i32>();
+        assert_eq!((rest.value(0), rest.value(1)), ("c", "e"));
+        assert!(acc.sources.is_empty());
     }
 }
