@@ -1,5 +1,6 @@
 //! A lease per ledger day, so two runs (two backfills, or a backfill and a `tally ledger`)
-//! never build the same day at once.
+//! never build the same day at once; and one for the live mode, so one `tally live` follows a
+//! lake at a time.
 //!
 //! The lease is an object `runs/_locks/ledger-<day>.json` created with a conditional put
 //! (create-if-absent: a local `link`, S3 `If-None-Match: *`), holding the owner, host, pid and
@@ -65,7 +66,29 @@ pub struct DayLock {
 /// Takes the lease of `day` for `owner`. When another live run holds it: waits up to `wait`
 /// for it to be released, then fails naming the holder.
 pub async fn acquire(lake: &Lake, day: NaiveDate, owner: &str, wait: Duration) -> Result<DayLock> {
-    let path = lake.file_path(&format!("{}/_locks/ledger-{day}.json", layout::RUNS))?;
+    acquire_named(
+        lake,
+        &format!("ledger-{day}"),
+        &day.to_string(),
+        owner,
+        wait,
+    )
+    .await
+}
+
+/// The lease of the live mode: one `tally live` per lake (two would apply batches twice).
+pub async fn acquire_live(lake: &Lake, owner: &str) -> Result<DayLock> {
+    acquire_named(lake, "live", "the live view", owner, Duration::ZERO).await
+}
+
+async fn acquire_named(
+    lake: &Lake,
+    name: &str,
+    what: &str,
+    owner: &str,
+    wait: Duration,
+) -> Result<DayLock> {
+    let path = lake.file_path(&format!("{}/_locks/{name}.json", layout::RUNS))?;
     let store = lake.store();
     let started = std::time::Instant::now();
     loop {
@@ -97,17 +120,17 @@ pub async fn acquire(lake: &Lake, day: NaiveDate, owner: &str, wait: Duration) -
                 if started.elapsed() >= wait {
                     return Err(TallyError::Busy {
                         message: format!(
-                            "{day} is being built by another run ({} on {}, pid {}); try again when it finishes",
+                            "{what} is being built by another run ({} on {}, pid {}); try again when it finishes",
                             h.owner, h.host, h.pid
                         ),
                     });
                 }
-                tracing::info!(%day, holder = %h.owner, "waiting for another run building this day");
+                tracing::info!(%what, holder = %h.owner, "waiting for another run");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             // Stale or unreadable: break it and try again.
             _ => {
-                tracing::warn!(%day, "taking over a stale day lease");
+                tracing::warn!(%what, "taking over a stale lease");
                 match store.delete(&path).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => return Err(lake.storage_error(e)),

@@ -298,7 +298,7 @@ fn a_bad_file_is_quarantined_named_and_skipped() {
 }
 
 #[test]
-fn sigterm_finishes_the_batch_and_exits_cleanly() {
+fn a_second_live_is_refused_and_sigterm_exits_cleanly() {
     let dir = tempdir();
     let lake = dir.path().join("lake");
     write_raw(
@@ -321,6 +321,12 @@ fn sigterm_finishes_the_batch_and_exits_cleanly() {
         assert!(t0.elapsed() < Duration::from_secs(30), "no batch committed");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // One live mode per lake: a second one is refused while the first runs.
+    let err = tally_fails(dir.path(), &["live", "--once"], 1);
+    assert!(
+        err.contains("another run") && err.contains(&child.id().to_string()),
+        "{err}"
+    );
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -173,7 +173,18 @@ impl LiveJob {
     /// `on_batch` after each commit. In continuous mode a failed batch is logged and retried
     /// from the last checkpoint, so the view never stalls on a transient error; with `once`
     /// the error is returned.
-    pub async fn run(mut self, mut on_batch: impl FnMut(&BatchMetrics)) -> Result<LiveSummary> {
+    pub async fn run(mut self, on_batch: impl FnMut(&BatchMetrics)) -> Result<LiveSummary> {
+        let owner = format!("live-{:016x}", rand::random::<u64>());
+        let lease = crate::day_lock::acquire_live(&self.lake, &owner).await?;
+        let result = self.run_batches(on_batch).await;
+        lease.release().await;
+        result
+    }
+
+    async fn run_batches(
+        &mut self,
+        mut on_batch: impl FnMut(&BatchMetrics),
+    ) -> Result<LiveSummary> {
         let mut summary = LiveSummary::default();
         let mut runner: Option<Runner> = None;
         loop {
