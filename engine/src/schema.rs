@@ -198,6 +198,16 @@ pub static LIVE_INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
+/// The two raw columns that rebuild the live mode's dedup state on restart.
+pub static LIVE_KEYS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let idx = ["txn_id", "event_time"].map(|n| LIVE_INPUT.index_of(n).unwrap_or_default());
+    Arc::new(
+        LIVE_INPUT
+            .project(&idx)
+            .unwrap_or_else(|_| LIVE_INPUT.as_ref().clone()),
+    )
+});
+
 /// Casts a batch to `schema` by column name (e.g. `Utf8View` from a scan to `Utf8`).
 pub fn conform(
     batch: &arrow::array::RecordBatch,
@@ -226,6 +236,16 @@ pub fn date32(day: chrono::NaiveDate) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_keys_are_the_dedup_columns() {
+        let names: Vec<&str> = LIVE_KEYS
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, ["txn_id", "event_time"]);
+    }
 
     #[test]
     fn raw_schema_accepts_itself() {

@@ -19,7 +19,7 @@ use crate::lake::{one_line, Lake};
 use crate::schema;
 use arrow::array::{Array, AsArray, BooleanBuilder, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
@@ -56,16 +56,21 @@ pub enum FileRows {
     Quarantined(String),
 }
 
-/// Reads the files of a batch (a few at a time), in order.
-pub async fn read_files(lake: &Lake, files: &[FileRecord]) -> Result<Vec<FileRows>> {
+/// Reads the files of a batch (a few at a time), in order, as `columns` (a projection of
+/// [`schema::LIVE_INPUT`]: all of it for a batch, only the keys to rebuild the dedup state).
+pub async fn read_files(
+    lake: &Lake,
+    files: &[FileRecord],
+    columns: &SchemaRef,
+) -> Result<Vec<FileRows>> {
     futures::stream::iter(files.iter().cloned())
-        .map(|f| read_file(lake.clone(), f))
+        .map(|f| read_file(lake.clone(), f, Arc::clone(columns)))
         .buffered(4)
         .try_collect()
         .await
 }
 
-async fn read_file(lake: Lake, file: FileRecord) -> Result<FileRows> {
+async fn read_file(lake: Lake, file: FileRecord, columns: SchemaRef) -> Result<FileRows> {
     let location = lake.file_path(&file.path)?;
     // One GET per file: a micro-batch's files are small, and on S3 one request beats the
     // footer-then-ranges dance of a streaming reader.
@@ -74,7 +79,7 @@ async fn read_file(lake: Lake, file: FileRecord) -> Result<FileRows> {
         Err(e) => return Err(lake.storage_error(e)),
     };
     let path = file.path.clone();
-    let decoded = tokio::task::spawn_blocking(move || decode(bytes))
+    let decoded = tokio::task::spawn_blocking(move || decode(bytes, &columns))
         .await
         .map_err(|e| TallyError::Internal(format!("decoding {path}: {e}")))?;
     Ok(match decoded {
@@ -84,17 +89,17 @@ async fn read_file(lake: Lake, file: FileRecord) -> Result<FileRows> {
 }
 
 /// Decodes a raw file into the live input schema; `Err` says why it is not a raw file.
-fn decode(bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, String> {
+fn decode(
+    bytes: bytes::Bytes,
+    columns: &SchemaRef,
+) -> std::result::Result<Vec<RecordBatch>, String> {
     let text = |e: &dyn std::fmt::Display| one_line(&e.to_string());
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .map_err(|e| format!("not a readable Parquet file ({})", text(&e)))?;
     schema::check_raw_schema(builder.schema())?;
     let mask = ProjectionMask::columns(
         builder.parquet_schema(),
-        schema::LIVE_INPUT
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str()),
+        columns.fields().iter().map(|f| f.name().as_str()),
     );
     let reader = builder
         .with_projection(mask)
@@ -104,7 +109,7 @@ fn decode(bytes: bytes::Bytes) -> std::result::Result<Vec<RecordBatch>, String> 
     let mut out = Vec::new();
     for b in reader {
         let b = b.map_err(|e| text(&e))?;
-        let b = schema::conform(&b, &schema::LIVE_INPUT).map_err(|e| text(&e))?;
+        let b = schema::conform(&b, columns).map_err(|e| text(&e))?;
         let nulls = b.column_by_name("txn_id").map_or(0, |c| c.null_count());
         if nulls > 0 {
             return Err(format!("{nulls} rows have a null txn_id (the dedup key)"));
@@ -155,10 +160,10 @@ pub fn route(
             .column_by_name("event_time")
             .ok_or_else(|| TallyError::Internal("live input lacks event_time".into()))?
             .as_primitive::<TimestampMicrosecondType>();
+        // Absent when only the keys were read (rebuilding the state).
         let ingest = batch
             .column_by_name("ingest_time")
-            .ok_or_else(|| TallyError::Internal("live input lacks ingest_time".into()))?
-            .as_primitive::<TimestampMicrosecondType>();
+            .map(|c| c.as_primitive::<TimestampMicrosecondType>());
         let n = batch.num_rows();
         let mut applied = BooleanBuilder::with_capacity(n);
         let mut late = BooleanBuilder::with_capacity(n);
@@ -186,7 +191,7 @@ pub fn route(
                 (true, false)
             };
             out.late_rows += u64::from(to_late);
-            if to_view && !ingest.is_null(i) {
+            if let Some(ingest) = ingest.filter(|a| to_view && !a.is_null(i)) {
                 let t = ingest.value(i);
                 out.newest_ingest = Some(out.newest_ingest.map_or(t, |m| m.max(t)));
             }

@@ -25,6 +25,7 @@ pub mod sink;
 use crate::config::LiveConfig;
 use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
+use crate::schema;
 use batch::{Clock, FileRows};
 use checkpoint::{BatchRecord, Checkpoint, FileRecord};
 use datafusion::prelude::SessionContext;
@@ -344,7 +345,7 @@ impl Runner {
         for b in replay {
             let files: Vec<FileRecord> = b.files.into_iter().filter(|f| !f.quarantined).collect();
             let clock = self.clock(b.max_event_before);
-            for rows in batch::read_files(&self.lake, &files).await? {
+            for rows in batch::read_files(&self.lake, &files, &schema::LIVE_KEYS).await? {
                 if let FileRows::Rows(rows) = rows {
                     batch::route(&mut self.state, clock, &rows, false)?;
                 }
@@ -392,7 +393,7 @@ impl Runner {
         let n = self.cp.batch + 1;
         let mut rows = Vec::new();
         let mut quarantined = Vec::new();
-        let read = batch::read_files(&self.lake, &files).await?;
+        let read = batch::read_files(&self.lake, &files, &schema::LIVE_INPUT).await?;
         for (file, got) in files.iter_mut().zip(read) {
             match got {
                 FileRows::Rows(r) => rows.extend(r),
