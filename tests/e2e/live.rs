@@ -420,3 +420,15 @@ fn a_delta_raw_table_is_followed_by_its_versions() {
     assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
     assert_eq!(live_once(dir.path(), &[])["batches"], 0);
 }
+
+#[test]
+fn live_without_a_raw_lake_fails_naming_it_and_creates_nothing() {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    let err = tally_fails(dir.path(), &["live", "--once"], 1);
+    assert!(err.contains("raw/payments"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("lake")).unwrap().count(),
+        0
+    );
+}

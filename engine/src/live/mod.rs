@@ -175,6 +175,13 @@ impl LiveJob {
     /// from the last checkpoint, so the view never stalls on a transient error; with `once`
     /// the error is returned.
     pub async fn run(mut self, on_batch: impl FnMut(&BatchMetrics)) -> Result<LiveSummary> {
+        // Nothing to follow: fail before taking the lease (which would create directories).
+        if !self.lake.top_level_dirs().await?.iter().any(|d| d == "raw") {
+            return Err(TallyError::Lake {
+                location: self.lake.root().to_string(),
+                message: "no raw/payments directory to follow".into(),
+            });
+        }
         let owner = format!("live-{:016x}", rand::random::<u64>());
         let lease = crate::day_lock::acquire_live(&self.lake, &owner).await?;
         let result = self.run_batches(on_batch).await;
