@@ -90,12 +90,14 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
     );
     let live = live_once(lake, ctx).await?;
     println!(
-        "6. `tally live --once` again: {} raw rows, all behind the watermark: {} recorded in live_late, {} applied to live_view \
-         (operations' view never double-counts a replay; the late rows are kept for reconciliation, not dropped).",
+        "6. `tally live --once` again: {} raw rows; {} arrived behind the watermark and are recorded in live_late, {} applied to live_view \
+         (the late rows are kept for reconciliation, not dropped, and not mixed into operations' view).",
         live.rows, live.late, live.applied
     );
     let built = backfill(ctx, first, last).await?;
-    println!("7. `tally backfill --from {first} --to {last}` again: {built}");
+    println!(
+        "7. `tally backfill --from {first} --to {last}` again (a day is rebuilt when the raw files of its arrival window changed): {built}"
+    );
     let after = reconcile(ctx, replay_day).await?;
     let p = after
         .partners
