@@ -169,18 +169,7 @@ fn live_backfill_and_reconcile_on_s3_match_the_same_lake_on_disk() {
         "1000h",
     ];
     on_s3(&live_args);
-    on_s3(&[
-        "backfill",
-        "--from",
-        "2026-11-01",
-        "--to",
-        "2026-11-02",
-        "--jobs",
-        "2",
-        "--progress",
-        "json",
-    ]);
-    let again = on_s3(&[
+    let backfill = [
         "backfill",
         "--from",
         "2026-11-01",
@@ -188,7 +177,9 @@ fn live_backfill_and_reconcile_on_s3_match_the_same_lake_on_disk() {
         "2026-11-02",
         "--progress",
         "json",
-    ]);
+    ];
+    on_s3(&[&backfill[..], &["--jobs", "2"]].concat());
+    let again = on_s3(&backfill);
     assert_eq!(again.matches("\"skipped\"").count(), 2 + 1, "{again}");
     let s3_out = on_s3(&["reconcile", "--date", "2026-11-02", "--format", "json"]);
 
@@ -196,18 +187,7 @@ fn live_backfill_and_reconcile_on_s3_match_the_same_lake_on_disk() {
     let local = tempdir();
     generate(local.path(), 3, 3_000, 8);
     tally_ok(local.path(), &live_args);
-    tally_ok(
-        local.path(),
-        &[
-            "backfill",
-            "--from",
-            "2026-11-01",
-            "--to",
-            "2026-11-02",
-            "--progress",
-            "json",
-        ],
-    );
+    tally_ok(local.path(), &backfill);
     let local_out = tally_ok(
         local.path(),
         &["reconcile", "--date", "2026-11-02", "--format", "json"],
