@@ -14,6 +14,15 @@ use context::Context;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: the ledger's hash tables and row buffers grow, move and
+/// free hundreds of MiB; glibc returned them to the kernel and faulted fresh zeroed pages back
+/// in (a sixth of the ledger's CPU time was the kernel clearing pages). DataFusion's own CLI
+/// and benchmarks make the same choice. Built without transparent huge pages (`no_thp`): with
+/// them every first touch zeroed 2 MiB, and on this VM a quarter of the ledger's CPU time was
+/// spent clearing huge pages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The whole error chain on one line.
 pub fn one_line_chain(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();

@@ -14,6 +14,7 @@
 mod fingerprint;
 pub mod inputs;
 mod part_writer;
+mod partition_sort;
 
 pub use crate::raw_files::InputFile;
 pub use fingerprint::Fingerprint;
@@ -30,14 +31,13 @@ use arrow::compute::filter_record_batch;
 use chrono::{Days, NaiveDate, NaiveTime};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
-use datafusion::physical_expr::expressions::col as phys_col;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::{cast, col, lit};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
 use part_writer::PartWriter;
+use partition_sort::SortedRun;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,7 +147,8 @@ impl<'a> LedgerJob<'a> {
             })
     }
 
-    /// The physical plan: the ledger SQL, each hash partition sorted by (partner_id, txn_id).
+    /// The physical plan: the ledger SQL. Each of its hash partitions is then ordered by
+    /// (`partner_id`, `txn_id`) and written by [`write_partition`].
     async fn plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
         self.require_raw()?;
         let mut params = self.params()?;
@@ -158,23 +159,23 @@ impl<'a> LedgerJob<'a> {
             .sql(jobs_sql::LEDGER)
             .await?
             .with_param_values(params)?;
-        let plan = df.create_physical_plan().await?;
-        let schema = plan.schema();
-        let ordering = LexOrdering::new(vec![
-            PhysicalSortExpr::new_default(phys_col("partner_id", &schema)?),
-            PhysicalSortExpr::new_default(phys_col("txn_id", &schema)?),
-        ])
-        .ok_or_else(|| TallyError::Internal("empty sort order".into()))?;
-        Ok(Arc::new(
-            SortExec::new(ordering, plan).with_preserve_partitioning(true),
-        ))
+        Ok(df.create_physical_plan().await?)
     }
 
-    /// The plan as text, for `tally ledger --explain`.
+    /// The plan as text, for `tally ledger --explain`: DataFusion's plan under the sink that
+    /// orders and writes each of its partitions.
     pub async fn explain(&self) -> Result<String> {
         let plan = self.plan().await?;
+        let partitions = plan.output_partitioning().partition_count();
         let text = displayable(plan.as_ref()).indent(true).to_string();
-        Ok(text)
+        let sink = format!(
+            "LedgerSink: partitions={partitions}, each ordered by [partner_id ASC NULLS FIRST, txn_id ASC] \
+             into its own Parquet file (zstd, {ROW_GROUP_ROWS}-row groups, txn_id bloom filter), \
+             one Delta commit replacing event_date={}\n",
+            self.day
+        );
+        let indented: String = text.lines().map(|l| format!("  {l}\n")).collect();
+        Ok(format!("{sink}{indented}"))
     }
 
     /// Builds the day and commits it.
@@ -216,7 +217,10 @@ impl<'a> LedgerJob<'a> {
             let stream = plan.execute(p, Arc::clone(&task_ctx))?;
             let writer =
                 PartWriter::new(Arc::clone(&store), &schema::LEDGER, &day_text, p, &run_id)?;
-            tasks.push(tokio::spawn(write_partition(stream, writer)));
+            let reservation = MemoryConsumer::new(format!("LedgerSink[{p}]"))
+                .with_can_spill(true)
+                .register(task_ctx.memory_pool());
+            tasks.push(tokio::spawn(write_partition(stream, writer, reservation)));
         }
         let mut adds = Vec::new();
         let mut fp = Fingerprint::default();
@@ -389,14 +393,24 @@ struct PartOutput {
     disputed: Vec<RecordBatch>,
 }
 
-/// Streams one hash partition into ledger files, splitting off disputed transactions.
+/// Rows per Parquet row group of a ledger file (and per sorted chunk handed to the writer).
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Streams one hash partition into its ledger file, splitting off disputed transactions.
+///
+/// The partition's rows are collected, then written in (`partner_id`, `txn_id`) order. The
+/// collected rows are held against the session's memory pool; when the pool refuses more (a
+/// `--memory-limit` run), what is collected is written as a sorted run and collection starts
+/// again, so the file holds several sorted runs instead of one: the same rows, row groups that
+/// prune a little less.
 async fn write_partition(
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     mut writer: PartWriter,
+    reservation: MemoryReservation,
 ) -> Result<PartOutput> {
     let mut fp = Fingerprint::default();
     let mut disputed = Vec::new();
-    let target = Arc::clone(&schema::LEDGER);
+    let mut run = SortedRun::default();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let txn = batch
@@ -412,24 +426,57 @@ async fn write_partition(
             .ok_or_else(|| TallyError::Internal("ledger plan lost agree".into()))?
             .as_boolean()
             .clone();
-        let agreed = filter_record_batch(&batch, &agree)?;
-        let not_agree = arrow::compute::not(&agree)?;
-        let others = filter_record_batch(&batch, &not_agree)?;
-        if others.num_rows() > 0 {
+        if agree.true_count() < agree.len() {
+            let not_agree = arrow::compute::not(&agree)?;
+            let others = filter_record_batch(&batch, &not_agree)?;
             disputed.push(others.project(&[others.schema().index_of("txn_id")?])?);
         }
-        if agreed.num_rows() > 0 {
-            let b = schema::conform(&agreed, &target)?;
-            fp.update(&b)?;
-            writer.write(&b).await?;
+        let agreed = filter_record_batch(&batch, &agree)?;
+        if agreed.num_rows() == 0 {
+            continue;
         }
+        let size = slice_memory_size(&agreed);
+        if reservation.try_grow(size).is_err() && run.rows() > 0 {
+            write_run(std::mem::take(&mut run), &mut writer, &mut fp).await?;
+            reservation.free();
+        }
+        // A single batch is always taken, even past the limit: progress over purity.
+        if reservation.size() == 0 {
+            reservation.grow(size);
+        }
+        run.push(agreed);
     }
+    write_run(run, &mut writer, &mut fp).await?;
+    reservation.free();
     let adds: Vec<_> = writer.finish().await?.into_iter().collect();
     Ok(PartOutput {
         adds,
         fingerprint: fp,
         disputed,
     })
+}
+
+/// Writes a run of rows in (`partner_id`, `txn_id`) order, a row group at a time.
+async fn write_run(run: SortedRun, writer: &mut PartWriter, fp: &mut Fingerprint) -> Result<()> {
+    if run.rows() == 0 {
+        return Ok(());
+    }
+    let target = Arc::clone(&schema::LEDGER);
+    for chunk in run.into_sorted_chunks(ROW_GROUP_ROWS)? {
+        let b = schema::conform(&chunk?, &target)?;
+        fp.update(&b)?;
+        writer.write(&b).await?;
+    }
+    Ok(())
+}
+
+/// Memory held by the rows of a batch (not by the buffers its slices share with others).
+fn slice_memory_size(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
 }
 
 /// The commit info: what produced this version, and what it contains.

@@ -22,13 +22,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Ledger files: zstd, row groups of 128k rows (sorted by partner, so they prune), a bloom
-/// filter on `txn_id` for point lookups (`tally trace`, disputes).
+/// filter on `txn_id` for point lookups (`tally trace`, disputes). Columns that are unique or
+/// nearly so per row (`txn_id`, the timestamps) skip dictionary encoding: the writer would
+/// intern every value only to fall back to plain encoding once the dictionary page is full.
 fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
-        .set_max_row_group_row_count(Some(128 * 1024))
-        .set_column_bloom_filter_enabled("txn_id".into(), true)
-        .build()
+        .set_max_row_group_row_count(Some(crate::ledger::ROW_GROUP_ROWS))
+        .set_column_bloom_filter_enabled("txn_id".into(), true);
+    for column in ["txn_id", "event_time", "first_ingest_time"] {
+        props = props.set_column_dictionary_enabled(column.into(), false);
+    }
+    props.build()
 }
 
 /// One file of one day partition of a Delta table.
