@@ -1,5 +1,7 @@
--- Settles the transactions of day D whose copies disagree (table `disputed_txns`, filled by
--- tally from ledger.sql's output): ranks every copy and reports each distinct payload.
+-- Settles the transactions of day D whose copies disagree (table `disputed_txns`: the txn_key
+-- of each, filled by tally from ledger.sql's output): ranks every copy and reports each
+-- distinct payload. Copies are matched by key but ranked per txn_id, so two ids sharing a key
+-- are settled apart.
 --
 -- Parameters: $1 D, $2 D + lateness horizon, $3 / $4 the UTC bounds of D (as in ledger.sql).
 --
@@ -14,7 +16,7 @@ WITH
 copies_of_disputed AS (
     SELECT a.txn_id, a.partner_id, a.event_time, a.ingest_time, a.amount, a.currency, a.status
     FROM raw_payments a
-    JOIN disputed_txns d ON a.txn_id = d.txn_id
+    JOIN disputed_txns d ON txn_key(a.txn_id) = d.txn_key
     WHERE a.ingest_date BETWEEN $1 AND $2
       AND a.event_time >= $3
       AND a.event_time < $4

@@ -292,15 +292,14 @@ fn memory_limit_and_bucket_count_do_not_change_the_ledger() {
 }
 
 #[test]
-fn explain_shows_hash_partitioning_on_the_txn_bucket() {
+fn explain_shows_hash_partitioning_on_the_txn_key() {
     let dir = tempdir();
     generate(dir.path(), 1, 1_000, 25);
     let out = tally_ok(dir.path(), &["ledger", "--date", "2026-11-01", "--explain"]);
-    assert!(out.contains("txn_bucket"), "{out}");
-    assert!(
-        out.contains("Hash([") && !out.contains("Hash([partner_id"),
-        "{out}"
-    );
+    // The dedup key is txn_key(txn_id), the hash behind txn_bucket; the shuffle is on it alone.
+    assert!(out.contains("txn_key(txn_id"), "{out}");
+    assert!(out.contains("Hash([txn_key@"), "{out}");
+    assert!(!out.contains("Hash([partner_id"), "{out}");
     assert!(
         !dir.path().join("lake/ledger/_delta_log").exists(),
         "explain must not write"

@@ -10,15 +10,18 @@ use datafusion::prelude::SessionContext;
 mod any_copy;
 mod payload_hash;
 mod txn_bucket;
+mod txn_key;
 
 pub use any_copy::AnyCopy;
 pub use payload_hash::PayloadHash;
 pub use txn_bucket::{txn_hash64, TxnBucket};
+pub use txn_key::{txn_key, TxnKey};
 
 /// Every scalar function tally provides.
 pub fn functions() -> Vec<ScalarUDF> {
     vec![
         ScalarUDF::from(TxnBucket::new()),
+        ScalarUDF::from(TxnKey::new()),
         ScalarUDF::from(PayloadHash::new()),
     ]
 }

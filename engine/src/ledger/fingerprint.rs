@@ -5,8 +5,8 @@
 //! row order do not matter; any changed value, lost row or extra row does.
 
 use crate::error::{Result, TallyError};
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StringViewArray};
+use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -29,25 +29,24 @@ impl Fingerprint {
                 .column_by_name(name)
                 .ok_or_else(|| TallyError::Internal(format!("fingerprint: no column {name}")))
         };
-        let txn = col("txn_id")?.as_string::<i32>();
-        let partner = col("partner_id")?.as_string::<i32>();
+        let txn = Strings::of(col("txn_id")?)?;
+        let partner = Strings::of(col("partner_id")?)?;
         let event = col("event_time")?.as_primitive::<TimestampMicrosecondType>();
         let day = col("event_date")?.as_primitive::<Date32Type>();
         let amount = col("amount")?.as_primitive::<Decimal128Type>();
-        let currency = col("currency")?.as_string::<i32>();
-        let status = col("status")?.as_string::<i32>();
+        let currency = Strings::of(col("currency")?)?;
+        let status = Strings::of(col("status")?)?;
         let first = col("first_ingest_time")?.as_primitive::<TimestampMicrosecondType>();
         let copies = col("copies")?.as_primitive::<Int64Type>();
         // One reusable buffer per batch: a canonical encoding of the row, hashed once.
         let mut buf: Vec<u8> = Vec::with_capacity(128);
         for i in 0..batch.num_rows() {
             buf.clear();
-            let s = |buf: &mut Vec<u8>, a: &arrow::array::StringArray| {
-                if a.is_null(i) {
-                    buf.push(0);
-                } else {
+            let s = |buf: &mut Vec<u8>, a: &Strings| match a.get(i) {
+                None => buf.push(0),
+                Some(v) => {
                     buf.push(1);
-                    buf.extend_from_slice(a.value(i).as_bytes());
+                    buf.extend_from_slice(v);
                     buf.push(0xff);
                 }
             };
@@ -57,13 +56,13 @@ impl Fingerprint {
                     buf.extend_from_slice(bytes);
                 }
             };
-            s(&mut buf, txn);
-            s(&mut buf, partner);
+            s(&mut buf, &txn);
+            s(&mut buf, &partner);
             n(&mut buf, event.is_valid(i), &event.value(i).to_le_bytes());
             n(&mut buf, day.is_valid(i), &day.value(i).to_le_bytes());
             n(&mut buf, amount.is_valid(i), &amount.value(i).to_le_bytes());
-            s(&mut buf, currency);
-            s(&mut buf, status);
+            s(&mut buf, &currency);
+            s(&mut buf, &status);
             n(&mut buf, first.is_valid(i), &first.value(i).to_le_bytes());
             n(&mut buf, copies.is_valid(i), &copies.value(i).to_le_bytes());
             self.row_hash = self.row_hash.wrapping_add(xxh3_64(&buf));
@@ -96,5 +95,30 @@ impl Fingerprint {
             "amount_sum": self.amount_text(),
             "row_hash": format!("{:016x}", self.row_hash),
         })
+    }
+}
+
+/// A string column as the plan produced it: the same rows hash the same either way.
+enum Strings<'a> {
+    Plain(&'a StringArray),
+    View(&'a StringViewArray),
+}
+
+impl<'a> Strings<'a> {
+    fn of(array: &'a ArrayRef) -> Result<Self> {
+        match array.data_type() {
+            DataType::Utf8 => Ok(Self::Plain(array.as_string::<i32>())),
+            DataType::Utf8View => Ok(Self::View(array.as_string_view())),
+            other => Err(TallyError::Internal(format!(
+                "fingerprint: a string column has type {other}"
+            ))),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&'a [u8]> {
+        match self {
+            Self::Plain(a) => a.is_valid(i).then(|| a.value(i).as_bytes()),
+            Self::View(a) => a.is_valid(i).then(|| a.value(i).as_bytes()),
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! `tally ledger`: day D's ledger, every transaction once, replaced in one Delta commit.
 //!
 //! The plan is `sql/ledger.sql`: arrivals of D's events over the lateness horizon, collapsed per
-//! transaction by an aggregate grouped on (`txn_bucket(txn_id)`, `txn_id`), so the work is
-//! hash-partitioned by transaction and the aggregate spills under a memory limit instead of
-//! failing. Transactions whose copies disagree are settled by `sql/ledger_disputed.sql` and
+//! transaction by an aggregate grouped on `txn_key(txn_id)` (the 64-bit hash behind
+//! `txn_bucket`), so the work is hash-partitioned by transaction and the aggregate spills under
+//! a memory limit instead of failing. Transactions whose copies disagree are settled by `sql/ledger_disputed.sql` and
 //! their variants go to `ledger_conflicts`. Each output partition is sorted by
 //! (`partner_id`, `txn_id`) and streamed into its own Parquet file, so files are sized by the
 //! bucket count and row groups prune by partner. The day's files then replace the previous
@@ -151,8 +151,7 @@ impl<'a> LedgerJob<'a> {
     /// (`partner_id`, `txn_id`) and written by [`write_partition`].
     async fn plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
         self.require_raw()?;
-        let mut params = self.params()?;
-        params.push(ScalarValue::Int64(Some(self.buckets as i64)));
+        let params = self.params()?;
         let df = self
             .session
             .ctx()
@@ -290,7 +289,7 @@ impl<'a> LedgerJob<'a> {
         })
     }
 
-    /// Runs `ledger_disputed.sql` over the disputed ids; returns (ledger rows, conflict rows).
+    /// Runs `ledger_disputed.sql` over the disputed keys; returns (ledger rows, conflict rows).
     async fn settle_disputed(
         &self,
         disputed: Vec<RecordBatch>,
@@ -389,7 +388,7 @@ impl<'a> LedgerJob<'a> {
 struct PartOutput {
     adds: Vec<deltalake::kernel::Add>,
     fingerprint: Fingerprint,
-    /// `txn_id`s whose copies disagree (one-column batches).
+    /// `txn_key`s of transactions whose copies disagree (one-column batches).
     disputed: Vec<RecordBatch>,
 }
 
@@ -429,15 +428,19 @@ async fn write_partition(
         if agree.true_count() < agree.len() {
             let not_agree = arrow::compute::not(&agree)?;
             let others = filter_record_batch(&batch, &not_agree)?;
-            disputed.push(others.project(&[others.schema().index_of("txn_id")?])?);
+            disputed.push(others.project(&[others.schema().index_of("txn_key")?])?);
         }
         let agreed = filter_record_batch(&batch, &agree)?;
         if agreed.num_rows() == 0 {
             continue;
         }
+        // The fingerprint is order-independent: take it while the rows are still in memory
+        // order (after the sort every row is a random access).
+        fp.update(&agreed)?;
+        let agreed = agreed.project(&writer.file_column_indices(&agreed.schema())?)?;
         let size = slice_memory_size(&agreed);
         if reservation.try_grow(size).is_err() && run.rows() > 0 {
-            write_run(std::mem::take(&mut run), &mut writer, &mut fp).await?;
+            write_run(std::mem::take(&mut run), &mut writer).await?;
             reservation.free();
         }
         // A single batch is always taken, even past the limit: progress over purity.
@@ -446,7 +449,7 @@ async fn write_partition(
         }
         run.push(agreed);
     }
-    write_run(run, &mut writer, &mut fp).await?;
+    write_run(run, &mut writer).await?;
     reservation.free();
     let adds: Vec<_> = writer.finish().await?.into_iter().collect();
     Ok(PartOutput {
@@ -457,15 +460,12 @@ async fn write_partition(
 }
 
 /// Writes a run of rows in (`partner_id`, `txn_id`) order, a row group at a time.
-async fn write_run(run: SortedRun, writer: &mut PartWriter, fp: &mut Fingerprint) -> Result<()> {
+async fn write_run(run: SortedRun, writer: &mut PartWriter) -> Result<()> {
     if run.rows() == 0 {
         return Ok(());
     }
-    let target = Arc::clone(&schema::LEDGER);
     for chunk in run.into_sorted_chunks(ROW_GROUP_ROWS)? {
-        let b = schema::conform(&chunk?, &target)?;
-        fp.update(&b)?;
-        writer.write(&b).await?;
+        writer.write(&chunk?).await?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@
 use crate::error::{Result, TallyError};
 use crate::schema::EVENT_DATE;
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::kernel::Add;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as StorePath;
@@ -80,19 +80,39 @@ impl PartWriter {
         })
     }
 
-    /// Appends rows (with the table's columns; the partition column is dropped).
+    /// Positions in `schema` of the columns this file stores, in file order: what the rows
+    /// held for sorting need to keep.
+    pub fn file_column_indices(&self, schema: &Schema) -> Result<Vec<usize>> {
+        self.file_schema
+            .fields()
+            .iter()
+            .map(|f| Ok(schema.index_of(f.name())?))
+            .collect()
+    }
+
+    /// Appends rows (with the table's columns; the partition column is dropped). String
+    /// columns may be string views (Parquet encodes them alike); other types must match the
+    /// table's or are cast to it.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let columns =
-            self.file_schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    batch.column_by_name(f.name()).cloned().ok_or_else(|| {
-                        TallyError::Internal(format!("ledger batch lacks {}", f.name()))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-        let b = RecordBatch::try_new(Arc::clone(&self.file_schema), columns)?;
+        let mut fields = Vec::with_capacity(self.file_schema.fields().len());
+        let mut columns = Vec::with_capacity(self.file_schema.fields().len());
+        for f in self.file_schema.fields() {
+            let col = batch
+                .column_by_name(f.name())
+                .ok_or_else(|| TallyError::Internal(format!("ledger batch lacks {}", f.name())))?;
+            let col = match (f.data_type(), col.data_type()) {
+                (a, b) if a == b => Arc::clone(col),
+                (DataType::Utf8, DataType::Utf8View) => Arc::clone(col),
+                (to, _) => arrow::compute::cast(col, to)?,
+            };
+            fields.push(Field::new(
+                f.name(),
+                col.data_type().clone(),
+                f.is_nullable(),
+            ));
+            columns.push(col);
+        }
+        let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
         self.rows += b.num_rows() as u64;
         self.writer.write(&b).await?;
         Ok(())

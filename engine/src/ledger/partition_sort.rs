@@ -3,9 +3,11 @@
 //! Why not DataFusion's `SortExec`: it sorts every batch, converts the keys of both string
 //! columns to the row format and merges the sorted batches, holding a second copy of the
 //! partition; on a 10M-transaction day that sort cost about as much as the dedup itself. Here
-//! the partition's rows are ordered once by a compact key — the partner's rank among the
-//! partition's partners, then the first 8 bytes of `txn_id`, the full `txn_id` only when those
-//! tie — and gathered one row group at a time, so the sorted copy never exceeds a row group.
+//! each row gets one 128-bit integer key — the partner's rank among the partition's partners,
+//! the first 8 bytes of `txn_id`, the row's position — the keys are sorted as plain integers,
+//! and only rows whose partner and 8-byte prefix tie are compared on the full `txn_id`. Rows
+//! are then gathered one row group at a time, so the sorted copy never exceeds a row group;
+//! string columns stay string views, whose bytes are not copied until Parquet encodes them.
 //!
 //! The order is total and deterministic: `txn_id` is unique within a ledger day, and equal keys
 //! (impossible there) fall back to arrival order. Null partners sort first, as in SQL's
@@ -15,18 +17,10 @@ use crate::error::{Result, TallyError};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringViewArray};
 use arrow::compute::{cast, interleave};
 use arrow::datatypes::DataType;
-use std::cmp::Ordering;
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 
 /// Where a row lives: (batch index, row index), the form `interleave` takes.
 type RowRef = (usize, usize);
-
-/// The sort key of one row.
-struct Key {
-    partner_rank: u32,
-    txn_prefix: u64,
-    at: RowRef,
-}
 
 /// Rows of one partition, collected until they are written as one sorted run.
 #[derive(Default)]
@@ -36,8 +30,11 @@ pub struct SortedRun {
 }
 
 impl SortedRun {
-    /// Adds a batch to the run.
+    /// Adds a batch to the run (empty batches are dropped: row positions map to batches).
     pub fn push(&mut self, batch: RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
         self.rows += batch.num_rows();
         self.batches.push(batch);
     }
@@ -54,18 +51,39 @@ impl SortedRun {
     ) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
         let order = sort_order(&self.batches)?;
         let batches = self.batches;
+        let starts = batch_starts(&batches);
         let chunk = chunk.max(1);
-        let mut start = 0;
+        let mut next = 0;
         Ok(std::iter::from_fn(move || {
-            if start >= order.len() {
+            if next >= order.len() {
                 return None;
             }
-            let end = (start + chunk).min(order.len());
-            let rows = &order[start..end];
-            start = end;
-            Some(gather(&batches, rows))
+            let end = (next + chunk).min(order.len());
+            let rows: Vec<RowRef> = order[next..end]
+                .iter()
+                .map(|&i| {
+                    let i = i as usize;
+                    let b = starts.partition_point(|&s| s <= i) - 1;
+                    (b, i - starts[b])
+                })
+                .collect();
+            next = end;
+            Some(gather(&batches, &rows))
         }))
     }
+}
+
+/// The position of each batch's first row in the run.
+fn batch_starts(batches: &[RecordBatch]) -> Vec<usize> {
+    let mut at = 0;
+    batches
+        .iter()
+        .map(|b| {
+            let start = at;
+            at += b.num_rows();
+            start
+        })
+        .collect()
 }
 
 /// Key columns as string views (the aggregate's output already is; anything else is cast once).
@@ -94,64 +112,79 @@ fn prefix8(s: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The permutation that orders the rows of `batches` by (`partner_id`, `txn_id`).
-fn sort_order(batches: &[RecordBatch]) -> Result<Vec<RowRef>> {
+/// The permutation (row positions across `batches`) that orders the rows by
+/// (`partner_id`, `txn_id`).
+fn sort_order(batches: &[RecordBatch]) -> Result<Vec<u32>> {
     let partners = string_views(batches, "partner_id")?;
     let txns = string_views(batches, "txn_id")?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if u32::try_from(rows).is_err() {
+        return Err(TallyError::Internal(format!(
+            "a ledger partition of {rows} rows is too large to sort; use more buckets"
+        )));
+    }
 
-    // Rank the distinct partners (a few hundred) so rows compare by one integer.
-    let mut distinct: HashMap<&str, u32> = HashMap::new();
+    // Rank the distinct partners (a few hundred) so rows compare by one integer. Rank 0 is
+    // reserved for a null partner (sorts first).
+    let mut rank: HashMap<&[u8], u32> = HashMap::new();
     for p in &partners {
         for v in p.iter().flatten() {
-            let next = distinct.len() as u32;
-            distinct.entry(v).or_insert(next);
+            rank.entry(v.as_bytes()).or_insert(0);
         }
     }
-    let mut names: Vec<&str> = distinct.keys().copied().collect();
+    let mut names: Vec<&[u8]> = rank.keys().copied().collect();
     names.sort_unstable();
-    for (rank, name) in names.iter().enumerate() {
-        // Rank 0 is reserved for a null partner (sorts first).
-        distinct.insert(name, rank as u32 + 1);
+    for (r, name) in names.iter().enumerate() {
+        rank.insert(name, r as u32 + 1);
     }
 
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut keys: Vec<Key> = Vec::with_capacity(rows);
-    for (bi, (p, t)) in partners.iter().zip(&txns).enumerate() {
+    // key = partner rank (32 bits) | txn_id prefix (64 bits) | row position (32 bits).
+    let mut keys: Vec<u128> = Vec::with_capacity(rows);
+    for (p, t) in partners.iter().zip(&txns) {
         for ri in 0..t.len() {
             let partner_rank = if p.is_null(ri) {
                 0
             } else {
-                distinct.get(p.value(ri)).copied().unwrap_or(0)
+                rank.get(p.value(ri).as_bytes()).copied().unwrap_or(0)
             };
             let txn_prefix = if t.is_null(ri) {
                 0
             } else {
                 prefix8(t.value(ri).as_bytes())
             };
-            keys.push(Key {
-                partner_rank,
-                txn_prefix,
-                at: (bi, ri),
-            });
+            let position = keys.len() as u128;
+            keys.push(((partner_rank as u128) << 96) | ((txn_prefix as u128) << 32) | position);
         }
     }
-    let txn_bytes = |at: RowRef| -> &[u8] {
-        let t = &txns[at.0];
-        if t.is_null(at.1) {
+    keys.sort_unstable();
+
+    // Rows whose partner and 8-byte prefix tie are ordered by the whole txn_id.
+    let starts = batch_starts(batches);
+    let txn_bytes = |position: u32| -> &[u8] {
+        let i = position as usize;
+        let b = starts.partition_point(|&s| s <= i) - 1;
+        let t = &txns[b];
+        let r = i - starts[b];
+        if t.is_null(r) {
             &[]
         } else {
-            t.value(at.1).as_bytes()
+            t.value(r).as_bytes()
         }
     };
-    keys.sort_unstable_by(|a, b| {
-        (a.partner_rank, a.txn_prefix)
-            .cmp(&(b.partner_rank, b.txn_prefix))
-            .then_with(|| match txn_bytes(a.at).cmp(txn_bytes(b.at)) {
-                Ordering::Equal => a.at.cmp(&b.at),
-                o => o,
-            })
-    });
-    Ok(keys.into_iter().map(|k| k.at).collect())
+    let mut order: Vec<u32> = keys.iter().map(|&k| k as u32).collect();
+    let mut i = 0;
+    while i < keys.len() {
+        let group = keys[i] >> 32;
+        let mut j = i + 1;
+        while j < keys.len() && keys[j] >> 32 == group {
+            j += 1;
+        }
+        if j - i > 1 {
+            order[i..j].sort_unstable_by(|&a, &b| txn_bytes(a).cmp(txn_bytes(b)).then(a.cmp(&b)));
+        }
+        i = j;
+    }
+    Ok(order)
 }
 
 /// Gathers `rows` (in that order) from `batches` into one batch.
