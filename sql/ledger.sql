@@ -33,22 +33,25 @@ arrivals AS (
 -- DataFusion hash-partitions the work by transaction, never by partner: a partner sending
 -- half the traffic cannot make one worker a straggler.
 -- When every copy carries the same payload (the same payload_hash for all of them), any
--- copy's columns ARE that payload: any_copy() takes one without comparing strings. The
--- min/max pair of the hash tells whether they agree; transactions whose copies do not are
--- settled by ledger_disputed.sql.
+-- copy's columns ARE that payload: any_copy() takes one copy's row, bundled into a struct so
+-- all its columns come from the same copy and are picked once, without comparing strings.
+-- The min/max pair of the hash tells whether the copies agree; transactions whose copies do
+-- not are settled by ledger_disputed.sql.
 per_txn AS (
     SELECT
         txn_key,
-        any_copy(txn_id)        AS txn_id,
         count(*)                AS copies,
         min(ingest_time)        AS first_ingest_time,
         min(payload)            AS payload_min,
         max(payload)            AS payload_max,
-        any_copy(partner_id)    AS partner_id,
-        any_copy(amount)        AS amount,
-        any_copy(currency)      AS currency,
-        any_copy(status)        AS status,
-        any_copy(event_time)    AS event_time
+        any_copy(named_struct(
+            'txn_id',     txn_id,
+            'partner_id', partner_id,
+            'event_time', event_time,
+            'amount',     amount,
+            'currency',   currency,
+            'status',     status
+        ))                      AS one_copy
     FROM arrivals
     GROUP BY txn_key
 )
@@ -57,13 +60,13 @@ per_txn AS (
 -- of D), when it first arrived, and how many raw copies were collapsed into it.
 SELECT
     txn_key,
-    txn_id,
-    partner_id,
-    event_time,
+    one_copy['txn_id']      AS txn_id,
+    one_copy['partner_id']  AS partner_id,
+    one_copy['event_time']  AS event_time,
     $1                      AS event_date,
-    amount,
-    currency,
-    status,
+    one_copy['amount']      AS amount,
+    one_copy['currency']    AS currency,
+    one_copy['status']      AS status,
     first_ingest_time,
     copies,
     payload_min = payload_max AS agree

@@ -10,11 +10,14 @@
 //! order, so use it only where the copies are known to agree (the ledger settles disagreeing
 //! transactions separately).
 //!
+//! Given a struct (`any_copy(named_struct(…))`), it takes every field from the same copy with
+//! one pick per group; the ledger takes a whole copy's payload that way.
+//!
 //! The state is the value itself, so partial aggregation, spilling and a distributed runner
 //! that registers the function all work.
 
 use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, BooleanArray, UInt32Array,
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, StructArray, UInt32Array,
 };
 use datafusion::arrow::compute::{interleave, kernels::boolean::not, nullif, take};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
@@ -176,8 +179,10 @@ impl AnyCopyGroups {
 }
 
 impl AnyCopyGroups {
-    /// The values of `picks`, in order (null where a group has none).
-    fn gather(&self, picks: &[(u32, u32)]) -> Result<ArrayRef> {
+    /// The values of `picks`, in order (null where a group has none). `compact_strings` copies
+    /// string bytes out of the sources; not needed when the sources are dropped right after,
+    /// since they hold only picked values (each picked once), so nothing would be pinned.
+    fn gather(&self, picks: &[(u32, u32)], compact_strings: bool) -> Result<ArrayRef> {
         let none = new_null_array(&self.data_type, 1);
         let mut arrays: Vec<&dyn Array> = Vec::with_capacity(self.sources.len() + 1);
         arrays.push(none.as_ref());
@@ -186,16 +191,25 @@ impl AnyCopyGroups {
             .iter()
             .map(|&(s, r)| (s as usize, if s == 0 { 0 } else { r as usize }))
             .collect();
-        Ok(compact(interleave(&arrays, &indices)?))
+        let out = interleave(&arrays, &indices)?;
+        Ok(if compact_strings { compact(out) } else { out })
     }
 }
 
-/// String views gathered from other arrays still point into their buffers: copy them out.
+/// String views gathered from other arrays still point into their buffers: copy them out
+/// (also inside a struct, the form the ledger uses to take a whole copy at once).
 fn compact(a: ArrayRef) -> ArrayRef {
-    match a.as_string_view_opt() {
-        Some(views) => Arc::new(views.gc()),
-        None => a,
+    if let Some(views) = a.as_string_view_opt() {
+        return Arc::new(views.gc());
     }
+    if let Some(s) = a.as_struct_opt() {
+        if s.columns().iter().any(|c| c.as_string_view_opt().is_some()) {
+            let columns = s.columns().iter().map(|c| compact(Arc::clone(c))).collect();
+            let nulls = s.nulls().cloned();
+            return Arc::new(StructArray::new(s.fields().clone(), columns, nulls));
+        }
+    }
+    a
 }
 
 impl GroupsAccumulator for AnyCopyGroups {
@@ -211,14 +225,15 @@ impl GroupsAccumulator for AnyCopyGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let picks = emit_to.take_needed(&mut self.picks);
-        let out = self.gather(&picks)?;
+        let rest = std::mem::take(&mut self.picks);
+        // Emitting everything drops the sources: the output may share their buffers.
+        let out = self.gather(&picks, !rest.is_empty())?;
         // The groups left (after emitting the first n, as a sorted merge of spilled state
         // does) are gathered into one array, so emitted values do not stay pinned.
-        let rest = std::mem::take(&mut self.picks);
         let kept = if rest.is_empty() {
             None
         } else {
-            Some(self.gather(&rest)?)
+            Some(self.gather(&rest, true)?)
         };
         self.sources.clear();
         if let Some(kept) = kept {
@@ -288,6 +303,51 @@ mod tests {
         assert_eq!(out.value(1), "y");
         assert_eq!(out.value(2), "z");
         assert!(out.is_null(3), "a group that never saw a value is null");
+    }
+
+    #[test]
+    fn a_struct_is_taken_whole_from_one_copy() {
+        use datafusion::arrow::array::{Int64Array, StringViewArray};
+        let fields = vec![
+            Arc::new(Field::new("id", DataType::Utf8View, true)),
+            Arc::new(Field::new("n", DataType::Int64, true)),
+        ];
+        let row = |ids: Vec<&str>, ns: Vec<Option<i64>>| -> ArrayRef {
+            Arc::new(StructArray::new(
+                fields.clone().into(),
+                vec![
+                    Arc::new(StringViewArray::from(ids)) as ArrayRef,
+                    Arc::new(Int64Array::from(ns)) as ArrayRef,
+                ],
+                None,
+            ))
+        };
+        let mut acc = AnyCopyGroups {
+            data_type: row(vec![], vec![]).data_type().clone(),
+            sources: Vec::new(),
+            picks: Vec::new(),
+        };
+        let a = row(
+            vec!["a-long-id-beyond-twelve-bytes", "b"],
+            vec![None, Some(2)],
+        );
+        acc.update_batch(&[a], &[0, 1], None, 2).unwrap();
+        let b = row(vec!["c", "d"], vec![Some(3), Some(4)]);
+        acc.update_batch(&[b], &[0, 2], None, 3).unwrap();
+        let first = acc.evaluate(EmitTo::First(1)).unwrap();
+        let first = first.as_struct();
+        assert_eq!(
+            first.column(0).as_string_view().value(0),
+            "a-long-id-beyond-twelve-bytes"
+        );
+        assert!(
+            first.column(1).is_null(0),
+            "a null field stays with its copy, not filled from another"
+        );
+        let rest = acc.evaluate(EmitTo::All).unwrap();
+        let rest = rest.as_struct();
+        let ids = rest.column(0).as_string_view();
+        assert_eq!((ids.value(0), ids.value(1)), ("b", "d"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ use std::sync::Arc;
 /// filter on `txn_id` for point lookups (`tally trace`, disputes). Columns that are unique or
 /// nearly so per row (`txn_id`, the timestamps) skip dictionary encoding: the writer would
 /// intern every value only to fall back to plain encoding once the dictionary page is full.
+/// Min/max statistics are kept where they prune: `partner_id`, `txn_id`, the timestamps and
+/// the amount.
 fn writer_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
@@ -32,6 +34,11 @@ fn writer_properties() -> WriterProperties {
         .set_column_bloom_filter_enabled("txn_id".into(), true);
     for column in ["txn_id", "event_time", "first_ingest_time"] {
         props = props.set_column_dictionary_enabled(column.into(), false);
+    }
+    // Every row group holds every currency and status (rows are ordered by partner), so their
+    // min/max could never prune one; computing them was a string comparison per value.
+    for column in ["currency", "status"] {
+        props = props.set_column_statistics_enabled(column.into(), EnabledStatistics::None);
     }
     props.build()
 }
