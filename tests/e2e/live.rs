@@ -113,6 +113,36 @@ fn totals_match_an_independent_count_on_duplicate_free_input() {
     assert_eq!(read_totals(dir.path(), "live_view"), expected(&rows));
 }
 
+/// A backlog larger than one batch whose files landed in the reverse of their name order,
+/// over more than the 15-minute file window: the files taken first (by name) are the newest,
+/// and the ones left for later batches must not be mistaken for long-forgotten ones.
+#[test]
+fn a_backlog_taken_in_name_order_leaves_no_older_file_behind() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let start = micros("2026-11-20T10:00:00Z");
+    let rows = traffic("b", start, 1_000_000, 600);
+    let landed = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (i, chunk) in rows.chunks(100).enumerate() {
+        // f0 landed last, f5 first, 10 minutes apart: 50 minutes in all.
+        let name = format!("f{i}.parquet");
+        write_raw(&lake, "2026-11-20", &name, chunk);
+        let path = lake.join("raw/payments/ingest_date=2026-11-20").join(&name);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(landed + Duration::from_secs(600 * (5 - i) as u64))
+            .unwrap();
+    }
+    let s = live_once(dir.path(), &["--max-files-per-batch", "2"]);
+    assert_eq!(s["rows"], 600, "{s}");
+    assert_eq!(s["batches"], 3, "{s}");
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&rows));
+    // And a later run finds nothing left.
+    assert_eq!(live_once(dir.path(), &[])["batches"], 0);
+}
+
 #[test]
 fn retries_within_the_ttl_collapse_and_late_rows_land_in_live_late() {
     let dir = tempdir();

@@ -41,6 +41,10 @@ pub struct Found {
     pub files: Vec<NewFile>,
     /// The last raw Delta version read (Delta raw tables only).
     pub raw_version: Option<u64>,
+    /// The oldest mtime among unseen files left for a later batch (listed raw files only).
+    /// The checkpoint's newest-mtime mark must not pass it by more than the file window, or
+    /// those files would be taken for long-forgotten ones and never read.
+    pub waiting_mtime_ms: Option<i64>,
 }
 
 /// Lists open partitions and returns unseen files.
@@ -133,9 +137,11 @@ impl Discovery {
         if self.delta.is_some() {
             return self.new_delta_files(cp, limit).await;
         }
+        let (files, waiting_mtime_ms) = self.new_listed_files(cp, limit).await?;
         Ok(Found {
-            files: self.new_listed_files(cp, limit).await?,
+            files,
             raw_version: None,
+            waiting_mtime_ms,
         })
     }
 
@@ -153,6 +159,7 @@ impl Discovery {
         let mut found = Found {
             files: Vec::new(),
             raw_version: cp.raw_version,
+            waiting_mtime_ms: None,
         };
         while next <= latest && found.files.len() < limit {
             let commit = log
@@ -194,8 +201,13 @@ impl Discovery {
         Ok(found)
     }
 
-    /// Unseen files of the open partitions, in (partition, path) order, at most `limit`.
-    async fn new_listed_files(&mut self, cp: &Checkpoint, limit: usize) -> Result<Vec<NewFile>> {
+    /// Unseen files of the open partitions, in (partition, path) order, at most `limit`; and
+    /// the oldest mtime among those left for later.
+    async fn new_listed_files(
+        &mut self,
+        cp: &Checkpoint,
+        limit: usize,
+    ) -> Result<(Vec<NewFile>, Option<i64>)> {
         self.ticks += 1;
         if self.ticks.is_multiple_of(RESCAN_TICKS) {
             self.rescan().await?;
@@ -228,12 +240,12 @@ impl Discovery {
                     },
                 });
             }
-            if found.len() >= limit {
-                break;
-            }
         }
         found.sort_by(|a, b| (a.partition, &a.record.path).cmp(&(b.partition, &b.record.path)));
+        let waiting = found
+            .get(limit..)
+            .and_then(|rest| rest.iter().map(|f| f.record.mtime_ms).min());
         found.truncate(limit);
-        Ok(found)
+        Ok((found, waiting))
     }
 }

@@ -268,6 +268,8 @@ struct Runner {
     /// A batch to redo before discovering new files (crash recovery), with the raw Delta
     /// version it covered.
     pending: Option<(Vec<FileRecord>, Option<u64>)>,
+    /// This tick's `Found::waiting_mtime_ms`.
+    waiting_mtime_ms: Option<i64>,
 }
 
 impl Runner {
@@ -312,6 +314,7 @@ impl Runner {
             .await?,
             ctx: SessionContext::new(),
             pending,
+            waiting_mtime_ms: None,
             cp,
         };
         runner.rebuild_state().await?;
@@ -369,6 +372,7 @@ impl Runner {
 
     /// One tick: the pending redo, or new files. `None` when there was nothing to do.
     async fn tick(&mut self) -> Result<Option<BatchMetrics>> {
+        self.waiting_mtime_ms = None;
         let (files, raw_version, recovered) = match self.pending.take() {
             Some((files, raw_version)) => (files, raw_version, true),
             None => {
@@ -376,6 +380,7 @@ impl Runner {
                     .discovery
                     .new_files(&self.cp, self.cfg.max_files_per_batch.max(1))
                     .await?;
+                self.waiting_mtime_ms = found.waiting_mtime_ms;
                 let files: Vec<FileRecord> = found.files.into_iter().map(|f| f.record).collect();
                 (files, found.raw_version, false)
             }
@@ -497,11 +502,18 @@ impl Runner {
         after: Option<i64>,
         files: Vec<FileRecord>,
     ) -> Checkpoint {
+        // Files left for a later batch stay within the window of the mark (see
+        // `Found::waiting_mtime_ms`): a backlog taken in name order cannot strand older files.
+        let window_ms = FILE_WINDOW.as_millis() as i64;
         let newest_mtime_ms = files
             .iter()
             .map(|f| f.mtime_ms)
             .chain(self.cp.newest_mtime_ms)
-            .max();
+            .max()
+            .map(|m| match self.waiting_mtime_ms {
+                Some(w) => m.min(w.saturating_add(window_ms)),
+                None => m,
+            });
         let newest_partition = files
             .iter()
             .filter_map(|f| partition_of(&f.path))
@@ -515,7 +527,7 @@ impl Runner {
             files,
         });
         let kept = self.kept_minute(after).map(|m| m * MINUTE_US);
-        let recent = newest_mtime_ms.map(|m| m - FILE_WINDOW.as_millis() as i64);
+        let recent = newest_mtime_ms.map(|m| m - window_ms);
         batches.retain(|b| {
             let keys_alive = match (kept, b.max_event_after) {
                 (Some(k), Some(m)) => m >= k,
