@@ -269,11 +269,20 @@ fn copies_in(file: &str, batches: &[RecordBatch]) -> Result<Vec<Copy>> {
                 .ok_or_else(|| TallyError::Internal(format!("raw file lacks {name}")))?;
             Ok(arrow::compute::cast(c, &DataType::Utf8)?)
         };
+        // A raw file of the wrong schema is bad input, named, never a panic.
+        let wrong = |name: &str, c: &dyn arrow::array::Array, want: &str| TallyError::BadInput {
+            message: format!(
+                "raw file {file}: column {name} is {}, expected {want}",
+                c.data_type()
+            ),
+        };
         let ts = |name: &str| -> Result<arrow::array::PrimitiveArray<TimestampMicrosecondType>> {
             let c = b
                 .column_by_name(name)
                 .ok_or_else(|| TallyError::Internal(format!("raw file lacks {name}")))?;
-            Ok(c.as_primitive::<TimestampMicrosecondType>().clone())
+            c.as_primitive_opt::<TimestampMicrosecondType>()
+                .cloned()
+                .ok_or_else(|| wrong(name, c.as_ref(), "Timestamp(µs)"))
         };
         let (partner, currency, status) = (text("partner_id")?, text("currency")?, text("status")?);
         let (partner, currency, status) = (
@@ -284,8 +293,10 @@ fn copies_in(file: &str, batches: &[RecordBatch]) -> Result<Vec<Copy>> {
         let (ingest, event) = (ts("ingest_time")?, ts("event_time")?);
         let amount = b
             .column_by_name("amount")
-            .ok_or_else(|| TallyError::Internal("raw file lacks amount".into()))?
-            .as_primitive::<Decimal128Type>();
+            .ok_or_else(|| TallyError::Internal("raw file lacks amount".into()))?;
+        let amount = amount
+            .as_primitive_opt::<Decimal128Type>()
+            .ok_or_else(|| wrong("amount", amount.as_ref(), "Decimal128(18,2)"))?;
         let s = |a: &arrow::array::StringArray, i: usize| {
             (!a.is_null(i)).then(|| a.value(i).to_string())
         };
