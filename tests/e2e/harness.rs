@@ -167,6 +167,41 @@ pub fn write_raw(lake: &Path, day: &str, name: &str, rows: &[RawRow]) {
     std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
+/// A one-row raw file of the wrong schema: `amount` is a float (Float64), everything else as
+/// the raw schema says; its one copy is `txn_id` at `at` µs.
+pub fn write_float_amount_file(path: &Path, txn_id: &str, at: i64) {
+    use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let wrong = Arc::new(Schema::new(
+        raw_file_schema(true)
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "amount" => Arc::new(Field::new("amount", DataType::Float64, true)),
+                _ => Arc::clone(f),
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+    let ts =
+        || Arc::new(TimestampMicrosecondArray::from(vec![at]).with_timezone("UTC")) as ArrayRef;
+    let batch = RecordBatch::try_new(
+        wrong,
+        vec![
+            s(txn_id),
+            s("p1"),
+            ts(),
+            ts(),
+            Arc::new(Float64Array::from(vec![1.5])),
+            s("USD"),
+            s("ok"),
+        ],
+    )
+    .unwrap();
+    write_parquet(path, batch);
+}
+
 /// Microseconds since the epoch of `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn micros(rfc3339: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339)

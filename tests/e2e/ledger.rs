@@ -388,8 +388,7 @@ fn assert_bad_input_changes_nothing(dir: &Path, needle: &str) {
 
 #[test]
 fn bad_input_fails_naming_it_and_changes_nothing() {
-    use arrow::array::{Decimal128Array, Float64Array, StringArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::array::{Decimal128Array, StringArray, TimestampMicrosecondArray};
     use std::sync::Arc;
     let dir = tempdir();
     generate(dir.path(), 1, 2_000, 28);
@@ -404,41 +403,18 @@ fn bad_input_fails_naming_it_and_changes_nothing() {
     std::fs::remove_file(&corrupt).unwrap();
 
     // A file whose amount is a float.
-    let wrong = Arc::new(Schema::new(
-        raw_file_schema(true)
-            .fields()
-            .iter()
-            .map(|f| match f.name().as_str() {
-                "amount" => Arc::new(Field::new("amount", DataType::Float64, true)),
-                _ => Arc::clone(f),
-            })
-            .collect::<Vec<_>>(),
-    ));
+    let float_file = part.join("float-amount.parquet");
+    write_float_amount_file(&float_file, "txf", day_start("2026-11-01") + 1_000);
+    assert_bad_input_changes_nothing(dir.path(), "float-amount.parquet");
+    std::fs::remove_file(&float_file).unwrap();
+
+    // A file with a null txn_id.
     let t = day_start("2026-11-01") + 1_000;
     let s = |v: Option<&str>| Arc::new(StringArray::from(vec![v])) as arrow::array::ArrayRef;
     let tsa = || {
         Arc::new(TimestampMicrosecondArray::from(vec![t]).with_timezone("UTC"))
             as arrow::array::ArrayRef
     };
-    let batch = arrow::array::RecordBatch::try_new(
-        wrong,
-        vec![
-            s(Some("txf")),
-            s(Some("p")),
-            tsa(),
-            tsa(),
-            Arc::new(Float64Array::from(vec![1.5])),
-            s(Some("USD")),
-            s(Some("ok")),
-        ],
-    )
-    .unwrap();
-    let float_file = part.join("float-amount.parquet");
-    write_parquet(&float_file, batch);
-    assert_bad_input_changes_nothing(dir.path(), "float-amount.parquet");
-    std::fs::remove_file(&float_file).unwrap();
-
-    // A file with a null txn_id.
     let schema = raw_file_schema(true);
     let amount = Arc::new(
         Decimal128Array::from(vec![150i128])

@@ -79,9 +79,6 @@ fn trace_lists_every_copy_and_the_winner_by_the_ledger_rule() {
 /// the column, not a crash.
 #[test]
 fn a_raw_file_of_the_wrong_schema_is_named() {
-    use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-    use std::sync::Arc;
     let dir = tempdir();
     let t = micros("2026-11-01T10:00:00Z");
     let rows: Vec<RawRow> = (0..3)
@@ -103,35 +100,11 @@ fn a_raw_file_of_the_wrong_schema_is_named() {
         "good.parquet",
         &rows,
     );
-    let wrong = Arc::new(Schema::new(
-        raw_file_schema(false)
-            .fields()
-            .iter()
-            .map(|f| match f.name().as_str() {
-                "amount" => Arc::new(Field::new("amount", DataType::Float64, true)),
-                _ => Arc::clone(f),
-            })
-            .collect::<Vec<_>>(),
-    ));
-    let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
-    let ts = || Arc::new(TimestampMicrosecondArray::from(vec![t]).with_timezone("UTC")) as ArrayRef;
-    let batch = arrow::array::RecordBatch::try_new(
-        wrong,
-        vec![
-            s("tw-1"),
-            s("p1"),
-            ts(),
-            ts(),
-            Arc::new(Float64Array::from(vec![1.0])),
-            s("EUR"),
-            s("ok"),
-        ],
-    )
-    .unwrap();
-    write_parquet(
+    write_float_amount_file(
         &dir.path()
             .join("lake/raw/payments/ingest_date=2026-11-01/float-amount.parquet"),
-        batch,
+        "tw-1",
+        t,
     );
     let err = tally_fails(dir.path(), &["trace", "--txn", "tw-1"], 1);
     assert!(err.contains("float-amount.parquet"), "{err}");
