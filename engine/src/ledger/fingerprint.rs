@@ -1,8 +1,9 @@
 //! The content fingerprint of a ledger day: what a re-run must reproduce.
 //!
 //! Row count, the exact amount sum, and an order-independent hash of the rows (the wrapping sum
-//! of one 64-bit hash per row, built from the XXH3-64 of each of its values, NULLs included). File names, file order and
-//! row order do not matter; any changed value, lost row or extra row does.
+//! of one 64-bit hash per row, built from the XXH3-64 of each of its values, NULLs included).
+//! File names, file order and row order do not matter; any changed value, lost row or extra row
+//! does.
 
 use crate::error::{Result, TallyError};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StringViewArray};
@@ -85,7 +86,7 @@ impl Fingerprint {
     }
 }
 
-/// The hash NULL contributes (XXH3 of a value never equals it by more than chance).
+/// What a NULL contributes: a fixed value, which a real value's XXH3 matches only by chance.
 const NULL_HASH: u64 = 0x6e75_6c6c_6e75_6c6c;
 
 /// Folds one value's hash into its row's state (order-dependent: columns are not swappable).
@@ -106,7 +107,7 @@ fn finish(mut h: u64) -> u64 {
 fn fold_primitive<T>(rows: &mut [u64], a: &arrow::array::PrimitiveArray<T>)
 where
     T: arrow::datatypes::ArrowPrimitiveType,
-    T::Native: ToLeBytes,
+    T::Native: HashLe,
 {
     for (i, row) in rows.iter_mut().enumerate() {
         let h = if a.is_valid(i) {
@@ -119,20 +120,20 @@ where
 }
 
 /// The XXH3-64 of a number's little-endian bytes.
-trait ToLeBytes {
+trait HashLe {
     fn hash_le(&self) -> u64;
 }
 
-macro_rules! to_le_bytes {
+macro_rules! hash_le {
     ($($t:ty),*) => {$(
-        impl ToLeBytes for $t {
+        impl HashLe for $t {
             fn hash_le(&self) -> u64 {
                 xxh3_64(&self.to_le_bytes())
             }
         }
     )*};
 }
-to_le_bytes!(i32, i64, i128);
+hash_le!(i32, i64, i128);
 
 /// A string column as the plan produced it: the same rows hash the same either way.
 enum Strings<'a> {

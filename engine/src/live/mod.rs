@@ -266,10 +266,11 @@ struct Runner {
     discovery: Discovery,
     ctx: SessionContext,
     /// A batch to redo before discovering new files (crash recovery), with the raw Delta
-    /// version it covered.
-    pending: Option<(Vec<FileRecord>, Option<u64>)>,
-    /// This tick's `Found::waiting_mtime_ms`.
-    waiting_mtime_ms: Option<i64>,
+    /// version it covered and the newest-mtime mark it recorded.
+    pending: Option<(Vec<FileRecord>, Option<u64>, Option<i64>)>,
+    /// The most this tick's checkpoint may set its newest-mtime mark to: files left for a
+    /// later batch must stay within the file window of it (see `Found::waiting_mtime_ms`).
+    mark_cap_ms: Option<i64>,
 }
 
 impl Runner {
@@ -294,11 +295,11 @@ impl Runner {
             })?
         };
         let pending = checkpoint::read(lake, committed + 1).await?.and_then(|p| {
-            let raw_version = p.raw_version;
+            let (raw_version, mark) = (p.raw_version, p.newest_mtime_ms);
             p.batches
                 .last()
                 .filter(|b| b.batch == committed + 1)
-                .map(|b| (b.files.clone(), raw_version))
+                .map(|b| (b.files.clone(), raw_version, mark))
         });
         let mut runner = Self {
             lake: lake.clone(),
@@ -314,7 +315,7 @@ impl Runner {
             .await?,
             ctx: SessionContext::new(),
             pending,
-            waiting_mtime_ms: None,
+            mark_cap_ms: None,
             cp,
         };
         runner.rebuild_state().await?;
@@ -372,15 +373,19 @@ impl Runner {
 
     /// One tick: the pending redo, or new files. `None` when there was nothing to do.
     async fn tick(&mut self) -> Result<Option<BatchMetrics>> {
-        self.waiting_mtime_ms = None;
+        let window_ms = FILE_WINDOW.as_millis() as i64;
         let (files, raw_version, recovered) = match self.pending.take() {
-            Some((files, raw_version)) => (files, raw_version, true),
+            Some((files, raw_version, mark)) => {
+                // The redo records the same mark as the interrupted try did.
+                self.mark_cap_ms = mark;
+                (files, raw_version, true)
+            }
             None => {
                 let found = self
                     .discovery
                     .new_files(&self.cp, self.cfg.max_files_per_batch.max(1))
                     .await?;
-                self.waiting_mtime_ms = found.waiting_mtime_ms;
+                self.mark_cap_ms = found.waiting_mtime_ms.map(|w| w.saturating_add(window_ms));
                 let files: Vec<FileRecord> = found.files.into_iter().map(|f| f.record).collect();
                 (files, found.raw_version, false)
             }
@@ -502,18 +507,15 @@ impl Runner {
         after: Option<i64>,
         files: Vec<FileRecord>,
     ) -> Checkpoint {
-        // Files left for a later batch stay within the window of the mark (see
-        // `Found::waiting_mtime_ms`): a backlog taken in name order cannot strand older files.
+        // Capped so that files left for a later batch stay within the window of the mark: a
+        // backlog taken in name order cannot strand older files.
         let window_ms = FILE_WINDOW.as_millis() as i64;
         let newest_mtime_ms = files
             .iter()
             .map(|f| f.mtime_ms)
             .chain(self.cp.newest_mtime_ms)
             .max()
-            .map(|m| match self.waiting_mtime_ms {
-                Some(w) => m.min(w.saturating_add(window_ms)),
-                None => m,
-            });
+            .map(|m| self.mark_cap_ms.map_or(m, |cap| m.min(cap)));
         let newest_partition = files
             .iter()
             .filter_map(|f| partition_of(&f.path))
