@@ -67,13 +67,21 @@ pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
     })
 }
 
-/// The Parquet files under a directory of the lake (recursively), sorted by path.
+/// The Parquet files under a directory of the lake (recursively), sorted by path. As in Hive
+/// and Spark, names starting with `_` or `.` below the directory are not data: a writer's
+/// `_temporary/` attempt or a hidden file being written is skipped, not read half-written.
 pub async fn list_parquet(lake: &Lake, relative: &str) -> Result<Vec<ObjectMeta>> {
     let prefix = lake.path_of(relative)?;
+    let is_data = |m: &ObjectMeta| {
+        m.location.extension() == Some("parquet")
+            && m.location.prefix_match(&prefix).is_some_and(|mut parts| {
+                parts.all(|p| !p.as_ref().starts_with('_') && !p.as_ref().starts_with('.'))
+            })
+    };
     let mut metas: Vec<ObjectMeta> = lake
         .store()
         .list(Some(&prefix))
-        .try_filter(|m| futures::future::ready(m.location.extension() == Some("parquet")))
+        .try_filter(|m| futures::future::ready(is_data(m)))
         .try_collect()
         .await
         .map_err(|e| lake.storage_error(e))?;

@@ -125,7 +125,11 @@ impl TallySession {
         if parts.iter().any(|p| p == "_delta_log") {
             return self.register_delta("raw_payments", url).await;
         }
-        let table_url = listing_url(&url)?;
+        // Data files only: as in Hive and Spark (and `raw_files::list_parquet`), names starting
+        // with `_` or `.` are a writer's temporary attempt or a hidden file, not data.
+        let data_files = glob::Pattern::new("[!._]*.parquet")
+            .map_err(|e| TallyError::Internal(format!("raw file pattern: {e}")))?;
+        let table_url = ListingTableUrl::try_new(url.clone(), Some(data_files))?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
             .with_table_partition_cols(vec![(schema::INGEST_DATE.to_string(), DataType::Date32)]);

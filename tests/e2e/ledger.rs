@@ -386,6 +386,40 @@ fn assert_bad_input_changes_nothing(dir: &Path, needle: &str) {
     assert_eq!(ledger_rows(dir, "2026-11-01"), rows);
 }
 
+/// A Spark-style `_temporary/` attempt (half-written) and a hidden file in a raw partition are
+/// not data: the ledger ignores them, as the SQL table does.
+#[test]
+fn temporary_and_hidden_raw_files_are_not_read() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 29);
+    let before = run_ledger(dir.path(), "2026-11-01", &[]);
+    let raw_rows = read_raw(&dir.path().join("lake")).len();
+    let part = dir.path().join("lake/raw/payments/ingest_date=2026-11-01");
+    std::fs::create_dir_all(part.join("_temporary/0")).unwrap();
+    std::fs::write(
+        part.join("_temporary/0/part-0.parquet"),
+        b"PAR1 half written",
+    )
+    .unwrap();
+    std::fs::write(part.join(".part-1.parquet"), b"PAR1 half written").unwrap();
+    let after = run_ledger(dir.path(), "2026-11-01", &[]);
+    assert_eq!(after["fingerprint"], before["fingerprint"]);
+    assert_eq!(after["files_read"], before["files_read"], "{after}");
+    let count = |dir: &Path| {
+        csv_rows(&tally_ok(
+            dir,
+            &[
+                "sql",
+                "SELECT count(*) FROM raw_payments",
+                "--format",
+                "csv",
+            ],
+        ))[0][0]
+            .clone()
+    };
+    assert_eq!(count(dir.path()), raw_rows.to_string());
+}
+
 #[test]
 fn bad_input_fails_naming_it_and_changes_nothing() {
     use arrow::array::{Decimal128Array, StringArray, TimestampMicrosecondArray};
