@@ -198,9 +198,11 @@ pub static LIVE_INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(fields))
 });
 
-/// The two raw columns that rebuild the live mode's dedup state on restart.
+/// The raw columns that rebuild the live mode's dedup state on restart: the key, its minute,
+/// and `ingest_time`, which decides (as in the first run) whether an event is too far ahead.
 pub static LIVE_KEYS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let idx = ["txn_id", "event_time"].map(|n| LIVE_INPUT.index_of(n).unwrap_or_default());
+    let idx =
+        ["txn_id", "event_time", "ingest_time"].map(|n| LIVE_INPUT.index_of(n).unwrap_or_default());
     Arc::new(
         LIVE_INPUT
             .project(&idx)
@@ -244,7 +246,7 @@ mod tests {
             .iter()
             .map(|f| f.name().as_str())
             .collect();
-        assert_eq!(names, ["txn_id", "event_time"]);
+        assert_eq!(names, ["txn_id", "event_time", "ingest_time"]);
     }
 
     #[test]

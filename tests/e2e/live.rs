@@ -143,6 +143,40 @@ fn a_backlog_taken_in_name_order_leaves_no_older_file_behind() {
     assert_eq!(live_once(dir.path(), &[])["batches"], 0);
 }
 
+/// One event stamped far in the future (a partner clock gone wrong) is a bad row: counted, not
+/// applied, and it does not move the watermark — later rows still land in `live_view`.
+#[test]
+fn an_event_far_ahead_of_its_arrival_does_not_stall_the_view() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let start = micros("2026-11-20T10:00:00Z");
+    let first = traffic("c", start, 1_000_000, 100);
+    let mut with_bad = first.clone();
+    let mut bad = row(
+        "c-bad",
+        "p1",
+        micros("2099-01-01T00:00:00Z"),
+        start,
+        500,
+        "ok",
+    );
+    bad.ingest_time = start + 2_000_000;
+    with_bad.push(bad);
+    write_raw(&lake, "2026-11-20", "f0.parquet", &with_bad);
+    let later = traffic("d", start + 100_000_000, 1_000_000, 100);
+    write_raw(&lake, "2026-11-20", "f1.parquet", &later);
+    let s = live_once(dir.path(), &["--max-files-per-batch", "1"]);
+    assert_eq!(s["bad_rows"], 1, "{s}");
+    assert_eq!(s["applied"], 200, "{s}");
+    assert_eq!(s["late"], 0, "{s}");
+    let all: Vec<RawRow> = first.into_iter().chain(later).collect();
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
+
+    // A restart rebuilds the same state: nothing is counted again.
+    assert_eq!(live_once(dir.path(), &[])["batches"], 0);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
+}
+
 #[test]
 fn retries_within_the_ttl_collapse_and_late_rows_land_in_live_late() {
     let dir = tempdir();

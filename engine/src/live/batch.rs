@@ -9,6 +9,11 @@
 //!   late events as possibly re-sent);
 //! - *applied* otherwise: `live_view`.
 //!
+//! A row without `txn_id` or `event_time`, or whose `event_time` is more than
+//! [`MAX_EVENT_AHEAD_US`] after its own `ingest_time` (an event cannot happen after its copy
+//! landed, beyond clock skew), is a *bad row*: counted, not applied, and it does not move the
+//! watermark — one event stamped 2099 would otherwise make every later row late.
+//!
 //! The watermark is fixed for the whole batch (newest `event_time` of earlier batches minus
 //! the grace), so the order of files inside a batch cannot change the outcome of a row.
 
@@ -27,6 +32,10 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use std::sync::Arc;
+
+/// How far an `event_time` may be ahead of its row's `ingest_time` (partner clock skew) before
+/// the row is bad: one hour.
+pub const MAX_EVENT_AHEAD_US: i64 = 3_600_000_000;
 
 /// The event-time clock a batch runs with.
 #[derive(Debug, Clone, Copy, Default)]
@@ -134,7 +143,8 @@ pub struct Routed {
     pub late_rows: u64,
     /// Of those, rows older than the dedup horizon (not checked for copies).
     pub untracked_late_rows: u64,
-    /// Rows without an `event_time` or `txn_id` (cannot be windowed); counted, not applied.
+    /// Rows without an `event_time` or `txn_id` (cannot be windowed), or with an `event_time`
+    /// too far ahead of their `ingest_time`; counted, not applied.
     pub bad_rows: u64,
     /// Newest `event_time` among the rows (µs).
     pub max_event: Option<i64>,
@@ -160,7 +170,6 @@ pub fn route(
             .column_by_name("event_time")
             .ok_or_else(|| TallyError::Internal("live input lacks event_time".into()))?
             .as_primitive::<TimestampMicrosecondType>();
-        // Absent when only the keys were read (rebuilding the state).
         let ingest = batch
             .column_by_name("ingest_time")
             .map(|c| c.as_primitive::<TimestampMicrosecondType>());
@@ -169,7 +178,10 @@ pub fn route(
         let mut late = BooleanBuilder::with_capacity(n);
         for i in 0..n {
             out.rows += 1;
-            if txn.is_null(i) || event.is_null(i) {
+            let ahead = |ing: &arrow::array::PrimitiveArray<TimestampMicrosecondType>| {
+                ing.is_valid(i) && event.value(i) > ing.value(i).saturating_add(MAX_EVENT_AHEAD_US)
+            };
+            if txn.is_null(i) || event.is_null(i) || ingest.is_some_and(ahead) {
                 out.bad_rows += 1;
                 applied.append_value(false);
                 late.append_value(false);
