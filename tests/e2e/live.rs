@@ -483,6 +483,59 @@ fn a_delta_raw_table_is_followed_by_its_versions() {
     all.extend(second);
     assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
     assert_eq!(live_once(dir.path(), &[])["batches"], 0);
+
+    // A compaction (OPTIMIZE) rewrites rows already read: its files carry dataChange=false
+    // and are not read again, as Spark's Delta source skips them.
+    compact_delta_raw(&lake.join("raw/payments"));
+    let s = live_once(dir.path(), &[]);
+    assert_eq!(s["rows"], 0, "a rewrite is not new data: {s}");
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
+    assert!(read_totals(dir.path(), "live_late").is_empty());
+}
+
+/// Commits what OPTIMIZE would to a Delta table: every data file rewritten under a new name
+/// (the same rows), the old ones removed, all with dataChange=false.
+fn compact_delta_raw(table: &Path) {
+    let log = table.join("_delta_log");
+    let versions: Vec<u64> = std::fs::read_dir(&log)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".json")?.parse().ok()
+        })
+        .collect();
+    let next = versions.iter().max().unwrap() + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut actions = Vec::new();
+    for file in parquet_files(table) {
+        let rel = file
+            .strip_prefix(table)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let day = rel
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_start_matches("ingest_date=");
+        let copy = rel.replace(".parquet", "-compacted.parquet");
+        std::fs::copy(&file, table.join(&copy)).unwrap();
+        let size = std::fs::metadata(&file).unwrap().len();
+        actions.push(
+            serde_json::json!({"remove": {"path": rel, "deletionTimestamp": now,
+            "dataChange": false, "partitionValues": {"ingest_date": day}, "size": size}}),
+        );
+        actions.push(
+            serde_json::json!({"add": {"path": copy, "partitionValues": {"ingest_date": day},
+            "size": size, "modificationTime": now, "dataChange": false}}),
+        );
+    }
+    let text: String = actions.iter().map(|a| format!("{a}\n")).collect();
+    std::fs::write(log.join(format!("{next:020}.json")), text).unwrap();
 }
 
 #[test]

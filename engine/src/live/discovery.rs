@@ -178,6 +178,11 @@ impl Discovery {
                 let Some(add) = action.get("add") else {
                     continue;
                 };
+                // dataChange=false: a rewrite of rows already there (OPTIMIZE, Z-order), not
+                // new data; Spark's Delta streaming source skips these files too.
+                if add.get("dataChange").and_then(|v| v.as_bool()) == Some(false) {
+                    continue;
+                }
                 let Some(path) = add.get("path").and_then(|p| p.as_str()) else {
                     continue;
                 };
