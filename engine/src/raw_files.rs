@@ -67,16 +67,30 @@ pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
     })
 }
 
-/// The Parquet files under a directory of the lake (recursively), sorted by path. As in Hive
-/// and Spark, names starting with `_` or `.` below the directory are not data: a writer's
-/// `_temporary/` attempt or a hidden file being written is skipped, not read half-written.
+/// Whether a file or directory name below a raw table's root can hold data. As in Hive and
+/// Spark, names starting with `_` or `.` cannot: a writer's `_temporary/` attempt or a hidden
+/// file being written is skipped, not read half-written. [`data_file_pattern`] is the same
+/// rule for DataFusion's listing.
+fn is_data_name(name: &str) -> bool {
+    !name.starts_with('_') && !name.starts_with('.')
+}
+
+/// The raw table's data files as the glob DataFusion's `ListingTableUrl` matches file names
+/// with (it skips nested directories itself): [`is_data_name`] and a `.parquet` extension.
+pub fn data_file_pattern() -> Result<glob::Pattern> {
+    glob::Pattern::new("[!._]*.parquet")
+        .map_err(|e| TallyError::Internal(format!("raw file pattern: {e}")))
+}
+
+/// The Parquet data files under a directory of the lake (recursively, see [`is_data_name`]),
+/// sorted by path.
 pub async fn list_parquet(lake: &Lake, relative: &str) -> Result<Vec<ObjectMeta>> {
     let prefix = lake.path_of(relative)?;
     let is_data = |m: &ObjectMeta| {
         m.location.extension() == Some("parquet")
-            && m.location.prefix_match(&prefix).is_some_and(|mut parts| {
-                parts.all(|p| !p.as_ref().starts_with('_') && !p.as_ref().starts_with('.'))
-            })
+            && m.location
+                .prefix_match(&prefix)
+                .is_some_and(|mut parts| parts.all(|p| is_data_name(p.as_ref())))
     };
     let mut metas: Vec<ObjectMeta> = lake
         .store()

@@ -125,10 +125,8 @@ impl TallySession {
         if parts.iter().any(|p| p == "_delta_log") {
             return self.register_delta("raw_payments", url).await;
         }
-        // Data files only: as in Hive and Spark (and `raw_files::list_parquet`), names starting
-        // with `_` or `.` are a writer's temporary attempt or a hidden file, not data.
-        let data_files = glob::Pattern::new("[!._]*.parquet")
-            .map_err(|e| TallyError::Internal(format!("raw file pattern: {e}")))?;
+        // Data files only, by the rule tally's own listing follows.
+        let data_files = crate::raw_files::data_file_pattern()?;
         let table_url = ListingTableUrl::try_new(url.clone(), Some(data_files))?;
         let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
