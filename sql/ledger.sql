@@ -5,9 +5,9 @@
 --   $2  the last arrival day that still counts for D: D + lateness horizon (DATE)
 --   $3  D 00:00:00 UTC (TIMESTAMP)      $4  D+1 00:00:00 UTC (TIMESTAMP)
 --
--- Output: one row per transaction whose copies all agree on the payload, plus the keys of
--- transactions whose copies disagree (agree = false); tally settles those with
--- ledger_disputed.sql, which ranks their copies one by one.
+-- Output: one row per transaction. Where its copies all agree on the payload (agree = true)
+-- the row is the ledger row. Where they disagree, `variants` lists each distinct payload with
+-- its copies and first arrival, and tally settles the transaction with ledger_disputed.sql.
 
 WITH
 -- Step 1. Every copy that can belong to day D. Raw files are partitioned by arrival day,
@@ -32,26 +32,26 @@ arrivals AS (
 -- Step 2. Collapse the copies of each transaction. The grouping key is the hash of txn_id, so
 -- DataFusion hash-partitions the work by transaction, never by partner: a partner sending
 -- half the traffic cannot make one worker a straggler.
--- When every copy carries the same payload (the same payload_hash for all of them), any
--- copy's columns ARE that payload: any_copy() takes one copy's row, bundled into a struct so
--- all its columns come from the same copy and are picked once, without comparing strings.
--- The min/max pair of the hash tells whether the copies agree; transactions whose copies do
--- not are settled by ledger_disputed.sql.
+-- collapse_copies() counts the copies, finds the first arrival and keeps one copy of the
+-- payload — bundled into a struct so every column comes from the same copy, picked without
+-- comparing strings. Copies agree when they carry the same payload_hash; when some do not,
+-- it also keeps every distinct payload with its own count and first arrival (`variants`),
+-- which ledger_disputed.sql ranks. One pass over the raw copies serves both cases.
 per_txn AS (
     SELECT
         txn_key,
-        count(*)                AS copies,
-        min(ingest_time)        AS first_ingest_time,
-        min(payload)            AS payload_min,
-        max(payload)            AS payload_max,
-        any_copy(named_struct(
-            'txn_id',     txn_id,
-            'partner_id', partner_id,
-            'event_time', event_time,
-            'amount',     amount,
-            'currency',   currency,
-            'status',     status
-        ))                      AS one_copy
+        collapse_copies(
+            payload,
+            ingest_time,
+            named_struct(
+                'txn_id',     txn_id,
+                'partner_id', partner_id,
+                'event_time', event_time,
+                'amount',     amount,
+                'currency',   currency,
+                'status',     status
+            )
+        ) AS collapsed
     FROM arrivals
     GROUP BY txn_key
 )
@@ -60,14 +60,15 @@ per_txn AS (
 -- of D), when it first arrived, and how many raw copies were collapsed into it.
 SELECT
     txn_key,
-    one_copy['txn_id']      AS txn_id,
-    one_copy['partner_id']  AS partner_id,
-    one_copy['event_time']  AS event_time,
-    $1                      AS event_date,
-    one_copy['amount']      AS amount,
-    one_copy['currency']    AS currency,
-    one_copy['status']      AS status,
-    first_ingest_time,
-    copies,
-    payload_min = payload_max AS agree
+    collapsed['copy']['txn_id']      AS txn_id,
+    collapsed['copy']['partner_id']  AS partner_id,
+    collapsed['copy']['event_time']  AS event_time,
+    $1                               AS event_date,
+    collapsed['copy']['amount']      AS amount,
+    collapsed['copy']['currency']    AS currency,
+    collapsed['copy']['status']      AS status,
+    collapsed['first_arrival']       AS first_ingest_time,
+    collapsed['copies']              AS copies,
+    collapsed['variants'] IS NULL    AS agree,
+    collapsed['variants']            AS variants
 FROM per_txn

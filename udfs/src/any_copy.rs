@@ -16,10 +16,9 @@
 //! The state is the value itself, so partial aggregation, spilling and a distributed runner
 //! that registers the function all work.
 
-use datafusion::arrow::array::{
-    new_null_array, Array, ArrayRef, AsArray, BooleanArray, StructArray, UInt32Array,
-};
-use datafusion::arrow::compute::{interleave, kernels::boolean::not, nullif, take};
+use crate::picks::Picks;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::arrow::compute::{kernels::boolean::not, nullif};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -89,11 +88,9 @@ impl AggregateUDFImpl for AnyCopy {
         &self,
         args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(AnyCopyGroups {
-            data_type: args.return_field.data_type().clone(),
-            sources: Vec::new(),
-            picks: Vec::new(),
-        }))
+        Ok(Box::new(AnyCopyGroups::new(
+            args.return_field.data_type().clone(),
+        )))
     }
 
     fn order_sensitivity(&self) -> AggregateOrderSensitivity {
@@ -136,15 +133,18 @@ impl Accumulator for AnyCopyAccumulator {
     }
 }
 
-/// Per group: which input array (1-based; 0 = none yet) and row holds its value.
+/// Per group: the row that holds its value.
 struct AnyCopyGroups {
-    data_type: DataType,
-    /// Input arrays that hold at least one picked value.
-    sources: Vec<ArrayRef>,
-    picks: Vec<(u32, u32)>,
+    picks: Picks,
 }
 
 impl AnyCopyGroups {
+    fn new(data_type: DataType) -> Self {
+        Self {
+            picks: Picks::new(data_type),
+        }
+    }
+
     fn pick(
         &mut self,
         values: &ArrayRef,
@@ -152,64 +152,18 @@ impl AnyCopyGroups {
         filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.picks.resize(total_num_groups, (0, 0));
-        let source = self.sources.len() as u32 + 1;
-        let mut rows: Vec<u32> = Vec::new();
+        self.picks.resize(total_num_groups);
         for (row, &g) in group_indices.iter().enumerate() {
-            if self.picks[g].0 != 0
+            if self.picks.has(g)
                 || values.is_null(row)
                 || filter.is_some_and(|f| !f.value(row) || f.is_null(row))
             {
                 continue;
             }
-            self.picks[g] = (source, rows.len() as u32);
-            rows.push(row as u32);
+            self.picks.pick(g, row);
         }
-        if !rows.is_empty() {
-            // Keep only the picked values, in their own buffers: the input batch (and the
-            // decoded pages its string views point into) is not pinned, and `size()` is true.
-            self.sources.push(compact(take(
-                values.as_ref(),
-                &UInt32Array::from(rows),
-                None,
-            )?));
-        }
-        Ok(())
+        self.picks.finish_batch(values)
     }
-}
-
-impl AnyCopyGroups {
-    /// The values of `picks`, in order (null where a group has none). `compact_strings` copies
-    /// string bytes out of the sources; not needed when the sources are dropped right after,
-    /// since they hold only picked values (each picked once), so nothing would be pinned.
-    fn gather(&self, picks: &[(u32, u32)], compact_strings: bool) -> Result<ArrayRef> {
-        let none = new_null_array(&self.data_type, 1);
-        let mut arrays: Vec<&dyn Array> = Vec::with_capacity(self.sources.len() + 1);
-        arrays.push(none.as_ref());
-        arrays.extend(self.sources.iter().map(|a| a.as_ref()));
-        let indices: Vec<(usize, usize)> = picks
-            .iter()
-            .map(|&(s, r)| (s as usize, if s == 0 { 0 } else { r as usize }))
-            .collect();
-        let out = interleave(&arrays, &indices)?;
-        Ok(if compact_strings { compact(out) } else { out })
-    }
-}
-
-/// String views gathered from other arrays still point into their buffers: copy them out
-/// (also inside a struct, the form the ledger uses to take a whole copy at once).
-fn compact(a: ArrayRef) -> ArrayRef {
-    if let Some(views) = a.as_string_view_opt() {
-        return Arc::new(views.gc());
-    }
-    if let Some(s) = a.as_struct_opt() {
-        if s.columns().iter().any(|c| c.as_string_view_opt().is_some()) {
-            let columns = s.columns().iter().map(|c| compact(Arc::clone(c))).collect();
-            let nulls = s.nulls().cloned();
-            return Arc::new(StructArray::new(s.fields().clone(), columns, nulls));
-        }
-    }
-    a
 }
 
 impl GroupsAccumulator for AnyCopyGroups {
@@ -224,27 +178,7 @@ impl GroupsAccumulator for AnyCopyGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let picks = emit_to.take_needed(&mut self.picks);
-        let rest = std::mem::take(&mut self.picks);
-        // Emitting everything drops the sources: the output may share their buffers.
-        let out = self.gather(&picks, !rest.is_empty())?;
-        // The groups left (after emitting the first n, as a sorted merge of spilled state
-        // does) are gathered into one array, so emitted values do not stay pinned.
-        let kept = if rest.is_empty() {
-            None
-        } else {
-            Some(self.gather(&rest, true)?)
-        };
-        self.sources.clear();
-        if let Some(kept) = kept {
-            self.picks = rest
-                .iter()
-                .enumerate()
-                .map(|(i, &(s, _))| if s == 0 { (0, 0) } else { (1, i as u32) })
-                .collect();
-            self.sources = vec![kept];
-        }
-        Ok(out)
+        self.picks.emit(emit_to)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
@@ -273,11 +207,7 @@ impl GroupsAccumulator for AnyCopyGroups {
     }
 
     fn size(&self) -> usize {
-        self.sources
-            .iter()
-            .map(|a| a.get_array_memory_size())
-            .sum::<usize>()
-            + self.picks.capacity() * std::mem::size_of::<(u32, u32)>()
+        self.picks.size()
     }
 }
 
@@ -285,14 +215,11 @@ impl GroupsAccumulator for AnyCopyGroups {
 mod tests {
     use super::*;
     use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::array::{AsArray, StructArray};
 
     #[test]
     fn picks_the_first_non_null_value_of_each_group_across_batches() {
-        let mut acc = AnyCopyGroups {
-            data_type: DataType::Utf8,
-            sources: Vec::new(),
-            picks: Vec::new(),
-        };
+        let mut acc = AnyCopyGroups::new(DataType::Utf8);
         let a: ArrayRef = Arc::new(StringArray::from(vec![None, Some("x"), Some("y")]));
         acc.update_batch(&[a], &[0, 0, 1], None, 3).unwrap();
         let b: ArrayRef = Arc::new(StringArray::from(vec![Some("z"), Some("w")]));
@@ -322,11 +249,7 @@ mod tests {
                 None,
             ))
         };
-        let mut acc = AnyCopyGroups {
-            data_type: row(vec![], vec![]).data_type().clone(),
-            sources: Vec::new(),
-            picks: Vec::new(),
-        };
+        let mut acc = AnyCopyGroups::new(row(vec![], vec![]).data_type().clone());
         let a = row(
             vec!["a-long-id-beyond-twelve-bytes", "b"],
             vec![None, Some(2)],
@@ -352,21 +275,17 @@ mod tests {
 
     #[test]
     fn emitting_the_first_groups_keeps_the_rest() {
-        let mut acc = AnyCopyGroups {
-            data_type: DataType::Utf8,
-            sources: Vec::new(),
-            picks: Vec::new(),
-        };
+        let mut acc = AnyCopyGroups::new(DataType::Utf8);
         let a: ArrayRef = Arc::new(StringArray::from(vec!["a", "b", "c"]));
         acc.update_batch(&[a], &[0, 1, 2], None, 3).unwrap();
         let first = acc.evaluate(EmitTo::First(2)).unwrap();
         assert_eq!(first.len(), 2);
-        assert_eq!(acc.sources.len(), 1, "the rest was compacted");
+        assert_eq!(acc.picks.source_count(), 1, "the rest was compacted");
         let b: ArrayRef = Arc::new(StringArray::from(vec!["d", "e"]));
         acc.update_batch(&[b], &[0, 1], None, 2).unwrap();
         let rest = acc.evaluate(EmitTo::All).unwrap();
         let rest = rest.as_string::<i32>();
         assert_eq!((rest.value(0), rest.value(1)), ("c", "e"));
-        assert!(acc.sources.is_empty());
+        assert_eq!(acc.picks.source_count(), 0);
     }
 }

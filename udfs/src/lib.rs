@@ -8,11 +8,14 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 use datafusion::prelude::SessionContext;
 
 mod any_copy;
+mod collapse_copies;
 mod payload_hash;
+mod picks;
 mod txn_bucket;
 mod txn_key;
 
 pub use any_copy::AnyCopy;
+pub use collapse_copies::CollapseCopies;
 pub use payload_hash::PayloadHash;
 pub use txn_bucket::{txn_hash64, TxnBucket};
 pub use txn_key::{txn_key, TxnKey};
@@ -28,7 +31,10 @@ pub fn functions() -> Vec<ScalarUDF> {
 
 /// Every aggregate function tally provides.
 pub fn aggregate_functions() -> Vec<AggregateUDF> {
-    vec![AggregateUDF::from(AnyCopy::new())]
+    vec![
+        AggregateUDF::from(AnyCopy::new()),
+        AggregateUDF::from(CollapseCopies::new()),
+    ]
 }
 
 /// Registers [`functions`] and [`aggregate_functions`] into a session.

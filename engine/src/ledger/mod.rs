@@ -289,20 +289,20 @@ impl<'a> LedgerJob<'a> {
         })
     }
 
-    /// Runs `ledger_disputed.sql` over the disputed keys; returns (ledger rows, conflict rows).
+    /// Runs `ledger_disputed.sql` over the disputed transactions' variants; returns (ledger
+    /// rows, conflict rows).
     async fn settle_disputed(
         &self,
         disputed: Vec<RecordBatch>,
     ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
         let ctx = self.session.ctx();
         let schema = disputed[0].schema();
-        let ids = MemTable::try_new(schema, vec![disputed])?;
+        // One batch: the disputed rows arrive as a sliver of every output batch.
+        let one = arrow::compute::concat_batches(&schema, &disputed)?;
+        let ids = MemTable::try_new(schema, vec![vec![one]])?;
         ctx.register_table("disputed_txns", Arc::new(ids))?;
         let result = async {
-            let df = ctx
-                .sql(jobs_sql::LEDGER_DISPUTED)
-                .await?
-                .with_param_values(self.params()?)?;
+            let df = ctx.sql(jobs_sql::LEDGER_DISPUTED).await?;
             let settled = df.cache().await?;
             let winners = settled
                 .clone()
@@ -388,7 +388,7 @@ impl<'a> LedgerJob<'a> {
 struct PartOutput {
     adds: Vec<deltalake::kernel::Add>,
     fingerprint: Fingerprint,
-    /// `txn_key`s of transactions whose copies disagree (one-column batches).
+    /// The `variants` of transactions whose copies disagree (one-column batches).
     disputed: Vec<RecordBatch>,
 }
 
@@ -428,7 +428,7 @@ async fn write_partition(
         if agree.true_count() < agree.len() {
             let not_agree = arrow::compute::not(&agree)?;
             let others = filter_record_batch(&batch, &not_agree)?;
-            disputed.push(others.project(&[others.schema().index_of("txn_key")?])?);
+            disputed.push(others.project(&[others.schema().index_of("variants")?])?);
         }
         let agreed = filter_record_batch(&batch, &agree)?;
         if agreed.num_rows() == 0 {
