@@ -292,6 +292,64 @@ fn memory_limit_and_bucket_count_do_not_change_the_ledger() {
 }
 
 #[test]
+fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory_limit() {
+    // A partner resends every transaction of the day with a corrected amount: every
+    // transaction is disputed. Most resends arrive a day later (the original wins); every third
+    // claims an arrival a second before the original (the resend wins). Each transaction must
+    // be settled by the first arrival, every variant listed, and a memory limit must not
+    // change any of it.
+    let dir = tempdir();
+    generate(dir.path(), 1, 20_000, 27);
+    let lake = dir.path().join("lake");
+    let day = "2026-11-01";
+    let lo = day_start(day);
+    let mut raw = read_raw(&lake);
+    let mut resent: BTreeMap<String, RawRow> = BTreeMap::new();
+    for r in raw
+        .iter()
+        .filter(|r| r.event_time >= lo && r.event_time < lo + DAY_US)
+    {
+        resent.entry(r.txn_id.clone()).or_insert_with(|| r.clone());
+    }
+    let resent: Vec<RawRow> = resent
+        .into_values()
+        .enumerate()
+        .map(|(i, r)| RawRow {
+            amount: r.amount + 1,
+            ingest_time: if i % 3 == 0 {
+                r.ingest_time - 1_000_000
+            } else {
+                r.ingest_time + DAY_US
+            },
+            ingest_date: add_days(day, 1),
+            ..r
+        })
+        .collect();
+    write_raw(&lake, &add_days(day, 1), "resend.parquet", &resent);
+    raw.extend(resent.iter().cloned());
+
+    let want = expected_ledger(&raw, day, 3);
+    let conflicts = expected_conflicts(&raw, day, 3);
+    let a = run_ledger(dir.path(), day, &[]);
+    assert_eq!(
+        a["disputed"],
+        want.len() as u64,
+        "every transaction is disputed"
+    );
+    assert_eq!(ledger_rows(dir.path(), day), want);
+    assert_eq!(conflict_rows(dir.path(), day), conflicts);
+
+    let b = run_ledger(
+        dir.path(),
+        day,
+        &["--memory-limit", "64MiB", "--buckets", "3"],
+    );
+    assert_eq!(a["fingerprint"], b["fingerprint"]);
+    assert_eq!(ledger_rows(dir.path(), day), want);
+    assert_eq!(conflict_rows(dir.path(), day), conflicts);
+}
+
+#[test]
 fn explain_shows_hash_partitioning_on_the_txn_key() {
     let dir = tempdir();
     generate(dir.path(), 1, 1_000, 25);

@@ -8,14 +8,20 @@
 //! promised across versions — never store it. Two different payloads of one transaction
 //! colliding has probability 2^-64 per pair of copies.
 
+use datafusion::arrow::array::Array;
 use datafusion::arrow::array::{ArrayRef, Int64Array};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::hash_utils::{create_hashes_with_hasher, QualityRandomState};
+use datafusion::common::hash_utils::{
+    combine_hashes, create_hashes_with_hasher, QualityRandomState,
+};
 use datafusion::common::{exec_err, Result};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
 use std::sync::Arc;
+
+/// What a NULL in the first column contributes (the i-th column's NULL adds i).
+const NULL_MARKER: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// `payload_hash(a, b, …) -> BIGINT`, never NULL.
 ///
@@ -61,12 +67,25 @@ impl ScalarUDFImpl for PayloadHash {
             return exec_err!("payload_hash needs at least one argument");
         }
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let state = QualityRandomState::with_seed(0);
         let mut hashes = vec![0u64; args.number_rows];
-        create_hashes_with_hasher(
-            arrays.iter(),
-            &QualityRandomState::with_seed(0),
-            &mut hashes,
-        )?;
+        let mut column = vec![0u64; args.number_rows];
+        // Column by column: DataFusion's row hashing leaves the hash unchanged on a NULL, so
+        // ('USD', NULL) and (NULL, 'USD') in two neighbouring columns would hash alike. Here a
+        // NULL in column i contributes its own marker.
+        for (i, array) in arrays.iter().enumerate() {
+            column.fill(0);
+            create_hashes_with_hasher([array], &state, &mut column)?;
+            let null_marker = NULL_MARKER.wrapping_add(i as u64);
+            for (row, h) in hashes.iter_mut().enumerate() {
+                let v = if array.is_null(row) {
+                    null_marker
+                } else {
+                    column[row]
+                };
+                *h = combine_hashes(v, *h);
+            }
+        }
         let out: Int64Array = hashes.into_iter().map(|h| h as i64).collect();
         Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
     }
@@ -102,5 +121,25 @@ mod tests {
         assert_eq!(h.value(0), h.value(1));
         assert_ne!(h.value(0), h.value(2));
         assert_ne!(h.value(0), h.value(3));
+    }
+
+    #[test]
+    fn a_null_moving_between_neighbouring_columns_changes_the_hash() {
+        // (currency, status) = ('USD', NULL) vs (NULL, 'USD'): different payloads.
+        let currency: ArrayRef = Arc::new(StringArray::from(vec![Some("USD"), None]));
+        let status: ArrayRef = Arc::new(StringArray::from(vec![None, Some("USD")]));
+        let field = |n: &str| Arc::new(Field::new(n, DataType::Utf8, true));
+        let args = ScalarFunctionArgs {
+            args: vec![ColumnarValue::Array(currency), ColumnarValue::Array(status)],
+            arg_fields: vec![field("currency"), field("status")],
+            number_rows: 2,
+            return_field: Arc::new(Field::new("h", DataType::Int64, false)),
+            config_options: Arc::new(ConfigOptions::default()),
+        };
+        let ColumnarValue::Array(out) = PayloadHash::new().invoke_with_args(args).unwrap() else {
+            panic!("expected an array");
+        };
+        let h = out.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_ne!(h.value(0), h.value(1));
     }
 }

@@ -33,7 +33,7 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
-use datafusion::prelude::{cast, col, lit};
+use datafusion::prelude::{cast, col, lit, SessionConfig, SessionContext};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
 use part_writer::PartWriter;
@@ -219,11 +219,21 @@ impl<'a> LedgerJob<'a> {
             let reservation = MemoryConsumer::new(format!("LedgerSink[{p}]"))
                 .with_can_spill(true)
                 .register(task_ctx.memory_pool());
-            tasks.push(tokio::spawn(write_partition(stream, writer, reservation)));
+            // The disputed transactions' variants are held until they are settled; counted in
+            // the pool (not spillable) so that other operators spill to make room for them.
+            let held = MemoryConsumer::new(format!("LedgerDisputed[{p}]"))
+                .register(task_ctx.memory_pool());
+            tasks.push(tokio::spawn(write_partition(
+                stream,
+                writer,
+                reservation,
+                held,
+            )));
         }
         let mut adds = Vec::new();
         let mut fp = Fingerprint::default();
         let mut disputed: Vec<RecordBatch> = Vec::new();
+        let mut held = Vec::new();
         for t in tasks {
             let part = t
                 .await
@@ -231,6 +241,7 @@ impl<'a> LedgerJob<'a> {
             adds.extend(part.adds);
             fp.merge(&part.fingerprint);
             disputed.extend(part.disputed);
+            held.push(part.held);
             self.progress.advance(1);
         }
 
@@ -239,6 +250,12 @@ impl<'a> LedgerJob<'a> {
         // Phase 2: transactions whose copies disagree.
         let disputed_count: u64 = disputed.iter().map(|b| b.num_rows() as u64).sum();
         let mut conflicts: Vec<RecordBatch> = Vec::new();
+        // The settlement query accounts for what it holds itself. The main plan goes too: its
+        // operators' memory consumers stay registered while it lives, and a fair pool splits
+        // the limit between every registered consumer, idle or not.
+        drop(held);
+        drop(plan);
+        drop(task_ctx);
         if disputed_count > 0 {
             let (winners, variants) = self.settle_disputed(disputed).await?;
             let mut writer = PartWriter::new(
@@ -295,7 +312,14 @@ impl<'a> LedgerJob<'a> {
         &self,
         disputed: Vec<RecordBatch>,
     ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
-        let ctx = self.session.ctx();
+        // Its own small context over the session's runtime (the same memory pool), with one
+        // partition: the settlement reads only `disputed_txns`, usually a sliver of the day,
+        // and a fair pool split between a dozen idle sorters left each too little to sort a
+        // day where every transaction is disputed.
+        let ctx = SessionContext::new_with_config_rt(
+            SessionConfig::new().with_target_partitions(1),
+            self.session.ctx().runtime_env(),
+        );
         let schema = disputed[0].schema();
         // One batch: the disputed rows arrive as a sliver of every output batch.
         let one = arrow::compute::concat_batches(&schema, &disputed)?;
@@ -338,7 +362,6 @@ impl<'a> LedgerJob<'a> {
             Ok::<_, TallyError>((winners, variants))
         }
         .await;
-        ctx.deregister_table("disputed_txns")?;
         let (winners, variants) = result?;
         // Conflict rows are all of day D (the event_time of losing variants may be NULL above).
         let day = ScalarValue::Date32(Some(schema::date32(self.day)));
@@ -390,6 +413,8 @@ struct PartOutput {
     fingerprint: Fingerprint,
     /// The `variants` of transactions whose copies disagree (one-column batches).
     disputed: Vec<RecordBatch>,
+    /// The memory `disputed` holds, in the session's pool.
+    held: MemoryReservation,
 }
 
 /// Rows per Parquet row group of a ledger file (and per sorted chunk handed to the writer).
@@ -406,6 +431,7 @@ async fn write_partition(
     mut stream: datafusion::physical_plan::SendableRecordBatchStream,
     mut writer: PartWriter,
     reservation: MemoryReservation,
+    held: MemoryReservation,
 ) -> Result<PartOutput> {
     let mut fp = Fingerprint::default();
     let mut disputed = Vec::new();
@@ -428,7 +454,9 @@ async fn write_partition(
         if agree.true_count() < agree.len() {
             let not_agree = arrow::compute::not(&agree)?;
             let others = filter_record_batch(&batch, &not_agree)?;
-            disputed.push(others.project(&[others.schema().index_of("variants")?])?);
+            let variants = others.project(&[others.schema().index_of("variants")?])?;
+            held.grow(slice_memory_size(&variants));
+            disputed.push(variants);
         }
         let agreed = filter_record_batch(&batch, &agree)?;
         if agreed.num_rows() == 0 {
@@ -456,6 +484,7 @@ async fn write_partition(
         adds,
         fingerprint: fp,
         disputed,
+        held,
     })
 }
 
