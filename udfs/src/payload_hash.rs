@@ -74,16 +74,25 @@ impl ScalarUDFImpl for PayloadHash {
         // ('USD', NULL) and (NULL, 'USD') in two neighbouring columns would hash alike. Here a
         // NULL in column i contributes its own marker.
         for (i, array) in arrays.iter().enumerate() {
-            column.fill(0);
+            // The first (only) array of the call overwrites `column`, NULL rows aside.
             create_hashes_with_hasher([array], &state, &mut column)?;
-            let null_marker = NULL_MARKER.wrapping_add(i as u64);
-            for (row, h) in hashes.iter_mut().enumerate() {
-                let v = if array.is_null(row) {
-                    null_marker
-                } else {
-                    column[row]
-                };
-                *h = combine_hashes(v, *h);
+            match array.logical_nulls() {
+                None => {
+                    for (h, &v) in hashes.iter_mut().zip(&column) {
+                        *h = combine_hashes(v, *h);
+                    }
+                }
+                Some(nulls) => {
+                    let null_marker = NULL_MARKER.wrapping_add(i as u64);
+                    for (row, h) in hashes.iter_mut().enumerate() {
+                        let v = if nulls.is_null(row) {
+                            null_marker
+                        } else {
+                            column[row]
+                        };
+                        *h = combine_hashes(v, *h);
+                    }
+                }
             }
         }
         let out: Int64Array = hashes.into_iter().map(|h| h as i64).collect();
