@@ -314,8 +314,8 @@ impl<'a> LedgerJob<'a> {
     ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
         // Its own small context over the session's runtime (the same memory pool), with one
         // partition: the settlement reads only `disputed_txns`, usually a sliver of the day,
-        // and a fair pool split between a dozen idle sorters left each too little to sort a
-        // day where every transaction is disputed.
+        // and a fair pool gives each spillable consumer an equal share, so a window sort per
+        // partition left each too little for a day where every transaction is disputed.
         let ctx = SessionContext::new_with_config_rt(
             SessionConfig::new().with_target_partitions(1),
             self.session.ctx().runtime_env(),
