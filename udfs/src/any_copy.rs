@@ -1,17 +1,15 @@
 //! `any_copy(col)`: one copy's value per group, without comparing values.
 //!
-//! The ledger collapses the copies of each transaction; when every copy carries the same
-//! payload (checked by `payload_hash`), any copy's columns ARE the payload, so comparing
-//! strings with `min()` is wasted work — on a 10M-transaction day the three string `min`s
-//! were most of the aggregate's CPU. `any_copy` takes, from each input batch, the values of
-//! groups it has not seen (one `take` per batch, into compact arrays), remembers where each
-//! group's value is, and gathers them with one `interleave` at the end: no per-row string
-//! comparison and no allocation per group. Which copy is picked depends on arrival
-//! order, so use it only where the copies are known to agree (the ledger settles disagreeing
-//! transactions separately).
+//! When every copy in a group is known to carry the same value, any copy's value IS the
+//! value, so comparing strings with `min()` is wasted work (on a 10M-transaction day the
+//! string `min`s were most of the aggregate's CPU). `any_copy` picks, from each input batch,
+//! the values of groups it has not seen (see [`crate::picks`]): no per-row string comparison
+//! and no allocation per group. Which copy is picked depends on arrival order, so use it only
+//! where the copies agree. The ledger itself uses `collapse_copies`, which also checks that
+//! they do and keeps every variant when they do not.
 //!
 //! Given a struct (`any_copy(named_struct(…))`), it takes every field from the same copy with
-//! one pick per group; the ledger takes a whole copy's payload that way.
+//! one pick per group.
 //!
 //! The state is the value itself, so partial aggregation, spilling and a distributed runner
 //! that registers the function all work.

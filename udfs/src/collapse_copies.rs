@@ -25,6 +25,7 @@
 //! list) merges, spills and can be shipped like any other aggregate state.
 
 use crate::picks::{compact, Picks};
+use datafusion::arrow::array::NullBufferBuilder;
 use datafusion::arrow::array::{
     new_empty_array, new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray,
     StructArray, UInt32Array,
@@ -294,13 +295,12 @@ impl CollapseGroups {
         let copies = emit_to.take_needed(&mut self.copies);
         let first = emit_to.take_needed(&mut self.first);
         let n = payload.len();
-        let mut by_group: Vec<Vec<Variant>> = Vec::new();
+        let mut emitted = Vec::new();
         if !self.others.is_empty() {
-            by_group.resize_with(n, Vec::new);
             let mut rest = Vec::new();
             for mut v in std::mem::take(&mut self.others) {
                 if v.group < n {
-                    by_group[v.group].push(v);
+                    emitted.push(v);
                 } else {
                     v.group -= n;
                     rest.push(v);
@@ -313,13 +313,13 @@ impl CollapseGroups {
                 .collect();
             self.others = rest;
         }
-        by_group.resize_with(n, Vec::new);
+        emitted.sort_by_key(|v| v.group);
         Ok(Taken {
             copy,
             payload,
             copies,
             first,
-            others: by_group,
+            others: emitted,
         })
     }
 
@@ -331,23 +331,35 @@ impl CollapseGroups {
         Ok(cast(&a, &self.types.arrival)?)
     }
 
-    /// A list per group of `entries[g]` (NULL where `present[g]` is false).
+    /// A list for each of `n` groups: the entries `lists` gives it (sorted by group, each
+    /// group once), NULL for a group it does not name.
     fn variants_list(
         &self,
-        entries: Vec<Vec<(i64, i64, i64, ScalarValue)>>,
-        present: Vec<bool>,
+        n: usize,
+        lists: Vec<(usize, Vec<ListEntry>)>,
         with_payload: bool,
     ) -> Result<ArrayRef> {
         let fields = self.types.variant_fields(with_payload);
-        let mut offsets = Vec::with_capacity(entries.len() + 1);
+        if lists.is_empty() {
+            return Ok(new_null_array(&self.types.variants_type(with_payload), n));
+        }
+        let mut offsets = Vec::with_capacity(n + 1);
         offsets.push(0i32);
+        let mut nulls = NullBufferBuilder::new(n);
         let (mut payloads, mut copies, mut firsts, mut copy) = (vec![], vec![], vec![], vec![]);
-        for list in entries {
-            for (p, c, f, v) in list {
-                payloads.push(p);
-                copies.push(c);
-                firsts.push(f);
-                copy.push(v);
+        let mut lists = lists.into_iter().peekable();
+        for g in 0..n {
+            match lists.next_if(|(lg, _)| *lg == g) {
+                Some((_, list)) => {
+                    for (p, c, f, v) in list {
+                        payloads.push(p);
+                        copies.push(c);
+                        firsts.push(f);
+                        copy.push(v);
+                    }
+                    nulls.append_non_null();
+                }
+                None => nulls.append_null(),
             }
             offsets.push(i32::try_from(copies.len()).map_err(|_| {
                 datafusion::common::DataFusionError::Execution(
@@ -369,12 +381,11 @@ impl CollapseGroups {
         columns.push(self.arrival_array(firsts)?);
         let values = StructArray::try_new(fields.clone(), columns, None)?;
         let item = Arc::new(Field::new("item", DataType::Struct(fields), true));
-        let nulls = NullBuffer::from(present);
         Ok(Arc::new(ListArray::try_new(
             item,
             OffsetBuffer::new(offsets.into()),
             Arc::new(values),
-            Some(nulls).filter(|n| n.null_count() > 0),
+            nulls.finish(),
         )?))
     }
 }
@@ -397,8 +408,12 @@ struct Taken {
     payload: Vec<i64>,
     copies: Vec<i64>,
     first: Vec<i64>,
-    others: Vec<Vec<Variant>>,
+    /// Side entries of the emitted groups, sorted by group.
+    others: Vec<Variant>,
 }
+
+/// One variant in a list: (payload hash, copies, first arrival, the copy).
+type ListEntry = (i64, i64, i64, ScalarValue);
 
 impl GroupsAccumulator for CollapseGroups {
     fn update_batch(
@@ -435,35 +450,36 @@ impl GroupsAccumulator for CollapseGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let taken = self.take_groups(emit_to)?;
-        let n = taken.payload.len();
-        let mut copies = taken.copies.clone();
-        let mut first = taken.first.clone();
-        let mut present = vec![false; n];
-        let mut entries: Vec<Vec<(i64, i64, i64, ScalarValue)>> = vec![Vec::new(); n];
-        for (g, others) in taken.others.into_iter().enumerate() {
-            if others.is_empty() {
-                continue;
+        let Taken {
+            copy,
+            payload,
+            mut copies,
+            mut first,
+            others,
+        } = self.take_groups(emit_to)?;
+        let n = payload.len();
+        // A disagreeing group lists its first payload (before the others are added to its
+        // totals) and then every other one.
+        let mut lists: Vec<(usize, Vec<ListEntry>)> = Vec::new();
+        for v in others {
+            let g = v.group;
+            if lists.last().map(|(lg, _)| *lg) != Some(g) {
+                let mut list = Vec::new();
+                if copies[g] > 0 {
+                    list.push((payload[g], copies[g], first[g], own_row(&copy, g)?));
+                }
+                lists.push((g, list));
             }
-            present[g] = true;
-            if taken.copies[g] > 0 {
-                entries[g].push((
-                    taken.payload[g],
-                    taken.copies[g],
-                    taken.first[g],
-                    own_row(&taken.copy, g)?,
-                ));
-            }
-            for v in others {
-                copies[g] += v.copies;
-                first[g] = first[g].min(v.first);
-                entries[g].push((v.payload, v.copies, v.first, v.copy));
+            copies[g] += v.copies;
+            first[g] = first[g].min(v.first);
+            if let Some((_, list)) = lists.last_mut() {
+                list.push((v.payload, v.copies, v.first, v.copy));
             }
         }
         let valid: Vec<bool> = copies.iter().map(|&c| c > 0).collect();
-        let variants = self.variants_list(entries, present, false)?;
+        let variants = self.variants_list(n, lists, false)?;
         let columns = vec![
-            taken.copy,
+            copy,
             Arc::new(Int64Array::from(copies)) as ArrayRef,
             self.arrival_array(first)?,
             variants,
@@ -478,23 +494,23 @@ impl GroupsAccumulator for CollapseGroups {
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let taken = self.take_groups(emit_to)?;
-        let present: Vec<bool> = taken.others.iter().map(|o| !o.is_empty()).collect();
-        let entries = taken
-            .others
-            .into_iter()
-            .map(|o| {
-                o.into_iter()
-                    .map(|v| (v.payload, v.copies, v.first, v.copy))
-                    .collect()
-            })
-            .collect();
+        let n = taken.payload.len();
+        let mut lists: Vec<(usize, Vec<ListEntry>)> = Vec::new();
+        for v in taken.others {
+            if lists.last().map(|(lg, _)| *lg) != Some(v.group) {
+                lists.push((v.group, Vec::new()));
+            }
+            if let Some((_, list)) = lists.last_mut() {
+                list.push((v.payload, v.copies, v.first, v.copy));
+            }
+        }
         let copies: Int64Array = taken.copies.iter().map(|&c| (c > 0).then_some(c)).collect();
         Ok(vec![
             Arc::new(Int64Array::from(taken.payload)),
             Arc::new(copies),
             self.arrival_array(taken.first)?,
             taken.copy,
-            self.variants_list(entries, present, true)?,
+            self.variants_list(n, lists, true)?,
         ])
     }
 

@@ -107,25 +107,30 @@ mod tests {
     use datafusion::arrow::datatypes::Field;
     use datafusion::common::config::ConfigOptions;
 
-    #[test]
-    fn equal_rows_hash_equal_and_null_differs_from_a_value() {
-        let a: ArrayRef = Arc::new(StringArray::from(vec![
-            Some("x"),
-            Some("x"),
-            None,
-            Some("y"),
-        ]));
+    /// `payload_hash` over string columns of equal length.
+    fn hash(columns: Vec<Vec<Option<&str>>>) -> Int64Array {
+        let rows = columns.first().map_or(0, |c| c.len());
         let args = ScalarFunctionArgs {
-            args: vec![ColumnarValue::Array(a)],
-            arg_fields: vec![Arc::new(Field::new("a", DataType::Utf8, true))],
-            number_rows: 4,
+            arg_fields: (0..columns.len())
+                .map(|i| Arc::new(Field::new(format!("c{i}"), DataType::Utf8, true)))
+                .collect(),
+            args: columns
+                .into_iter()
+                .map(|c| ColumnarValue::Array(Arc::new(StringArray::from(c)) as ArrayRef))
+                .collect(),
+            number_rows: rows,
             return_field: Arc::new(Field::new("h", DataType::Int64, false)),
             config_options: Arc::new(ConfigOptions::default()),
         };
         let ColumnarValue::Array(out) = PayloadHash::new().invoke_with_args(args).unwrap() else {
             panic!("expected an array");
         };
-        let h = out.as_any().downcast_ref::<Int64Array>().unwrap();
+        out.as_any().downcast_ref::<Int64Array>().unwrap().clone()
+    }
+
+    #[test]
+    fn equal_rows_hash_equal_and_null_differs_from_a_value() {
+        let h = hash(vec![vec![Some("x"), Some("x"), None, Some("y")]]);
         assert_eq!(h.null_count(), 0);
         assert_eq!(h.value(0), h.value(1));
         assert_ne!(h.value(0), h.value(2));
@@ -135,20 +140,7 @@ mod tests {
     #[test]
     fn a_null_moving_between_neighbouring_columns_changes_the_hash() {
         // (currency, status) = ('USD', NULL) vs (NULL, 'USD'): different payloads.
-        let currency: ArrayRef = Arc::new(StringArray::from(vec![Some("USD"), None]));
-        let status: ArrayRef = Arc::new(StringArray::from(vec![None, Some("USD")]));
-        let field = |n: &str| Arc::new(Field::new(n, DataType::Utf8, true));
-        let args = ScalarFunctionArgs {
-            args: vec![ColumnarValue::Array(currency), ColumnarValue::Array(status)],
-            arg_fields: vec![field("currency"), field("status")],
-            number_rows: 2,
-            return_field: Arc::new(Field::new("h", DataType::Int64, false)),
-            config_options: Arc::new(ConfigOptions::default()),
-        };
-        let ColumnarValue::Array(out) = PayloadHash::new().invoke_with_args(args).unwrap() else {
-            panic!("expected an array");
-        };
-        let h = out.as_any().downcast_ref::<Int64Array>().unwrap();
+        let h = hash(vec![vec![Some("USD"), None], vec![None, Some("USD")]]);
         assert_ne!(h.value(0), h.value(1));
     }
 }
