@@ -268,10 +268,36 @@ fn new_context(opts: &SessionOptions) -> Result<SessionContext> {
     // Filter pushdown into the Parquet decoder: analysts' selective queries skip most pages.
     config.options_mut().execution.parquet.pushdown_filters = true;
     config.options_mut().execution.parquet.reorder_filters = true;
+    apply_env_overrides(&mut config)?;
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(limit) = opts.memory_limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
     }
     let runtime = runtime.build_arc()?;
     Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// DataFusion settings from the environment, as datafusion-cli takes them:
+/// `DATAFUSION_EXECUTION_BATCH_SIZE=16384` sets `datafusion.execution.batch_size`. They apply on
+/// top of tally's defaults, so an operator can tune or turn off any of them for one run.
+fn apply_env_overrides(config: &mut SessionConfig) -> Result<()> {
+    let keys: Vec<String> = config
+        .options()
+        .entries()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    for key in keys {
+        let var = key.to_uppercase().replace('.', "_");
+        if let Ok(value) = std::env::var(&var) {
+            config
+                .options_mut()
+                .set(&key, &value)
+                .map_err(|e| TallyError::InvalidArgument {
+                    what: var.clone(),
+                    message: one_line(&e.to_string()),
+                })?;
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 
 use crate::error::{Result, TallyError};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, StringViewArray};
+use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -29,6 +30,16 @@ impl Fingerprint {
     /// and folded into its row's state, then each finished row hash is added to the sum. A
     /// column at a time keeps the loops tight and the columns' memory read in order.
     pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.update_selected(batch, None)
+    }
+
+    /// Like [`Fingerprint::update`], over only the rows `keep` selects (all when `None`): the
+    /// ledger writer keeps disputed rows in place instead of copying the batch without them.
+    pub fn update_selected(
+        &mut self,
+        batch: &RecordBatch,
+        keep: Option<&BooleanBuffer>,
+    ) -> Result<()> {
         let col = |name: &str| {
             batch
                 .column_by_name(name)
@@ -54,11 +65,24 @@ impl Fingerprint {
             col("first_ingest_time")?.as_primitive::<TimestampMicrosecondType>(),
         );
         fold_primitive(&mut rows, col("copies")?.as_primitive::<Int64Type>());
-        for h in rows {
-            self.row_hash = self.row_hash.wrapping_add(finish(h));
+        match keep {
+            None => {
+                for h in rows {
+                    self.row_hash = self.row_hash.wrapping_add(finish(h));
+                }
+                self.amount_cents += amount.iter().flatten().sum::<i128>();
+                self.rows += n as u64;
+            }
+            Some(keep) => {
+                for i in keep.set_indices() {
+                    self.row_hash = self.row_hash.wrapping_add(finish(rows[i]));
+                    if amount.is_valid(i) {
+                        self.amount_cents += amount.value(i);
+                    }
+                    self.rows += 1;
+                }
+            }
         }
-        self.amount_cents += amount.iter().flatten().sum::<i128>();
-        self.rows += n as u64;
         Ok(())
     }
 
@@ -228,6 +252,21 @@ mod tests {
         let null = ledger_rows(&["a", "b"], &[None, Some("p2")], &[100, 250]);
         let empty = ledger_rows(&["a", "b"], &[Some(""), Some("p2")], &[100, 250]);
         assert_ne!(of(&null).row_hash, of(&empty).row_hash);
+    }
+
+    #[test]
+    fn a_selection_counts_only_the_selected_rows() {
+        let abc = ledger_rows(
+            &["a", "b", "c"],
+            &[Some("p1"), None, Some("p3")],
+            &[1, 20, 300],
+        );
+        let ac = ledger_rows(&["a", "c"], &[Some("p1"), Some("p3")], &[1, 300]);
+        let mut fp = Fingerprint::default();
+        fp.update_selected(&abc, Some(&BooleanBuffer::from(vec![true, false, true])))
+            .unwrap();
+        assert_eq!(fp, of(&ac));
+        assert_ne!(fp, of(&abc));
     }
 
     #[test]

@@ -451,22 +451,26 @@ async fn write_partition(
             .ok_or_else(|| TallyError::Internal("ledger plan lost agree".into()))?
             .as_boolean()
             .clone();
-        if agree.true_count() < agree.len() {
+        // Disputed rows (a few per batch) stay in the batch and are left out of the fingerprint
+        // and the sorted run, instead of copying every other row into a new batch.
+        let keep = if agree.true_count() < agree.len() {
             let not_agree = arrow::compute::not(&agree)?;
             let others = filter_record_batch(&batch, &not_agree)?;
             let variants = others.project(&[others.schema().index_of("variants")?])?;
             held.grow(slice_memory_size(&variants));
             disputed.push(variants);
-        }
-        let agreed = filter_record_batch(&batch, &agree)?;
-        if agreed.num_rows() == 0 {
-            continue;
-        }
+            if agree.true_count() == 0 {
+                continue;
+            }
+            Some(agree.values() & &agree_valid(&agree))
+        } else {
+            None
+        };
         // The fingerprint is order-independent: take it while the rows are still in memory
         // order (after the sort every row is a random access).
-        fp.update(&agreed)?;
-        let agreed = agreed.project(&writer.file_column_indices(&agreed.schema())?)?;
-        let size = slice_memory_size(&agreed);
+        fp.update_selected(&batch, keep.as_ref())?;
+        let rows = batch.project(&writer.file_column_indices(&batch.schema())?)?;
+        let size = slice_memory_size(&rows);
         if reservation.try_grow(size).is_err() && run.rows() > 0 {
             write_run(std::mem::take(&mut run), &mut writer).await?;
             reservation.free();
@@ -475,7 +479,7 @@ async fn write_partition(
         if reservation.size() == 0 {
             reservation.grow(size);
         }
-        run.push(agreed);
+        run.push_selected(rows, keep);
     }
     write_run(run, &mut writer).await?;
     reservation.free();
@@ -497,6 +501,14 @@ async fn write_run(run: SortedRun, writer: &mut PartWriter) -> Result<()> {
         writer.write(&chunk?).await?;
     }
     Ok(())
+}
+
+/// The rows where `agree` is not NULL (a NULL `agree` is not a ledger row).
+fn agree_valid(agree: &arrow::array::BooleanArray) -> arrow::buffer::BooleanBuffer {
+    agree.nulls().map_or_else(
+        || arrow::buffer::BooleanBuffer::new_set(agree.len()),
+        |n| n.inner().clone(),
+    )
 }
 
 /// Memory held by the rows of a batch (not by the buffers its slices share with others).

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 /// Ledger files: zstd, row groups of 128k rows (sorted by partner, so they prune), a bloom
 /// filter on `txn_id` for point lookups (`tally trace`, disputes). Columns that are unique or
-/// nearly so per row (`txn_id`, the timestamps) skip dictionary encoding: the writer would
+/// nearly so per row (`txn_id`, the timestamps, the amount) skip dictionary encoding: the writer would
 /// intern every value only to fall back to plain encoding once the dictionary page is full.
 /// Min/max statistics are kept where they prune: `partner_id`, `txn_id`, the timestamps and
 /// the amount.
@@ -32,7 +32,7 @@ fn writer_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(crate::ledger::ROW_GROUP_ROWS))
         .set_column_bloom_filter_enabled("txn_id".into(), true);
-    for column in ["txn_id", "event_time", "first_ingest_time"] {
+    for column in ["txn_id", "event_time", "amount", "first_ingest_time"] {
         props = props.set_column_dictionary_enabled(column.into(), false);
     }
     // Every row group holds every currency and status (rows are ordered by partner), so their

@@ -15,6 +15,7 @@
 
 use crate::error::{Result, TallyError};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringViewArray};
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::{cast, interleave};
 use arrow::datatypes::DataType;
 use datafusion::common::HashMap;
@@ -26,20 +27,33 @@ type RowRef = (usize, usize);
 #[derive(Default)]
 pub struct SortedRun {
     batches: Vec<RecordBatch>,
+    /// Per batch, the rows that belong to the run (all when `None`).
+    keep: Vec<Option<BooleanBuffer>>,
     rows: usize,
 }
 
 impl SortedRun {
     /// Adds a batch to the run (empty batches are dropped: row positions map to batches).
+    #[cfg(test)]
     pub fn push(&mut self, batch: RecordBatch) {
-        if batch.num_rows() == 0 {
-            return;
-        }
-        self.rows += batch.num_rows();
-        self.batches.push(batch);
+        self.push_selected(batch, None);
     }
 
-    /// Rows collected.
+    /// Adds the rows of `batch` that `keep` selects (all when `None`). The batch is held whole
+    /// and the others are left out of the order: cheaper than copying the selected rows out.
+    pub fn push_selected(&mut self, batch: RecordBatch, keep: Option<BooleanBuffer>) {
+        let selected = keep
+            .as_ref()
+            .map_or(batch.num_rows(), |k| k.count_set_bits());
+        if selected == 0 {
+            return;
+        }
+        self.rows += selected;
+        self.batches.push(batch);
+        self.keep.push(keep);
+    }
+
+    /// Rows selected.
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -49,7 +63,7 @@ impl SortedRun {
         self,
         chunk: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
-        let order = sort_order(&self.batches)?;
+        let order = sort_order(&self.batches, &self.keep)?;
         let batches = self.batches;
         let starts = batch_starts(&batches);
         let chunk = chunk.max(1);
@@ -112,9 +126,9 @@ fn prefix8(s: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The permutation (row positions across `batches`) that orders the rows by
+/// The permutation (row positions across `batches`) that orders the selected rows by
 /// (`partner_id`, `txn_id`).
-fn sort_order(batches: &[RecordBatch]) -> Result<Vec<u32>> {
+fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result<Vec<u32>> {
     let partners = string_views(batches, "partner_id")?;
     let txns = string_views(batches, "txn_id")?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -124,36 +138,58 @@ fn sort_order(batches: &[RecordBatch]) -> Result<Vec<u32>> {
         )));
     }
 
-    // Rank the distinct partners (a few hundred) so rows compare by one integer. Rank 0 is
-    // reserved for a null partner (sorts first).
-    let mut rank: HashMap<&[u8], u32> = HashMap::new();
+    // Number the distinct partners (a few hundred) as they come, then rank them by name, so
+    // rows compare by one integer. A partner name of up to 12 bytes is its whole string view
+    // (length and bytes inline), so it is looked up by that one integer. Rank 0 is reserved
+    // for a null partner (sorts first).
+    let mut ids_inline: HashMap<u128, u32> = HashMap::new();
+    let mut ids_long: HashMap<&[u8], u32> = HashMap::new();
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut row_ids: Vec<u32> = Vec::with_capacity(rows);
     for p in &partners {
-        for v in p.iter().flatten() {
-            rank.entry(v.as_bytes()).or_insert(0);
+        for (ri, &view) in p.views().iter().enumerate() {
+            let id = if p.is_null(ri) {
+                0
+            } else {
+                let name = p.value(ri).as_bytes();
+                let next = names.len() as u32 + 1;
+                let id = if (view as u32) <= 12 {
+                    *ids_inline.entry(view).or_insert(next)
+                } else {
+                    *ids_long.entry(name).or_insert(next)
+                };
+                if id == next {
+                    names.push(name);
+                }
+                id
+            };
+            row_ids.push(id);
         }
     }
-    let mut names: Vec<&[u8]> = rank.keys().copied().collect();
-    names.sort_unstable();
-    for (r, name) in names.iter().enumerate() {
-        rank.insert(name, r as u32 + 1);
+    let mut by_name: Vec<u32> = (1..=names.len() as u32).collect();
+    by_name.sort_unstable_by_key(|&id| names[id as usize - 1]);
+    let mut rank_of = vec![0u32; names.len() + 1];
+    for (r, &id) in by_name.iter().enumerate() {
+        rank_of[id as usize] = r as u32 + 1;
     }
 
     // key = partner rank (32 bits) | txn_id prefix (64 bits) | row position (32 bits).
     let mut keys: Vec<u128> = Vec::with_capacity(rows);
-    for (p, t) in partners.iter().zip(&txns) {
+    let mut position = 0usize;
+    for (t, k) in txns.iter().zip(keep) {
         for ri in 0..t.len() {
-            let partner_rank = if p.is_null(ri) {
-                0
-            } else {
-                rank.get(p.value(ri).as_bytes()).copied().unwrap_or(0)
-            };
+            let at = position;
+            position += 1;
+            if k.as_ref().is_some_and(|k| !k.value(ri)) {
+                continue;
+            }
+            let partner_rank = rank_of[row_ids[at] as usize];
             let txn_prefix = if t.is_null(ri) {
                 0
             } else {
                 prefix8(t.value(ri).as_bytes())
             };
-            let position = keys.len() as u128;
-            keys.push(((partner_rank as u128) << 96) | ((txn_prefix as u128) << 32) | position);
+            keys.push(((partner_rank as u128) << 96) | ((txn_prefix as u128) << 32) | at as u128);
         }
     }
     keys.sort_unstable();
@@ -275,5 +311,35 @@ mod tests {
             .map(|(_, t)| t.as_str())
             .collect();
         assert_eq!(p1, vec!["a", "a\0", "ab", "tx0000001a", "tx0000001z"]);
+    }
+
+    #[test]
+    fn rows_left_out_of_a_batch_are_not_written() {
+        let mut run = SortedRun::default();
+        run.push_selected(
+            batch(
+                vec![Some("p2"), Some("p1"), Some("p1")],
+                vec!["c", "b", "a"],
+                vec![0, 1, 2],
+            ),
+            Some(BooleanBuffer::from(vec![true, false, true])),
+        );
+        run.push_selected(
+            batch(vec![Some("p1")], vec!["z"], vec![3]),
+            Some(BooleanBuffer::from(vec![false])),
+        );
+        run.push(batch(vec![Some("p0")], vec!["y"], vec![4]));
+        assert_eq!(run.rows(), 3);
+        let out: Vec<RecordBatch> = run
+            .into_sorted_chunks(10)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        let n: Vec<i64> = out[0]
+            .column(2)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(n, vec![4, 2, 0]);
     }
 }
