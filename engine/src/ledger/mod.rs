@@ -33,7 +33,7 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
-use datafusion::prelude::{cast, col, lit, SessionConfig, SessionContext};
+use datafusion::prelude::{cast, col, lit, DataFrame, SessionConfig, SessionContext};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
 use part_writer::PartWriter;
@@ -152,12 +152,20 @@ impl<'a> LedgerJob<'a> {
     async fn plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
         self.require_raw()?;
         let params = self.params()?;
-        let df = self
-            .session
-            .ctx()
-            .sql(jobs_sql::LEDGER)
-            .await?
-            .with_param_values(params)?;
+        let mut state = self.session.ctx().state();
+        // The ledger groups by transaction, so nearly every raw copy starts its own group and a
+        // partial aggregate before the shuffle only copies the rows once more. DataFusion
+        // notices and skips it after a probe (100k rows per partition by default); one batch
+        // is enough to tell.
+        let options = state.config_mut().options_mut();
+        options
+            .execution
+            .skip_partial_aggregation_probe_rows_threshold = options
+            .execution
+            .skip_partial_aggregation_probe_rows_threshold
+            .min(options.execution.batch_size.get());
+        let plan = state.create_logical_plan(jobs_sql::LEDGER).await?;
+        let df = DataFrame::new(state, plan).with_param_values(params)?;
         Ok(df.create_physical_plan().await?)
     }
 
