@@ -19,12 +19,16 @@ pub fn tally_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tally")
 }
 
-/// A `tally` command with a clean environment (no AWS_*/TALLY_* leaking in) in `dir`.
+/// A `tally` command with a clean environment (no AWS_*/TALLY_*/DATAFUSION_* leaking in) in `dir`.
 pub fn tally_cmd(dir: &Path) -> Command {
     let mut c = Command::new(tally_bin());
     c.current_dir(dir);
     for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") || k.starts_with("TALLY_") || k == "RUST_LOG" {
+        if k.starts_with("AWS_")
+            || k.starts_with("TALLY_")
+            || k.starts_with("DATAFUSION_")
+            || k == "RUST_LOG"
+        {
             c.env_remove(k);
         }
     }

@@ -209,6 +209,38 @@ fn sql_error_is_one_line_exit_1() {
 }
 
 #[test]
+fn datafusion_settings_come_from_the_environment() {
+    let show = |value: &str| {
+        tally_cmd(lake())
+            .env("DATAFUSION_EXECUTION_BATCH_SIZE", value)
+            .args(["sql", "SHOW datafusion.execution.batch_size"])
+            .output()
+            .expect("run tally")
+    };
+    let out = show("1234");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1234"), "{stdout}");
+    // Queries still answer the same under another batch size.
+    let sum = |size: &str| {
+        run_ok(
+            tally_cmd(lake())
+                .env("DATAFUSION_EXECUTION_BATCH_SIZE", size)
+                .args(["sql", "SELECT count(*), sum(amount) FROM raw_payments"]),
+        )
+    };
+    assert_eq!(sum("100"), sum("8192"));
+
+    let out = show("lots");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("DATAFUSION_EXECUTION_BATCH_SIZE"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn corrupt_parquet_file_is_named() {
     let dir = tempdir();
     generate(dir.path(), 1, 2_000, 3);
