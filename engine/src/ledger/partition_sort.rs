@@ -342,4 +342,55 @@ mod tests {
             .to_vec();
         assert_eq!(n, vec![4, 2, 0]);
     }
+
+    #[test]
+    fn many_rows_with_near_equal_ids_come_out_like_a_plain_sort() {
+        // Ids share long prefixes and differ in the bits the 64-bit key gives up to the row
+        // position, so both the key order and the full-id tie-break are exercised.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut run = SortedRun::default();
+        let mut want = Vec::new();
+        for b in 0..4 {
+            let n = 3000;
+            let partners: Vec<String> = (0..n).map(|_| format!("p{}", next() % 5)).collect();
+            let txns: Vec<String> = (0..n)
+                .map(|_| format!("txn-{:02x}{:03}", next() % 3, next() % 1000))
+                .collect();
+            let keep: Vec<bool> = (0..n).map(|_| next() % 10 != 0).collect();
+            for i in 0..n {
+                if keep[i] {
+                    want.push((partners[i].clone(), txns[i].clone()));
+                }
+            }
+            let ns: Vec<i64> = (0..n as i64).map(|i| b * 10_000 + i).collect();
+            run.push_selected(
+                batch(
+                    partners.iter().map(|p| Some(p.as_str())).collect(),
+                    txns.iter().map(|t| t.as_str()).collect(),
+                    ns,
+                ),
+                Some(BooleanBuffer::from(keep)),
+            );
+        }
+        want.sort();
+        let got: Vec<(String, String)> = run
+            .into_sorted_chunks(1000)
+            .unwrap()
+            .flat_map(|b| {
+                let b = b.unwrap();
+                let p = b.column(1).as_string::<i32>().clone();
+                let t = b.column(0).as_string::<i32>().clone();
+                (0..b.num_rows())
+                    .map(|i| (p.value(i).to_string(), t.value(i).to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
 }
