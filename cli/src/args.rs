@@ -16,6 +16,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The memory limit the command was given, if it takes one.
+    pub fn memory_limit(&self) -> Option<usize> {
+        match &self.command {
+            Command::Sql(a) => a.memory_limit,
+            Command::Ledger(a) => a.plan.memory_limit,
+            Command::Backfill(a) => a.plan.memory_limit,
+            _ => None,
+        }
+    }
+}
+
 /// Options every command accepts, before or after the subcommand.
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {

@@ -2,6 +2,7 @@
 //! turns the outcome into an exit code (0 ok, 1 error, 2 usage, 3 reconciliation drift) with a
 //! one-line message. A closed stdout (`tally sql … | head`) is success.
 
+mod allocator;
 mod args;
 mod cmd;
 mod context;
@@ -83,7 +84,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let limited = cli.memory_limit().is_some();
+    let reexec_failed = allocator::reexec_with_short_purge_delay(limited);
     init_logging(cli.global.verbose);
+    if let Some(e) = reexec_failed {
+        tracing::warn!(error = %e, "could not restart with a short allocator purge delay; running on");
+    }
+    if limited {
+        let delay = std::env::var(allocator::PURGE_DELAY_VAR).unwrap_or_else(|_| "default".into());
+        tracing::info!(purge_delay_ms = %delay, "memory limit: allocator purge delay");
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,

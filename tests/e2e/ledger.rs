@@ -292,6 +292,41 @@ fn memory_limit_and_bucket_count_do_not_change_the_ledger() {
 }
 
 #[test]
+fn under_a_memory_limit_the_allocator_returns_freed_memory_sooner() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 5);
+    let purge_delay = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = tally_cmd(dir.path());
+        cmd.env_remove("MIMALLOC_PURGE_DELAY");
+        if let Some(v) = env {
+            cmd.env("MIMALLOC_PURGE_DELAY", v);
+        }
+        let out = cmd
+            .args(["-v", "ledger", "--date", "2026-11-01", "--format", "json"])
+            .args(extra)
+            .output()
+            .expect("run tally");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+            .lines()
+            .find(|l| l.contains("allocator purge delay"))
+            .map(|l| l.rsplit('=').next().unwrap_or("").trim().to_string())
+    };
+    // With a limit, tally restarts itself once with a 100 ms purge delay...
+    assert_eq!(
+        purge_delay(&["--memory-limit", "256MiB"], None).as_deref(),
+        Some("100")
+    );
+    // ...unless the caller chose one; and without a limit nothing changes.
+    assert_eq!(
+        purge_delay(&["--memory-limit", "256MiB"], Some("250")).as_deref(),
+        Some("250")
+    );
+    assert_eq!(purge_delay(&[], None), None);
+}
+
+#[test]
 fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory_limit() {
     // A partner resends every transaction of the day with a corrected amount: every
     // transaction is disputed. Most resends arrive a day later (the original wins); every third
