@@ -9,8 +9,6 @@
 //! (tally forbids `unsafe`), so a run with a memory limit re-executes itself once with
 //! `MIMALLOC_PURGE_DELAY` set, unless the caller already set it.
 
-use std::os::unix::process::CommandExt;
-
 /// mimalloc's environment variable for the purge delay, in milliseconds.
 pub const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
 
@@ -20,7 +18,9 @@ const PURGE_DELAY_MS: &str = "100";
 /// Under a memory limit, replaces this process with itself started with a short purge delay
 /// (same pid, arguments, streams and exit code). Returns only when it did not: no limit, the
 /// delay already set, or the re-exec failed (the error, which the caller logs and runs on).
+#[cfg(unix)]
 pub fn reexec_with_short_purge_delay(memory_limited: bool) -> Option<std::io::Error> {
+    use std::os::unix::process::CommandExt;
     if !memory_limited || std::env::var_os(PURGE_DELAY_VAR).is_some() {
         return None;
     }
@@ -35,4 +35,10 @@ pub fn reexec_with_short_purge_delay(memory_limited: bool) -> Option<std::io::Er
             .env(PURGE_DELAY_VAR, PURGE_DELAY_MS)
             .exec(),
     )
+}
+
+/// Elsewhere there is no `exec`: the run keeps mimalloc's default delay.
+#[cfg(not(unix))]
+pub fn reexec_with_short_purge_delay(_memory_limited: bool) -> Option<std::io::Error> {
+    None
 }
