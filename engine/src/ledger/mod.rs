@@ -461,13 +461,14 @@ async fn write_partition(
             .clone();
         // Disputed rows (a few per batch) stay in the batch and are left out of the fingerprint
         // and the sorted run, instead of copying every other row into a new batch.
-        let keep = if agree.true_count() < agree.len() {
+        let agreeing = agree.true_count();
+        let keep = if agreeing < agree.len() {
             let not_agree = arrow::compute::not(&agree)?;
             let others = filter_record_batch(&batch, &not_agree)?;
             let variants = others.project(&[others.schema().index_of("variants")?])?;
             held.grow(slice_memory_size(&variants));
             disputed.push(variants);
-            if agree.true_count() == 0 {
+            if agreeing == 0 {
                 continue;
             }
             Some(agree.values() & &agree_valid(&agree))
@@ -511,7 +512,8 @@ async fn write_run(run: SortedRun, writer: &mut PartWriter) -> Result<()> {
     Ok(())
 }
 
-/// The rows where `agree` is not NULL (a NULL `agree` is not a ledger row).
+/// The rows where `agree` is not NULL (a NULL `agree` is not a ledger row). Arrow's
+/// `prep_null_mask_filter` would do, but it panics on an array without a null buffer.
 fn agree_valid(agree: &arrow::array::BooleanArray) -> arrow::buffer::BooleanBuffer {
     agree.nulls().map_or_else(
         || arrow::buffer::BooleanBuffer::new_set(agree.len()),
