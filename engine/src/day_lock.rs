@@ -15,6 +15,8 @@ use crate::lake::{layout, Lake};
 use chrono::NaiveDate;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a lease lives without a heartbeat.
@@ -61,6 +63,42 @@ pub struct DayLock {
     lake: Lake,
     path: object_store::path::Path,
     heartbeat: tokio::task::JoinHandle<()>,
+    fence: Fence,
+}
+
+/// Whether a lease is still ours. A holder that stalled past the expiry (a paused VM, a long
+/// GC of the host) may find its lease taken over; the heartbeat notices on its next renewal
+/// and stops renewing, and the holder must not commit after that. Cheap to clone and check.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    what: Arc<str>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Fence {
+    fn new(what: &str) -> Self {
+        Self {
+            what: what.into(),
+            lost: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// `Err(Busy)` once the lease was taken over by another run: commit nothing more.
+    pub fn check(&self) -> Result<()> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(TallyError::Busy {
+                message: format!(
+                    "the lease of {} was taken over by another run; stopping without committing",
+                    self.what
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn set_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
 }
 
 /// Takes the lease of `day` for `owner`. When another live run holds it: waits up to `wait`
@@ -97,11 +135,18 @@ async fn acquire_named(
         let opts = PutOptions::from(PutMode::Create);
         match store.put_opts(&path, PutPayload::from(body), opts).await {
             Ok(_) => {
-                let heartbeat = tokio::spawn(renew(lake.clone(), path.clone(), owner.to_string()));
+                let fence = Fence::new(what);
+                let heartbeat = tokio::spawn(renew(
+                    lake.clone(),
+                    path.clone(),
+                    owner.to_string(),
+                    fence.clone(),
+                ));
                 return Ok(DayLock {
                     lake: lake.clone(),
                     path,
                     heartbeat,
+                    fence,
                 });
             }
             Err(object_store::Error::AlreadyExists { .. }) => {}
@@ -140,24 +185,126 @@ async fn acquire_named(
     }
 }
 
-async fn renew(lake: Lake, path: object_store::path::Path, owner: String) {
+async fn renew(lake: Lake, path: object_store::path::Path, owner: String, fence: Fence) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
-        let Ok(body) = serde_json::to_vec(&Lease::new(&owner)) else {
-            return;
-        };
-        if let Err(e) = lake.store().put(&path, PutPayload::from(body)).await {
-            tracing::warn!(error = %e, "could not renew a day lease");
+        match renew_once(&lake, &path, &owner).await {
+            Renewal::Renewed => {}
+            Renewal::Failed(e) => tracing::warn!(error = %e, "could not renew a lease"),
+            Renewal::Lost(holder) => {
+                tracing::error!(lease = %fence.what, %holder, "lost the lease to another run");
+                fence.set_lost();
+                return;
+            }
         }
     }
 }
 
+/// What one heartbeat found.
+#[derive(Debug, PartialEq, Eq)]
+enum Renewal {
+    Renewed,
+    /// The store failed; the lease may still be ours (it is retried on the next beat).
+    Failed(String),
+    /// Another run holds the lease now (named), or it is gone.
+    Lost(String),
+}
+
+/// Pushes the expiry forward, unless the lease is no longer ours: overwriting another
+/// holder's lease would let two runs believe they hold it.
+async fn renew_once(lake: &Lake, path: &object_store::path::Path, owner: &str) -> Renewal {
+    let store = lake.store();
+    let holder = match store.get(path).await {
+        Ok(got) => match got.bytes().await {
+            Ok(bytes) => serde_json::from_slice::<Lease>(&bytes).ok(),
+            Err(e) => return Renewal::Failed(e.to_string()),
+        },
+        Err(object_store::Error::NotFound { .. }) => return Renewal::Lost("nobody".into()),
+        Err(e) => return Renewal::Failed(e.to_string()),
+    };
+    match holder {
+        Some(h) if h.owner != owner => return Renewal::Lost(h.owner),
+        None => return Renewal::Lost("an unreadable lease".into()),
+        Some(_) => {}
+    }
+    let Ok(body) = serde_json::to_vec(&Lease::new(owner)) else {
+        return Renewal::Failed("cannot encode the lease".into());
+    };
+    match store.put(path, PutPayload::from(body)).await {
+        Ok(_) => Renewal::Renewed,
+        Err(e) => Renewal::Failed(e.to_string()),
+    }
+}
+
 impl DayLock {
+    /// The lease's fence, to check right before each commit.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
     /// Gives the day back.
     pub async fn release(self) {
         self.heartbeat.abort();
         if let Err(e) = self.lake.store().delete(&self.path).await {
             tracing::warn!(error = %e, "could not delete a day lease (it will expire)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::S3Options;
+
+    fn local_lake(dir: &tempfile::TempDir) -> Lake {
+        Lake::open(&dir.path().to_string_lossy(), &S3Options::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_holder_keeps_renewing_its_own_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = local_lake(&dir);
+        let lock = acquire_live(&lake, "a").await.unwrap();
+        assert_eq!(renew_once(&lake, &lock.path, "a").await, Renewal::Renewed);
+        assert!(lock.fence().check().is_ok());
+        lock.release().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_taken_over_is_not_overwritten_and_fences_its_old_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = local_lake(&dir);
+        let lock = acquire_live(&lake, "a").await.unwrap();
+        // Another run took the lease over while this one stalled past the expiry.
+        let body = serde_json::to_vec(&Lease::new("b")).unwrap();
+        lake.store()
+            .put(&lock.path, PutPayload::from(body))
+            .await
+            .unwrap();
+        assert_eq!(
+            renew_once(&lake, &lock.path, "a").await,
+            Renewal::Lost("b".into())
+        );
+        let got = lake.store().get(&lock.path).await.unwrap();
+        let holder: Lease = serde_json::from_slice(&got.bytes().await.unwrap()).unwrap();
+        assert_eq!(holder.owner, "b", "the new holder's lease must survive");
+
+        let fence = lock.fence();
+        assert!(fence.check().is_ok());
+        fence.set_lost();
+        let e = lock.fence().check().unwrap_err();
+        assert!(e.to_string().contains("taken over"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_lease_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = local_lake(&dir);
+        let lock = acquire_live(&lake, "a").await.unwrap();
+        lake.store().delete(&lock.path).await.unwrap();
+        assert!(matches!(
+            renew_once(&lake, &lock.path, "a").await,
+            Renewal::Lost(_)
+        ));
     }
 }

@@ -7,7 +7,8 @@
 //! is reported with the file it came from. A transaction not in any ledger is searched in all
 //! of `raw_payments` first, to find its arrival days. The winner is recomputed with the
 //! ledger's rule — earliest `ingest_time`, ties broken by the smallest
-//! (`partner_id`, `amount`, `currency`, `status`) — and compared with the ledger's row.
+//! (`partner_id`, `amount`, `currency`, `status`, `event_time`; NULLs last, as in SQL) — and
+//! compared with the ledger's row.
 
 use crate::error::{Result, TallyError};
 use crate::lake::layout;
@@ -22,6 +23,7 @@ use datafusion::logical_expr::{col, lit};
 use datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
+use std::cmp::Ordering;
 
 /// One raw copy.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -127,16 +129,11 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
         (Some(_), None) => false,
         (None, _) => true,
     };
-    let rank = |c: &Copy| {
-        (
-            c.ingest_time.unwrap_or(i64::MAX),
-            c.partner_id.clone(),
-            c.amount_cents,
-            c.currency.clone(),
-            c.status.clone(),
-        )
-    };
-    copies.sort_by_key(|c| (!on_day(c), rank(c)));
+    copies.sort_by(|a, b| {
+        (!on_day(a))
+            .cmp(&!on_day(b))
+            .then_with(|| ledger_order(a, b))
+    });
     let counted: Vec<&Copy> = copies.iter().filter(|c| on_day(c)).collect();
     let payloads = {
         let mut p: Vec<_> = counted
@@ -170,6 +167,28 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
         payloads,
         ledger,
     })
+}
+
+/// The ledger's order of copies (ledger_disputed.sql's `ORDER BY ingest_time, partner_id,
+/// amount, currency, status, event_time`): SQL's ascending order puts NULLs last, while
+/// `Option`'s puts `None` first, so every key compares NULL as the largest value.
+fn ledger_order(a: &Copy, b: &Copy) -> Ordering {
+    nulls_last(&a.ingest_time, &b.ingest_time)
+        .then_with(|| nulls_last(&a.partner_id, &b.partner_id))
+        .then_with(|| nulls_last(&a.amount_cents, &b.amount_cents))
+        .then_with(|| nulls_last(&a.currency, &b.currency))
+        .then_with(|| nulls_last(&a.status, &b.status))
+        .then_with(|| nulls_last(&a.event_time, &b.event_time))
+}
+
+/// Ascending with NULLS LAST.
+fn nulls_last<T: Ord>(a: &Option<T>, b: &Option<T>) -> Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => a.cmp(b),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => Ordering::Equal,
+    }
 }
 
 async fn ledger_entry(session: &TallySession, txn_id: &str) -> Result<Option<LedgerEntry>> {
@@ -314,4 +333,43 @@ fn copies_in(file: &str, batches: &[RecordBatch]) -> Result<Vec<Copy>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(ingest: Option<i64>, partner: Option<&str>, cents: Option<i128>) -> Copy {
+        Copy {
+            file: String::new(),
+            ingest_time: ingest,
+            event_time: Some(0),
+            partner_id: partner.map(str::to_string),
+            amount_cents: cents,
+            currency: Some("EUR".into()),
+            status: Some("ok".into()),
+            winner: false,
+        }
+    }
+
+    #[test]
+    fn a_null_sorts_after_every_value_as_in_sql() {
+        let named = copy(Some(5), Some("p1"), Some(100));
+        let unnamed = copy(Some(5), None, Some(100));
+        assert_eq!(ledger_order(&named, &unnamed), Ordering::Less);
+        assert_eq!(ledger_order(&unnamed, &named), Ordering::Greater);
+        let no_amount = copy(Some(5), Some("p1"), None);
+        assert_eq!(ledger_order(&named, &no_amount), Ordering::Less);
+        let never_arrived = copy(None, Some("a"), Some(1));
+        assert_eq!(ledger_order(&named, &never_arrived), Ordering::Less);
+    }
+
+    #[test]
+    fn arrival_decides_before_content() {
+        let early = copy(Some(1), Some("z"), Some(999));
+        let late = copy(Some(2), Some("a"), Some(1));
+        assert_eq!(ledger_order(&early, &late), Ordering::Less);
+        let cheap = copy(Some(1), Some("z"), Some(1));
+        assert_eq!(ledger_order(&cheap, &early), Ordering::Less);
+    }
 }

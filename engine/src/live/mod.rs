@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod sink;
 
 use crate::config::LiveConfig;
+use crate::day_lock::Fence;
 use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
 use crate::schema;
@@ -184,13 +185,14 @@ impl LiveJob {
         }
         let owner = format!("live-{:016x}", rand::random::<u64>());
         let lease = crate::day_lock::acquire_live(&self.lake, &owner).await?;
-        let result = self.run_batches(on_batch).await;
+        let result = self.run_batches(lease.fence(), on_batch).await;
         lease.release().await;
         result
     }
 
     async fn run_batches(
         &mut self,
+        fence: Fence,
         mut on_batch: impl FnMut(&BatchMetrics),
     ) -> Result<LiveSummary> {
         let mut summary = LiveSummary::default();
@@ -201,7 +203,7 @@ impl LiveJob {
             }
             let started = Instant::now();
             if runner.is_none() {
-                match Runner::recover(&self.lake, &self.cfg).await {
+                match Runner::recover(&self.lake, &self.cfg, fence.clone()).await {
                     Ok(r) => runner = Some(r),
                     Err(e) if !self.once && e.kind() == crate::ErrorKind::External => {
                         tracing::error!(error = %e, "live: cannot start, retrying");
@@ -241,6 +243,8 @@ impl LiveJob {
                 Ok(None) if self.once => break,
                 Ok(None) => {}
                 Err(e) if self.once => return Err(e),
+                // Another run holds the lease now: retrying would race it.
+                Err(e) if fence.check().is_err() => return Err(e),
                 Err(e) => {
                     tracing::error!(error = %e, "live: batch failed; retrying from the last checkpoint");
                     runner = None;
@@ -271,11 +275,13 @@ struct Runner {
     /// The most this tick's checkpoint may set its newest-mtime mark to: files left for a
     /// later batch must stay within the file window of it (see `Found::waiting_mtime_ms`).
     mark_cap_ms: Option<i64>,
+    /// Checked before every write: a run whose lease was taken over writes nothing more.
+    fence: Fence,
 }
 
 impl Runner {
     /// Opens the tables, finds the last committed batch, rebuilds the dedup state.
-    async fn recover(lake: &Lake, cfg: &LiveConfig) -> Result<Self> {
+    async fn recover(lake: &Lake, cfg: &LiveConfig, fence: Fence) -> Result<Self> {
         if !lake.list_dirs("").await?.iter().any(|d| d == "raw") {
             return Err(TallyError::Lake {
                 location: lake.root().to_string(),
@@ -316,6 +322,7 @@ impl Runner {
             ctx: SessionContext::new(),
             pending,
             mark_cap_ms: None,
+            fence,
             cp,
         };
         runner.rebuild_state().await?;
@@ -439,6 +446,7 @@ impl Runner {
 
         let mut cp = self.next_checkpoint(n, before, after, files);
         cp.raw_version = raw_version.or(self.cp.raw_version);
+        self.fence.check()?;
         checkpoint::write(&self.lake, &cp).await?;
 
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -471,6 +479,8 @@ impl Runner {
             "tally.live".to_string(),
             serde_json::to_value(&m).map_err(|e| TallyError::Internal(e.to_string()))?,
         )]);
+        // A batch already in live_late is a redo after a crash between the two commits.
+        self.fence.check()?;
         if !late_rows.is_empty() {
             sink::append(
                 &self.lake,
@@ -482,7 +492,8 @@ impl Runner {
             )
             .await?;
         }
-        sink::append(
+        self.fence.check()?;
+        let appended = sink::append(
             &self.lake,
             layout::LIVE_VIEW,
             &mut self.view,
@@ -491,6 +502,16 @@ impl Runner {
             metadata,
         )
         .await?;
+        // This run recovered at the view's last batch and holds the lease, so batch n can
+        // only be there if another writer committed it meanwhile: stop rather than go on from
+        // a checkpoint that is not the view's.
+        if !appended {
+            return Err(TallyError::Busy {
+                message: format!(
+                    "batch {n} of live_view was committed by another writer; stopping this one"
+                ),
+            });
+        }
         checkpoint::prune(&self.lake, n).await;
         self.cp = cp;
         m.committed_at_ms = chrono::Utc::now().timestamp_millis();
