@@ -5,23 +5,23 @@
 //! partition; on a 10M-transaction day that sort cost about as much as the dedup itself. Here
 //! each row gets one 128-bit integer key — the partner's rank among the partition's partners,
 //! the first 8 bytes of `txn_id`, the row's position — the keys are sorted as plain integers,
-//! and only rows whose partner and 8-byte prefix tie are compared on the full `txn_id`. Rows
-//! are then gathered one row group at a time, so the sorted copy never exceeds a row group;
-//! string columns stay string views, whose bytes are not copied until Parquet encodes them.
+//! and only rows whose partner and 8-byte prefix tie are compared on the full `txn_id`. Each
+//! column is then concatenated once (one column at a time, the fixed-width part copied) and
+//! the rows are taken from it one row group at a time, so the sorted copy never exceeds a row
+//! group; string columns stay string views, whose bytes are not copied until Parquet encodes
+//! them.
 //!
 //! The order is total and deterministic: `txn_id` is unique within a ledger day, and equal keys
 //! (impossible there) fall back to arrival order. Null partners sort first, as in SQL's
 //! `ORDER BY partner_id` with NULLS FIRST.
 
 use crate::error::{Result, TallyError};
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringViewArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringViewArray, UInt32Array};
 use arrow::buffer::BooleanBuffer;
-use arrow::compute::{cast, interleave};
-use arrow::datatypes::DataType;
+use arrow::compute::{cast, concat, take};
+use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::HashMap;
-
-/// Where a row lives: (batch index, row index), the form `interleave` takes.
-type RowRef = (usize, usize);
+use std::sync::Arc;
 
 /// Rows of one partition, collected until they are written as one sorted run.
 #[derive(Default)]
@@ -59,13 +59,17 @@ impl SortedRun {
     }
 
     /// The run's rows in (`partner_id`, `txn_id`) order, `chunk` rows per batch; empties the run.
+    ///
+    /// Each column is first concatenated across the run's batches (a sequential copy of its
+    /// fixed-width part; string bytes are shared, not copied), then the chunks are taken from
+    /// it by row position: one indirection per value, where gathering from the batches needed
+    /// a batch lookup per row and per column.
     pub fn into_sorted_chunks(
         self,
         chunk: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
         let order = sort_order(&self.batches, &self.keep)?;
-        let batches = self.batches;
-        let starts = batch_starts(&batches);
+        let (schema, columns) = concat_columns(self.batches)?;
         let chunk = chunk.max(1);
         let mut next = 0;
         Ok(std::iter::from_fn(move || {
@@ -73,18 +77,48 @@ impl SortedRun {
                 return None;
             }
             let end = (next + chunk).min(order.len());
-            let rows: Vec<RowRef> = order[next..end]
-                .iter()
-                .map(|&i| {
-                    let i = i as usize;
-                    let b = starts.partition_point(|&s| s <= i) - 1;
-                    (b, i - starts[b])
-                })
-                .collect();
+            let rows = UInt32Array::from(order[next..end].to_vec());
             next = end;
-            Some(gather(&batches, &rows))
+            Some(take_rows(&schema, &columns, &rows))
         }))
     }
+}
+
+/// The run's columns, each concatenated across `batches`. A column's pieces are dropped as
+/// soon as it is concatenated, so the copy in flight is one column, not the run.
+fn concat_columns(batches: Vec<RecordBatch>) -> Result<(SchemaRef, Vec<ArrayRef>)> {
+    let schema = batches
+        .first()
+        .ok_or_else(|| TallyError::Internal("sorting a run of no batches".into()))?
+        .schema();
+    let mut pieces: Vec<Vec<ArrayRef>> =
+        vec![Vec::with_capacity(batches.len()); schema.fields().len()];
+    for batch in batches {
+        for (c, column) in batch.columns().iter().enumerate() {
+            pieces[c].push(Arc::clone(column));
+        }
+    }
+    let columns = pieces
+        .into_iter()
+        .map(|column| {
+            let arrays: Vec<&dyn Array> = column.iter().map(|a| a.as_ref()).collect();
+            Ok(concat(&arrays)?)
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    Ok((schema, columns))
+}
+
+/// The rows at `positions` (in that order) of the concatenated columns, as one batch.
+fn take_rows(
+    schema: &SchemaRef,
+    columns: &[ArrayRef],
+    positions: &UInt32Array,
+) -> Result<RecordBatch> {
+    let taken = columns
+        .iter()
+        .map(|c| take(c.as_ref(), positions, None))
+        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), taken)?)
 }
 
 /// The position of each batch's first row in the run.
@@ -223,27 +257,11 @@ fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result
     Ok(order)
 }
 
-/// Gathers `rows` (in that order) from `batches` into one batch.
-fn gather(batches: &[RecordBatch], rows: &[RowRef]) -> Result<RecordBatch> {
-    let first = batches
-        .first()
-        .ok_or_else(|| TallyError::Internal("gather from no batches".into()))?;
-    let schema = first.schema();
-    let columns = (0..schema.fields().len())
-        .map(|c| {
-            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(c).as_ref()).collect();
-            interleave(&arrays, rows)
-        })
-        .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
-    Ok(RecordBatch::try_new(schema, columns)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
-    use std::sync::Arc;
 
     fn batch(partners: Vec<Option<&str>>, txns: Vec<&str>, n: Vec<i64>) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
