@@ -63,30 +63,44 @@ impl SortedRun {
     /// Each column is first concatenated across the run's batches (a sequential copy of its
     /// fixed-width part; string bytes are shared, not copied), then the chunks are taken from
     /// it by row position: one indirection per value, where gathering from the batches needed
-    /// a batch lookup per row and per column.
+    /// a batch lookup per row and per column. `partner_id` is not gathered at all: the
+    /// sorted rows come in runs of one partner, so it is rebuilt from the partners' ranks.
     pub fn into_sorted_chunks(
         self,
         chunk: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
-        let order = sort_order(&self.batches, &self.keep)?;
-        let (schema, columns) = concat_columns(self.batches)?;
+        let sorted = sort_order(&self.batches, &self.keep)?;
+        let partner = self
+            .batches
+            .first()
+            .ok_or_else(|| TallyError::Internal("sorting a run of no batches".into()))?
+            .schema()
+            .index_of("partner_id")?;
+        let (schema, columns) = concat_columns(self.batches, partner)?;
+        // The names by rank, typed as the rows' partner_id column.
+        let names = cast(&sorted.partner_names, schema.field(partner).data_type())?;
         let chunk = chunk.max(1);
         let mut next = 0;
         Ok(std::iter::from_fn(move || {
-            if next >= order.len() {
+            if next >= sorted.rows.len() {
                 return None;
             }
-            let end = (next + chunk).min(order.len());
-            let rows = UInt32Array::from(order[next..end].to_vec());
+            let end = (next + chunk).min(sorted.rows.len());
+            let rows = UInt32Array::from(sorted.rows[next..end].to_vec());
+            let ranks = UInt32Array::from(sorted.partner_ranks[next..end].to_vec());
             next = end;
-            Some(take_rows(&schema, &columns, &rows))
+            Some(take_rows(&schema, &columns, &rows, (&names, &ranks)))
         }))
     }
 }
 
-/// The run's columns, each concatenated across `batches`. A column's pieces are dropped as
-/// soon as it is concatenated, so the copy in flight is one column, not the run.
-fn concat_columns(batches: Vec<RecordBatch>) -> Result<(SchemaRef, Vec<ArrayRef>)> {
+/// The run's columns, each concatenated across `batches`, except column `skip` (`None`). A
+/// column's pieces are dropped as soon as it is concatenated, so the copy in flight is one
+/// column, not the run.
+fn concat_columns(
+    batches: Vec<RecordBatch>,
+    skip: usize,
+) -> Result<(SchemaRef, Vec<Option<ArrayRef>>)> {
     let schema = batches
         .first()
         .ok_or_else(|| TallyError::Internal("sorting a run of no batches".into()))?
@@ -95,28 +109,39 @@ fn concat_columns(batches: Vec<RecordBatch>) -> Result<(SchemaRef, Vec<ArrayRef>
         vec![Vec::with_capacity(batches.len()); schema.fields().len()];
     for batch in batches {
         for (c, column) in batch.columns().iter().enumerate() {
-            pieces[c].push(Arc::clone(column));
+            if c != skip {
+                pieces[c].push(Arc::clone(column));
+            }
         }
     }
     let columns = pieces
         .into_iter()
-        .map(|column| {
+        .enumerate()
+        .map(|(c, column)| {
+            if c == skip {
+                return Ok(None);
+            }
             let arrays: Vec<&dyn Array> = column.iter().map(|a| a.as_ref()).collect();
-            Ok(concat(&arrays)?)
+            Ok(Some(concat(&arrays)?))
         })
-        .collect::<Result<Vec<ArrayRef>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     Ok((schema, columns))
 }
 
-/// The rows at `positions` (in that order) of the concatenated columns, as one batch.
+/// The rows at `positions` (in that order) of the concatenated columns, as one batch; the
+/// skipped column is `values` taken at `indices`.
 fn take_rows(
     schema: &SchemaRef,
-    columns: &[ArrayRef],
+    columns: &[Option<ArrayRef>],
     positions: &UInt32Array,
+    (values, indices): (&ArrayRef, &UInt32Array),
 ) -> Result<RecordBatch> {
     let taken = columns
         .iter()
-        .map(|c| take(c.as_ref(), positions, None))
+        .map(|c| match c {
+            Some(c) => take(c.as_ref(), positions, None),
+            None => take(values.as_ref(), indices, None),
+        })
         .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
     Ok(RecordBatch::try_new(Arc::clone(schema), taken)?)
 }
@@ -160,9 +185,19 @@ fn prefix8(s: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// The selected rows of a run in (`partner_id`, `txn_id`) order.
+struct SortOrder {
+    /// Row positions across the run's batches.
+    rows: Vec<u32>,
+    /// Each sorted row's partner rank: an index into `partner_names`.
+    partner_ranks: Vec<u32>,
+    /// The run's partners by rank (a string view array); rank 0 is the null partner.
+    partner_names: ArrayRef,
+}
+
 /// The permutation (row positions across `batches`) that orders the selected rows by
-/// (`partner_id`, `txn_id`).
-fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result<Vec<u32>> {
+/// (`partner_id`, `txn_id`), with each sorted row's partner rank.
+fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result<SortOrder> {
     let partners = string_views(batches, "partner_id")?;
     let txns = string_views(batches, "txn_id")?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -177,15 +212,15 @@ fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result
     // (length and bytes inline), so it is looked up by that one integer. Rank 0 is reserved
     // for a null partner (sorts first).
     let mut ids_inline: HashMap<u128, u32> = HashMap::new();
-    let mut ids_long: HashMap<&[u8], u32> = HashMap::new();
-    let mut names: Vec<&[u8]> = Vec::new();
+    let mut ids_long: HashMap<&str, u32> = HashMap::new();
+    let mut names: Vec<&str> = Vec::new();
     let mut row_ids: Vec<u32> = Vec::with_capacity(rows);
     for p in &partners {
         for (ri, &view) in p.views().iter().enumerate() {
             let id = if p.is_null(ri) {
                 0
             } else {
-                let name = p.value(ri).as_bytes();
+                let name = p.value(ri);
                 let next = names.len() as u32 + 1;
                 let id = if (view as u32) <= 12 {
                     *ids_inline.entry(view).or_insert(next)
@@ -206,6 +241,9 @@ fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result
     for (r, &id) in by_name.iter().enumerate() {
         rank_of[id as usize] = r as u32 + 1;
     }
+    let partner_names: ArrayRef = Arc::new(StringViewArray::from_iter(
+        std::iter::once(None).chain(by_name.iter().map(|&id| Some(names[id as usize - 1]))),
+    ));
 
     // key = partner rank (32 bits) | txn_id prefix (64 bits) | row position (32 bits).
     let mut keys: Vec<u128> = Vec::with_capacity(rows);
@@ -227,6 +265,7 @@ fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result
         }
     }
     keys.sort_unstable();
+    let partner_ranks: Vec<u32> = keys.iter().map(|&k| (k >> 96) as u32).collect();
 
     // Rows whose partner and 8-byte prefix tie are ordered by the whole txn_id.
     let starts = batch_starts(batches);
@@ -254,7 +293,11 @@ fn sort_order(batches: &[RecordBatch], keep: &[Option<BooleanBuffer>]) -> Result
         }
         i = j;
     }
-    Ok(order)
+    Ok(SortOrder {
+        rows: order,
+        partner_ranks,
+        partner_names,
+    })
 }
 
 #[cfg(test)]
@@ -380,7 +423,13 @@ mod tests {
         let mut want = Vec::new();
         for b in 0..4 {
             let n = 3000;
-            let partners: Vec<String> = (0..n).map(|_| format!("p{}", next() % 5)).collect();
+            // Short names are inline in their string views, long ones are not.
+            let partners: Vec<String> = (0..n)
+                .map(|_| match next() % 6 {
+                    5 => "a partner name longer than 12 bytes".to_string(),
+                    k => format!("p{k}"),
+                })
+                .collect();
             let txns: Vec<String> = (0..n)
                 .map(|_| format!("txn-{:02x}{:03}", next() % 3, next() % 1000))
                 .collect();
