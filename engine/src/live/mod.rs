@@ -503,12 +503,13 @@ impl Runner {
         )
         .await?;
         // This run recovered at the view's last batch and holds the lease, so batch n can
-        // only be there if another writer committed it meanwhile: stop rather than go on from
-        // a checkpoint that is not the view's.
+        // only be there if another writer committed it meanwhile: fail the batch rather than
+        // go on from a checkpoint that is not the view's (a continuous run then recovers from
+        // the view; `--once` exits).
         if !appended {
             return Err(TallyError::Busy {
                 message: format!(
-                    "batch {n} of live_view was committed by another writer; stopping this one"
+                    "batch {n} of live_view was already committed by another writer; not committing it again"
                 ),
             });
         }
