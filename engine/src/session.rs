@@ -279,7 +279,8 @@ fn new_context(opts: &SessionOptions) -> Result<SessionContext> {
 
 /// DataFusion settings from the environment, as datafusion-cli takes them:
 /// `DATAFUSION_EXECUTION_BATCH_SIZE=16384` sets `datafusion.execution.batch_size`. They apply on
-/// top of tally's defaults, so an operator can tune or turn off any of them for one run.
+/// top of tally's defaults, so an operator can tune or turn off any of them for one run
+/// (DataFusion's `ConfigOptions::from_env` starts from its own defaults, dropping tally's).
 fn apply_env_overrides(config: &mut SessionConfig) -> Result<()> {
     let keys: Vec<String> = config
         .options()

@@ -415,6 +415,24 @@ struct Taken {
 /// One variant in a list: (payload hash, copies, first arrival, the copy).
 type ListEntry = (i64, i64, i64, ScalarValue);
 
+/// One list per group named by `others` (sorted by group): the entries `start` gives the
+/// group, then its side entries in order.
+fn lists_by_group(
+    others: Vec<Variant>,
+    mut start: impl FnMut(usize) -> Result<Vec<ListEntry>>,
+) -> Result<Vec<(usize, Vec<ListEntry>)>> {
+    let mut lists: Vec<(usize, Vec<ListEntry>)> = Vec::new();
+    for v in others {
+        if lists.last().map(|(g, _)| *g) != Some(v.group) {
+            lists.push((v.group, start(v.group)?));
+        }
+        if let Some((_, list)) = lists.last_mut() {
+            list.push((v.payload, v.copies, v.first, v.copy));
+        }
+    }
+    Ok(lists)
+}
+
 impl GroupsAccumulator for CollapseGroups {
     fn update_batch(
         &mut self,
@@ -458,23 +476,18 @@ impl GroupsAccumulator for CollapseGroups {
             others,
         } = self.take_groups(emit_to)?;
         let n = payload.len();
-        // A disagreeing group lists its first payload (before the others are added to its
-        // totals) and then every other one.
-        let mut lists: Vec<(usize, Vec<ListEntry>)> = Vec::new();
-        for v in others {
-            let g = v.group;
-            if lists.last().map(|(lg, _)| *lg) != Some(g) {
-                let mut list = Vec::new();
-                if copies[g] > 0 {
-                    list.push((payload[g], copies[g], first[g], own_row(&copy, g)?));
-                }
-                lists.push((g, list));
-            }
-            copies[g] += v.copies;
-            first[g] = first[g].min(v.first);
-            if let Some((_, list)) = lists.last_mut() {
-                list.push((v.payload, v.copies, v.first, v.copy));
-            }
+        // A disagreeing group lists its first payload, then every other one; its totals are
+        // those of its whole list.
+        let lists = lists_by_group(others, |g| {
+            Ok(if copies[g] > 0 {
+                vec![(payload[g], copies[g], first[g], own_row(&copy, g)?)]
+            } else {
+                Vec::new()
+            })
+        })?;
+        for (g, list) in &lists {
+            copies[*g] = list.iter().map(|e| e.1).sum();
+            first[*g] = list.iter().map(|e| e.2).fold(first[*g], i64::min);
         }
         let valid: Vec<bool> = copies.iter().map(|&c| c > 0).collect();
         let variants = self.variants_list(n, lists, false)?;
@@ -495,15 +508,7 @@ impl GroupsAccumulator for CollapseGroups {
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let taken = self.take_groups(emit_to)?;
         let n = taken.payload.len();
-        let mut lists: Vec<(usize, Vec<ListEntry>)> = Vec::new();
-        for v in taken.others {
-            if lists.last().map(|(lg, _)| *lg) != Some(v.group) {
-                lists.push((v.group, Vec::new()));
-            }
-            if let Some((_, list)) = lists.last_mut() {
-                list.push((v.payload, v.copies, v.first, v.copy));
-            }
-        }
+        let lists = lists_by_group(taken.others, |_| Ok(Vec::new()))?;
         let copies: Int64Array = taken.copies.iter().map(|&c| (c > 0).then_some(c)).collect();
         Ok(vec![
             Arc::new(Int64Array::from(taken.payload)),

@@ -22,9 +22,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Ledger files: zstd, row groups of 128k rows (sorted by partner, so they prune), a bloom
-/// filter on `txn_id` sized for a row group's 128k ids, for point lookups (`tally trace`, disputes). Columns that are unique or
-/// nearly so per row (`txn_id`, the timestamps, the amount) skip dictionary encoding: the writer would
-/// intern every value only to fall back to plain encoding once the dictionary page is full.
+/// filter on `txn_id` sized for a row group's 128k ids, for point lookups (`tally trace`,
+/// disputes). Columns that are unique or nearly so per row (`txn_id`, the timestamps, the
+/// amount) skip dictionary encoding: the writer would intern every value only to fall back to
+/// plain encoding once the dictionary page is full.
 /// Min/max statistics are kept where they prune: `partner_id`, `txn_id`, the timestamps and
 /// the amount.
 fn writer_properties() -> WriterProperties {

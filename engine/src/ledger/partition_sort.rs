@@ -70,13 +70,13 @@ impl SortedRun {
         chunk: usize,
     ) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
         let sorted = sort_order(&self.batches, &self.keep)?;
-        let partner = self
+        let schema = self
             .batches
             .first()
             .ok_or_else(|| TallyError::Internal("sorting a run of no batches".into()))?
-            .schema()
-            .index_of("partner_id")?;
-        let (schema, columns) = concat_columns(self.batches, partner)?;
+            .schema();
+        let partner = schema.index_of("partner_id")?;
+        let columns = concat_columns(self.batches, schema.fields().len(), partner)?;
         // The names by rank, typed as the rows' partner_id column.
         let names = cast(&sorted.partner_names, schema.field(partner).data_type())?;
         let chunk = chunk.max(1);
@@ -94,19 +94,15 @@ impl SortedRun {
     }
 }
 
-/// The run's columns, each concatenated across `batches`, except column `skip` (`None`). A
-/// column's pieces are dropped as soon as it is concatenated, so the copy in flight is one
-/// column, not the run.
+/// The run's `width` columns, each concatenated across `batches`, except column `skip`
+/// (`None`). A column's pieces are dropped as soon as it is concatenated, so the copy in
+/// flight is one column, not the run.
 fn concat_columns(
     batches: Vec<RecordBatch>,
+    width: usize,
     skip: usize,
-) -> Result<(SchemaRef, Vec<Option<ArrayRef>>)> {
-    let schema = batches
-        .first()
-        .ok_or_else(|| TallyError::Internal("sorting a run of no batches".into()))?
-        .schema();
-    let mut pieces: Vec<Vec<ArrayRef>> =
-        vec![Vec::with_capacity(batches.len()); schema.fields().len()];
+) -> Result<Vec<Option<ArrayRef>>> {
+    let mut pieces: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(batches.len()); width];
     for batch in batches {
         for (c, column) in batch.columns().iter().enumerate() {
             if c != skip {
@@ -125,7 +121,7 @@ fn concat_columns(
             Ok(Some(concat(&arrays)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((schema, columns))
+    Ok(columns)
 }
 
 /// The rows at `positions` (in that order) of the concatenated columns, as one batch; the
