@@ -241,7 +241,8 @@ fn read_batches(path: &Path) -> Vec<RecordBatch> {
         .collect()
 }
 
-fn string_at(a: &dyn Array, i: usize) -> String {
+/// The string at row `i` of a Utf8 or Utf8View column.
+pub fn string_at(a: &dyn Array, i: usize) -> String {
     match a.data_type() {
         arrow::datatypes::DataType::Utf8View => a.as_string_view().value(i).to_string(),
         _ => a.as_string::<i32>().value(i).to_string(),

@@ -579,3 +579,97 @@ pub fn ledger_rows_with(cmd: &mut std::process::Command, day: &str) -> BTreeMap<
         .map(|r| (r[0].clone(), r))
         .collect()
 }
+
+/// What `tally ledger` promises about its files, read from the files themselves: rows ordered by
+/// (`partner_id`, `txn_id`) so both prune, row groups of at most 128k rows, min/max statistics
+/// on the sort keys, a `txn_id` bloom filter that holds every id of its row group, and the
+/// column encodings chosen for size (delta-packed timestamps, delta-length ids, zstd).
+#[test]
+fn ledger_files_are_sorted_with_statistics_bloom_filters_and_delta_encodings() {
+    use parquet::basic::{Compression, Encoding};
+    use parquet::file::properties::ReaderProperties;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::serialized_reader::ReadOptionsBuilder;
+
+    let dir = tempdir();
+    generate(dir.path(), 2, 20_000, 31);
+    run_ledger(dir.path(), "2026-11-01", &["--buckets", "3"]);
+    let files = parquet_files(&dir.path().join("lake/ledger"));
+    // One file per bucket, and one for the transactions settled as disputed.
+    assert!(files.len() >= 3, "one file per bucket: {files:?}");
+    for file in &files {
+        let options = ReadOptionsBuilder::new()
+            .with_reader_properties(
+                ReaderProperties::builder()
+                    .set_read_bloom_filter(true)
+                    .build(),
+            )
+            .build();
+        let reader =
+            SerializedFileReader::new_with_options(std::fs::File::open(file).unwrap(), options)
+                .unwrap();
+        let schema = reader.metadata().file_metadata().schema_descr_ptr();
+        let column = |name: &str| {
+            (0..schema.num_columns())
+                .find(|&i| schema.column(i).name() == name)
+                .unwrap_or_else(|| panic!("{file:?} has no column {name}"))
+        };
+        let (txn, partner, event_time, amount) = (
+            column("txn_id"),
+            column("partner_id"),
+            column("event_time"),
+            column("amount"),
+        );
+        let mut previous: Option<(String, String)> = None;
+        for (g, meta) in reader.metadata().row_groups().iter().enumerate() {
+            assert!(
+                meta.num_rows() <= 131_072,
+                "{file:?}: row group {g} too big"
+            );
+            let chunk = |i: usize| meta.column(i);
+            assert!(chunk(txn)
+                .encodings()
+                .any(|e| e == Encoding::DELTA_LENGTH_BYTE_ARRAY));
+            assert!(chunk(event_time)
+                .encodings()
+                .any(|e| e == Encoding::DELTA_BINARY_PACKED));
+            assert_eq!(chunk(event_time).compression(), Compression::UNCOMPRESSED);
+            assert!(matches!(chunk(amount).compression(), Compression::ZSTD(_)));
+            for i in [txn, partner] {
+                let stats = chunk(i).statistics().expect("statistics");
+                assert!(stats.min_bytes_opt().is_some() && stats.max_bytes_opt().is_some());
+            }
+            let bloom = reader
+                .get_row_group(g)
+                .unwrap()
+                .get_column_bloom_filter(txn)
+                .cloned()
+                .expect("txn_id bloom filter");
+            // The rows of this row group, in file order.
+            let rows = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(file).unwrap(),
+            )
+            .unwrap()
+            .with_row_groups(vec![g])
+            .build()
+            .unwrap();
+            for batch in rows {
+                let batch = batch.unwrap();
+                let ids = batch.column_by_name("txn_id").unwrap();
+                let partners = batch.column_by_name("partner_id").unwrap();
+                for r in 0..batch.num_rows() {
+                    let key = (string_at(partners.as_ref(), r), string_at(ids.as_ref(), r));
+                    assert!(
+                        bloom.check(&key.1.as_str()),
+                        "{file:?}: {} not in the filter",
+                        key.1
+                    );
+                    if let Some(p) = &previous {
+                        assert!(p < &key, "{file:?}: {p:?} before {key:?}");
+                    }
+                    previous = Some(key);
+                }
+            }
+        }
+    }
+}

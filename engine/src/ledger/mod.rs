@@ -350,6 +350,11 @@ impl<'a> LedgerJob<'a> {
                     col("txn_first_ingest_time").alias("first_ingest_time"),
                     col("txn_copies").alias("copies"),
                 ])?
+                // Ordered like every other ledger file, so its row groups prune by partner.
+                .sort(vec![
+                    col("partner_id").sort(true, true),
+                    col("txn_id").sort(true, true),
+                ])?
                 .collect()
                 .await?;
             let variants = settled

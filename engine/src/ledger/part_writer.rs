@@ -16,7 +16,7 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_writer::AsyncArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +28,16 @@ use std::sync::Arc;
 /// plain encoding once the dictionary page is full.
 /// Min/max statistics are kept where they prune: `partner_id`, `txn_id`, the timestamps and
 /// the amount.
+///
+/// Encodings, all in the Parquet format since 2.0 and read by DataFusion, DuckDB and Spark:
+/// - the timestamps are DELTA_BINARY_PACKED and not compressed. Plain, they are 8 bytes of
+///   which zstd saved only a fifth (microseconds within one day, in partner order, are near
+///   random); bit-packed deltas are smaller than that without zstd's work.
+/// - `txn_id` is DELTA_LENGTH_BYTE_ARRAY: the lengths (all alike) pack into a few bits instead
+///   of 4 bytes per id in front of every value, and zstd sees only the ids' bytes.
+///
+/// On the 10M-transaction bench day this took the day's files from 232 to 200 MiB, at no
+/// extra CPU (5 alternating runs of each: median CPU 10.08 s before, 9.70 s after).
 fn writer_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
@@ -39,6 +49,12 @@ fn writer_properties() -> WriterProperties {
         .set_column_bloom_filter_max_ndv("txn_id".into(), crate::ledger::ROW_GROUP_ROWS as u64);
     for column in ["txn_id", "event_time", "amount", "first_ingest_time"] {
         props = props.set_column_dictionary_enabled(column.into(), false);
+    }
+    props = props.set_column_encoding("txn_id".into(), Encoding::DELTA_LENGTH_BYTE_ARRAY);
+    for column in ["event_time", "first_ingest_time"] {
+        props = props
+            .set_column_encoding(column.into(), Encoding::DELTA_BINARY_PACKED)
+            .set_column_compression(column.into(), Compression::UNCOMPRESSED);
     }
     // Every row group holds every currency and status (rows are ordered by partner), so their
     // min/max could never prune one; computing them was a string comparison per value.
