@@ -8,7 +8,7 @@
 //! days run at once; a failed day does not stop the others.
 
 use crate::config::Config;
-use crate::day_lock;
+use crate::day_lock::{self, Fence};
 use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
 use crate::ledger::{self, LedgerJob, LedgerMetrics};
@@ -206,7 +206,7 @@ impl BackfillJob {
         let (outcome, record, lock) =
             match day_lock::acquire(&self.lake, day, &self.run_id, wait).await {
                 Ok(lock) => {
-                    let result = self.build_day(day, force).await;
+                    let result = self.build_day(day, force, lock.fence()).await;
                     let (o, r) = self.record(day, started_at, result, "backfill");
                     (o, r, Some(lock))
                 }
@@ -233,6 +233,7 @@ impl BackfillJob {
         &self,
         day: NaiveDate,
         force: bool,
+        fence: Fence,
     ) -> Result<(Option<LedgerMetrics>, String)> {
         let listed = ledger::inputs::list(&self.lake, day, self.late_days).await?;
         let key = ledger::inputs_key(&listed, self.late_days);
@@ -247,6 +248,7 @@ impl BackfillJob {
         let m = LedgerJob::new(&session, day)
             .with_late_days(self.late_days)
             .with_buckets(self.buckets)
+            .with_fence(fence)
             .run()
             .await?;
         let key = m.inputs_key.clone();
@@ -315,7 +317,7 @@ pub async fn ledger_day(
     let bf = BackfillJob::new(lake, config, day, day)?;
     let started_at = chrono::Utc::now().timestamp_micros();
     let lock = day_lock::acquire(lake, day, &bf.run_id, Duration::ZERO).await?;
-    let result = job.run().await;
+    let result = job.with_fence(lock.fence()).run().await;
     let (shared, error) = match result {
         Ok(m) => {
             let key = m.inputs_key.clone();

@@ -96,6 +96,14 @@ impl Fence {
         Ok(())
     }
 
+    /// A fence already lost, for tests of what its holder must not do.
+    #[cfg(test)]
+    pub(crate) fn lost(what: &str) -> Self {
+        let fence = Self::new(what);
+        fence.set_lost();
+        fence
+    }
+
     fn set_lost(&self) {
         self.lost.store(true, Ordering::Release);
     }

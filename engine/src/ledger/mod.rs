@@ -19,6 +19,7 @@ mod partition_sort;
 pub use crate::raw_files::InputFile;
 pub use fingerprint::Fingerprint;
 
+use crate::day_lock::Fence;
 use crate::delta;
 use crate::error::{Result, TallyError};
 use crate::jobs_sql;
@@ -79,6 +80,7 @@ pub struct LedgerJob<'a> {
     late_days: u32,
     buckets: u32,
     progress: &'a dyn Progress,
+    fence: Option<Fence>,
 }
 
 impl<'a> LedgerJob<'a> {
@@ -90,6 +92,7 @@ impl<'a> LedgerJob<'a> {
             late_days: 3,
             buckets: 16,
             progress: &crate::progress::NoProgress,
+            fence: None,
         }
     }
 
@@ -109,6 +112,18 @@ impl<'a> LedgerJob<'a> {
     pub fn with_progress(mut self, progress: &'a dyn Progress) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// The day's lease, checked before each commit. A run that stalled past its lease (a
+    /// paused VM) while another run rebuilt the day from newer arrivals must not then replace
+    /// that newer ledger with its older one.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    fn check_fence(&self) -> Result<()> {
+        self.fence.as_ref().map_or(Ok(()), Fence::check)
     }
 
     fn params(&self) -> Result<Vec<ScalarValue>> {
@@ -286,6 +301,7 @@ impl<'a> LedgerJob<'a> {
         tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), disputed = disputed_count, "ledger: disputed settled");
 
         // Phase 3: conflicts, then the ledger commit (the one finance reads).
+        self.check_fence()?;
         let conflict_rows = self.write_conflicts(conflicts).await?;
         let meta = commit_info(
             &self,
@@ -296,6 +312,7 @@ impl<'a> LedgerJob<'a> {
             conflict_rows,
         );
         let added_files = adds.len();
+        self.check_fence()?;
         let (version, removed_files) =
             delta::replace_partition(&table, EVENT_DATE, &day_text, adds, meta).await?;
         Ok(LedgerMetrics {
@@ -582,4 +599,53 @@ pub fn inputs_hash(inputs: &[InputFile]) -> String {
         h.update(&f.size.to_le_bytes());
     }
     format!("{:016x}", h.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, S3Options};
+    use crate::generate::{generate, GenerateOptions};
+    use crate::lake::Lake;
+    use crate::progress::NoProgress;
+    use crate::session::SessionOptions;
+
+    #[tokio::test]
+    async fn a_run_whose_lease_was_taken_over_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&dir.path().to_string_lossy(), &S3Options::default()).unwrap();
+        let opts = GenerateOptions {
+            days: 2,
+            events_per_day: 2_000,
+            ..Default::default()
+        };
+        generate(&lake, &opts, &NoProgress).await.unwrap();
+        let session = TallySession::open(&lake, &Config::default(), &SessionOptions::default())
+            .await
+            .unwrap();
+        let day = opts.start;
+        let e = LedgerJob::new(&session, day)
+            .with_fence(Fence::lost("ledger day"))
+            .run()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, TallyError::Busy { .. }), "{e}");
+        let ledger_log = dir.path().join("ledger/_delta_log");
+        let versions = std::fs::read_dir(&ledger_log)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!(
+            versions <= 1,
+            "only the table's creation, if any: {versions}"
+        );
+        let conflicts = dir.path().join("ledger_conflicts/_delta_log");
+        let versions = std::fs::read_dir(&conflicts)
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert!(versions <= 1, "ledger_conflicts: {versions}");
+
+        // The same run holding its lease commits.
+        let m = LedgerJob::new(&session, day).run().await.unwrap();
+        assert!(m.ledger_rows > 0 && m.version >= 1);
+    }
 }
