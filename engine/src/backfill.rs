@@ -240,10 +240,7 @@ impl BackfillJob {
         if !force && runs::last_good_key(&self.lake, day).await?.as_deref() == Some(&key) {
             return Ok((None, key));
         }
-        let opts = SessionOptions {
-            memory_limit: self.memory_limit,
-            target_partitions: Some(self.buckets as usize),
-        };
+        let opts = SessionOptions::for_ledger(self.memory_limit, self.buckets);
         let session = TallySession::open(&self.lake, &self.config, &opts).await?;
         let m = LedgerJob::new(&session, day)
             .with_late_days(self.late_days)

@@ -10,10 +10,7 @@ use tally_engine::session::SessionOptions;
 pub async fn run(ctx: &Context, args: &LedgerArgs) -> Result<()> {
     let buckets = args.plan.buckets.unwrap_or(ctx.config.ledger.buckets);
     let late_days = args.plan.late_days.unwrap_or(ctx.config.ledger.late_days);
-    let opts = SessionOptions {
-        memory_limit: args.plan.memory_limit,
-        target_partitions: Some(buckets as usize),
-    };
+    let opts = SessionOptions::for_ledger(args.plan.memory_limit, buckets);
     let day = tally_engine::day::parse(&args.date)?;
     let session = ctx.session(&opts).await?;
     let bar = Bar::new();
