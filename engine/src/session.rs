@@ -40,8 +40,9 @@ impl SessionOptions {
     /// into one group per transaction, all of it per batch: twice the rows per batch halves
     /// the batches each step handles and the pieces the shuffle cuts them into. On the
     /// 10M-transaction bench day that was 4% less CPU (median of 4 alternating runs, 9.49 s
-    /// at 8192 rows, 9.06 s at 16384, 9.16 s at 32768). Under a memory limit the larger
-    /// batches in flight pushed the peak over the limit by half a GiB, so they keep 8192.
+    /// at 8192 rows, 9.06 s at 16384, 9.16 s at 32768). Under `--memory-limit 1GiB` the
+    /// larger batches in flight (outside the pool) raised the peak RSS from 1.29–1.33 GiB to
+    /// 1.43–1.64 GiB, so a limited run keeps 8192.
     pub fn for_ledger(memory_limit: Option<usize>, buckets: u32) -> Self {
         Self {
             memory_limit,

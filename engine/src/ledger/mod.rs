@@ -644,7 +644,7 @@ mod tests {
             .unwrap_or(0);
         assert!(versions <= 1, "ledger_conflicts: {versions}");
 
-        // The same run holding its lease commits.
+        // The same job without a lost lease commits.
         let m = LedgerJob::new(&session, day).run().await.unwrap();
         assert!(m.ledger_rows > 0 && m.version >= 1);
     }

@@ -37,7 +37,8 @@ use std::sync::Arc;
 ///   of 4 bytes per id in front of every value, and zstd sees only the ids' bytes.
 ///
 /// On the 10M-transaction bench day this took the day's files from 232 to 200 MiB, at no
-/// extra CPU (5 alternating runs of each: median CPU 10.08 s before, 9.70 s after).
+/// extra CPU (median CPU of 5 alternating runs: 10.08 s before, 9.70 s after; 1–2% less in
+/// other such runs). Readers lost nothing: DuckDB scans the day in 0.24 s instead of 0.32 s.
 fn writer_properties() -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
