@@ -627,8 +627,20 @@ fn ledger_files_are_sorted_with_statistics_bloom_filters_and_delta_encodings() {
                 "{file:?}: row group {g} too big"
             );
             let chunk = |i: usize| meta.column(i);
-            // Plain ids: the widest reader support (see part_writer).
-            assert!(chunk(txn).encodings().any(|e| e == Encoding::PLAIN));
+            // Plain ids, no dictionary: the widest reader support (see part_writer). PLAIN alone
+            // would also be listed for a dictionary page, so the others are ruled out.
+            let txn_encodings: Vec<Encoding> = chunk(txn).encodings().collect();
+            assert!(
+                txn_encodings.contains(&Encoding::PLAIN)
+                    && !txn_encodings.iter().any(|e| matches!(
+                        e,
+                        Encoding::RLE_DICTIONARY
+                            | Encoding::PLAIN_DICTIONARY
+                            | Encoding::DELTA_LENGTH_BYTE_ARRAY
+                            | Encoding::DELTA_BYTE_ARRAY
+                    )),
+                "{file:?}: txn_id encodings {txn_encodings:?}"
+            );
             assert!(chunk(event_time)
                 .encodings()
                 .any(|e| e == Encoding::DELTA_BINARY_PACKED));
