@@ -6,10 +6,10 @@
 //! each row gets one 128-bit integer key — the partner's rank among the partition's partners,
 //! the first 8 bytes of `txn_id`, the row's position — the keys are sorted as plain integers,
 //! and only rows whose partner and 8-byte prefix tie are compared on the full `txn_id`. Each
-//! column is then concatenated once (one column at a time, the fixed-width part copied) and
-//! the rows are taken from it one row group at a time, so the sorted copy never exceeds a row
-//! group; string columns stay string views, whose bytes are not copied until Parquet encodes
-//! them.
+//! column is then concatenated once (one column at a time) and the rows are taken from it one
+//! row group at a time, so the sorted copy never exceeds a row group. Short strings stay string
+//! views (their bytes are inline); `txn_id`'s bytes are copied into each sorted chunk, so the
+//! Parquet writer reads them in order (see `concat_column`).
 //!
 //! The order is total and deterministic: `txn_id` is unique within a ledger day, and equal keys
 //! (impossible there) fall back to arrival order. Null partners sort first, as in SQL's
