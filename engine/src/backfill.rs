@@ -314,6 +314,12 @@ pub async fn ledger_day(
     let bf = BackfillJob::new(lake, config, day, day)?;
     let started_at = chrono::Utc::now().timestamp_micros();
     let lock = day_lock::acquire(lake, day, &bf.run_id, Duration::ZERO).await?;
+    // `runs` is opened while the day is built: recording the outcome then only commits. Its log
+    // replay took 40 ms after the build, with both cores idle, on the bench lake.
+    let runs_table = tokio::spawn({
+        let lake = lake.clone();
+        async move { runs::open(&lake).await }
+    });
     let result = job.with_fence(lock.fence()).run().await;
     let (shared, error) = match result {
         Ok(m) => {
@@ -326,7 +332,12 @@ pub async fn ledger_day(
         }
     };
     let (outcome, record) = bf.record(day, started_at, shared, "ledger");
-    if let Err(e) = runs::append(lake, &[record]).await {
+    let appended = match runs_table.await {
+        Ok(Ok(table)) => runs::append_to(&table, &[record]).await,
+        // Opening failed (or the task did): try once more, and report that error.
+        _ => runs::append(lake, &[record]).await,
+    };
+    if let Err(e) = appended {
         tracing::error!(%day, error = %e, "could not record the run in `runs`");
     }
     lock.release().await;

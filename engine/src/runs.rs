@@ -18,6 +18,7 @@ use chrono::NaiveDate;
 use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
+use deltalake::DeltaTable;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -117,13 +118,25 @@ fn batch(records: &[RunRecord]) -> Result<RecordBatch> {
 
 /// Appends run rows to `runs` (creating the table on first use).
 pub async fn append(lake: &Lake, records: &[RunRecord]) -> Result<u64> {
+    append_to(&open(lake).await?, records).await
+}
+
+/// Opens `runs` (creating it on first use) for [`append_to`]. A job can open it while it works,
+/// so that recording its outcome does not wait for the log replay: tens of milliseconds on a
+/// table many commits past its last checkpoint.
+pub async fn open(lake: &Lake) -> Result<DeltaTable> {
     let url = lake.url_of(layout::RUNS)?;
-    let table = delta::open_or_create(lake, &url, "runs", &RUNS, &[], &[]).await?;
+    delta::open_or_create(lake, &url, "runs", &RUNS, &[], &[]).await
+}
+
+/// Appends run rows to `table` (from [`open`]; brought up to date with the log first, so commits
+/// made since it was opened are not lost).
+pub async fn append_to(table: &DeltaTable, records: &[RunRecord]) -> Result<u64> {
     let meta = HashMap::from([(
         "tally".to_string(),
         serde_json::json!({ "job": "runs", "rows": records.len() }),
     )]);
-    delta::append(&table, vec![batch(records)?], meta).await
+    delta::append(table, vec![batch(records)?], meta).await
 }
 
 /// The inputs key of `day`'s last run that left a good ledger (`ok` or `skipped`), if any.
