@@ -15,9 +15,11 @@ use crate::ledger::{self, LedgerJob, LedgerMetrics};
 use crate::runs::{self, Outcome, RunRecord};
 use crate::session::{SessionOptions, TallySession};
 use chrono::{Days, NaiveDate};
+use deltalake::DeltaTable;
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// What happened to one day.
 #[derive(Debug, Clone)]
@@ -215,9 +217,7 @@ impl BackfillJob {
                     (o, r, None)
                 }
             };
-        if let Err(e) = runs::append(&self.lake, &[record]).await {
-            tracing::error!(%day, error = %e, "could not record the run in `runs`");
-        }
+        append_run(&self.lake, day, record, None).await;
         if let Some(lock) = lock {
             lock.release().await;
         }
@@ -302,6 +302,29 @@ impl BackfillJob {
     }
 }
 
+/// Appends a day's `runs` row (to `opened`, the table opened ahead, when there is one). A
+/// failure is logged, not returned: the day's outcome stands either way.
+async fn append_run(
+    lake: &Lake,
+    day: NaiveDate,
+    record: RunRecord,
+    opened: Option<JoinHandle<Result<DeltaTable>>>,
+) {
+    let records = std::slice::from_ref(&record);
+    let table = match opened {
+        Some(handle) => handle.await.ok().and_then(|t| t.ok()),
+        None => None,
+    };
+    let appended = match table {
+        Some(table) => runs::append_to(&table, records).await,
+        // Not opened ahead, or opening failed: open now (and report that error if it recurs).
+        None => runs::append(lake, records).await,
+    };
+    if let Err(e) = appended {
+        tracing::error!(%day, error = %e, "could not record the run in `runs`");
+    }
+}
+
 /// `tally ledger --date D`: one day, always built (no skip), failing fast if another run holds
 /// the day; recorded in `runs` like a backfill day. Errors are returned as they are.
 pub async fn ledger_day(
@@ -332,14 +355,7 @@ pub async fn ledger_day(
         }
     };
     let (outcome, record) = bf.record(day, started_at, shared, "ledger");
-    let appended = match runs_table.await {
-        Ok(Ok(table)) => runs::append_to(&table, &[record]).await,
-        // Opening failed (or the task did): try once more, and report that error.
-        _ => runs::append(lake, &[record]).await,
-    };
-    if let Err(e) = appended {
-        tracing::error!(%day, error = %e, "could not record the run in `runs`");
-    }
+    append_run(lake, day, record, Some(runs_table)).await;
     lock.release().await;
     match (outcome, error) {
         (DayOutcome::Built(m), _) => Ok(*m),
