@@ -24,6 +24,7 @@
 //! The state (the first payload's hash, count, first arrival, copy, and the side entries as a
 //! list) merges, spills and can be shipped like any other aggregate state.
 
+use crate::group_blocks::GroupBlocks;
 use crate::picks::{compact, Picks};
 use datafusion::arrow::array::NullBufferBuilder;
 use datafusion::arrow::array::{
@@ -199,13 +200,27 @@ struct Variant {
     copy: ScalarValue,
 }
 
+/// A group's first payload: its hash, how many copies carried it and when the first arrived.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    payload: i64,
+    /// 0 = the group has no copy yet.
+    copies: i64,
+    first: i64,
+}
+
+/// A group with no copy yet.
+const NO_COPY: Totals = Totals {
+    payload: 0,
+    copies: 0,
+    first: NO_TIME,
+};
+
 /// Per group: the first payload seen (hash, count, first arrival, a copy) and side entries.
 struct CollapseGroups {
     types: Types,
-    payload: Vec<i64>,
-    /// 0 = the group has no copy yet.
-    copies: Vec<i64>,
-    first: Vec<i64>,
+    /// Kept in blocks: a day's millions of groups would otherwise regrow (and copy) a `Vec`.
+    totals: GroupBlocks<Totals>,
     picks: Picks,
     others: Vec<Variant>,
     /// (group, payload) → position in `others`.
@@ -217,18 +232,14 @@ impl CollapseGroups {
         Self {
             picks: Picks::new(types.copy.clone()),
             types,
-            payload: Vec::new(),
-            copies: Vec::new(),
-            first: Vec::new(),
+            totals: GroupBlocks::default(),
             others: Vec::new(),
             other_at: HashMap::new(),
         }
     }
 
     fn resize(&mut self, total_num_groups: usize) {
-        self.payload.resize(total_num_groups, 0);
-        self.copies.resize(total_num_groups, 0);
-        self.first.resize(total_num_groups, NO_TIME);
+        self.totals.grow(total_num_groups, NO_COPY);
         self.picks.resize(total_num_groups);
     }
 
@@ -243,18 +254,21 @@ impl CollapseGroups {
         copy: &ArrayRef,
         row: usize,
     ) -> Result<()> {
-        if self.copies[g] == 0 {
-            self.payload[g] = payload;
-            self.copies[g] = copies;
-            self.first[g] = first;
+        let t = self.totals.get_mut(g);
+        if t.copies == 0 {
+            *t = Totals {
+                payload,
+                copies,
+                first,
+            };
             if !self.picks.has(g) {
                 self.picks.pick(g, row);
             }
             return Ok(());
         }
-        if self.payload[g] == payload {
-            self.copies[g] += copies;
-            self.first[g] = self.first[g].min(first);
+        if t.payload == payload {
+            t.copies += copies;
+            t.first = t.first.min(first);
             return Ok(());
         }
         self.add_other(g, payload, copies, first, || own_row(copy, row))
@@ -291,10 +305,11 @@ impl CollapseGroups {
     /// The first `n` groups' columns and side entries; the rest are renumbered from 0.
     fn take_groups(&mut self, emit_to: EmitTo) -> Result<Taken> {
         let copy = self.picks.emit(emit_to)?;
-        let payload = emit_to.take_needed(&mut self.payload);
-        let copies = emit_to.take_needed(&mut self.copies);
-        let first = emit_to.take_needed(&mut self.first);
-        let n = payload.len();
+        let totals = self.totals.take_first(match emit_to {
+            EmitTo::All => usize::MAX,
+            EmitTo::First(n) => n,
+        });
+        let n = totals.len();
         let mut emitted = Vec::new();
         if !self.others.is_empty() {
             let mut rest = Vec::new();
@@ -316,18 +331,13 @@ impl CollapseGroups {
         emitted.sort_by_key(|v| v.group);
         Ok(Taken {
             copy,
-            payload,
-            copies,
-            first,
+            totals,
             others: emitted,
         })
     }
 
-    fn arrival_array(&self, values: Vec<i64>) -> Result<ArrayRef> {
-        let a: Int64Array = values
-            .into_iter()
-            .map(|t| (t != NO_TIME).then_some(t))
-            .collect();
+    fn arrival_array(&self, values: impl Iterator<Item = i64>) -> Result<ArrayRef> {
+        let a: Int64Array = values.map(|t| (t != NO_TIME).then_some(t)).collect();
         Ok(cast(&a, &self.types.arrival)?)
     }
 
@@ -378,7 +388,7 @@ impl CollapseGroups {
         }
         columns.push(copy_array);
         columns.push(Arc::new(Int64Array::from(copies)));
-        columns.push(self.arrival_array(firsts)?);
+        columns.push(self.arrival_array(firsts.into_iter())?);
         let values = StructArray::try_new(fields.clone(), columns, None)?;
         let item = Arc::new(Field::new("item", DataType::Struct(fields), true));
         Ok(Arc::new(ListArray::try_new(
@@ -405,9 +415,7 @@ fn own_row(array: &ArrayRef, row: usize) -> Result<ScalarValue> {
 /// The columns of the groups being emitted.
 struct Taken {
     copy: ArrayRef,
-    payload: Vec<i64>,
-    copies: Vec<i64>,
-    first: Vec<i64>,
+    totals: GroupBlocks<Totals>,
     /// Side entries of the emitted groups, sorted by group.
     others: Vec<Variant>,
 }
@@ -470,31 +478,33 @@ impl GroupsAccumulator for CollapseGroups {
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let Taken {
             copy,
-            payload,
-            mut copies,
-            mut first,
+            mut totals,
             others,
         } = self.take_groups(emit_to)?;
-        let n = payload.len();
+        let n = totals.len();
         // A disagreeing group lists its first payload, then every other one; its totals are
         // those of its whole list.
         let lists = lists_by_group(others, |g| {
-            Ok(if copies[g] > 0 {
-                vec![(payload[g], copies[g], first[g], own_row(&copy, g)?)]
+            let t = totals.get(g);
+            Ok(if t.copies > 0 {
+                vec![(t.payload, t.copies, t.first, own_row(&copy, g)?)]
             } else {
                 Vec::new()
             })
         })?;
         for (g, list) in &lists {
-            copies[*g] = list.iter().map(|e| e.1).sum();
-            first[*g] = list.iter().map(|e| e.2).fold(first[*g], i64::min);
+            let t = totals.get_mut(*g);
+            t.copies = list.iter().map(|e| e.1).sum();
+            t.first = list.iter().map(|e| e.2).fold(t.first, i64::min);
         }
-        let valid: Vec<bool> = copies.iter().map(|&c| c > 0).collect();
+        let valid: Vec<bool> = totals.iter().map(|t| t.copies > 0).collect();
         let variants = self.variants_list(n, lists, false)?;
         let columns = vec![
             copy,
-            Arc::new(Int64Array::from(copies)) as ArrayRef,
-            self.arrival_array(first)?,
+            Arc::new(Int64Array::from_iter_values(
+                totals.iter().map(|t| t.copies),
+            )) as ArrayRef,
+            self.arrival_array(totals.iter().map(|t| t.first))?,
             variants,
         ];
         let nulls = NullBuffer::from(valid);
@@ -507,13 +517,19 @@ impl GroupsAccumulator for CollapseGroups {
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
         let taken = self.take_groups(emit_to)?;
-        let n = taken.payload.len();
+        let totals = &taken.totals;
+        let n = totals.len();
         let lists = lists_by_group(taken.others, |_| Ok(Vec::new()))?;
-        let copies: Int64Array = taken.copies.iter().map(|&c| (c > 0).then_some(c)).collect();
+        let copies: Int64Array = totals
+            .iter()
+            .map(|t| (t.copies > 0).then_some(t.copies))
+            .collect();
         Ok(vec![
-            Arc::new(Int64Array::from(taken.payload)),
+            Arc::new(Int64Array::from_iter_values(
+                totals.iter().map(|t| t.payload),
+            )),
             Arc::new(copies),
-            self.arrival_array(taken.first)?,
+            self.arrival_array(totals.iter().map(|t| t.first))?,
             taken.copy,
             self.variants_list(n, lists, true)?,
         ])
@@ -555,9 +571,10 @@ impl GroupsAccumulator for CollapseGroups {
                 let f = f.as_primitive::<Int64Type>();
                 for i in 0..list.len() {
                     let t = if f.is_null(i) { NO_TIME } else { f.value(i) };
-                    if self.copies[g] > 0 && self.payload[g] == p.value(i) {
-                        self.copies[g] += c.value(i);
-                        self.first[g] = self.first[g].min(t);
+                    let totals = self.totals.get_mut(g);
+                    if totals.copies > 0 && totals.payload == p.value(i) {
+                        totals.copies += c.value(i);
+                        totals.first = totals.first.min(t);
                     } else {
                         self.add_other(g, p.value(i), c.value(i), t, || own_row(v, i))?;
                     }
@@ -594,7 +611,7 @@ impl GroupsAccumulator for CollapseGroups {
     }
 
     fn size(&self) -> usize {
-        self.payload.capacity() * 24
+        self.totals.allocated_size()
             + self.picks.size()
             + self
                 .others

@@ -9,6 +9,7 @@ use datafusion::prelude::SessionContext;
 
 mod any_copy;
 mod collapse_copies;
+mod group_blocks;
 mod payload_hash;
 mod picks;
 mod txn_bucket;
