@@ -31,6 +31,9 @@ pub(crate) struct Picks {
     data_type: DataType,
     /// Taken arrays, each holding only picked values.
     sources: Vec<ArrayRef>,
+    /// Memory the sources hold, kept as they come and go: the aggregate asks for `size()`
+    /// after every batch, and summing every source each time grew with the partition.
+    sources_size: usize,
     /// Per group; empty while `in_order`.
     picks: Vec<(u32, u32)>,
     /// Rows chosen from the batch being read, not yet taken.
@@ -47,6 +50,7 @@ impl Picks {
         Self {
             data_type,
             sources: Vec::new(),
+            sources_size: 0,
             picks: Vec::new(),
             pending: Vec::new(),
             in_order: true,
@@ -122,7 +126,9 @@ impl Picks {
         // its string views point into) is not pinned, and `size()` is true. (Keeping the views
         // and skipping the byte copy was measured slower: every later kernel then walks the
         // many page buffers the views point into.)
-        self.sources.push(compact(picked));
+        let picked = compact(picked);
+        self.sources_size += picked.get_array_memory_size();
+        self.sources.push(picked);
         Ok(())
     }
 
@@ -162,6 +168,7 @@ impl Picks {
                 .map(|(i, &(s, _))| if s == 0 { (0, 0) } else { (1, i as u32) })
                 .collect();
             self.picked = rest.iter().filter(|(s, _)| *s != 0).count();
+            self.sources_size = kept.get_array_memory_size();
             self.sources = vec![kept];
         }
         Ok(out)
@@ -169,6 +176,7 @@ impl Picks {
 
     fn clear(&mut self) {
         self.sources.clear();
+        self.sources_size = 0;
         self.picks.clear();
         self.pending.clear();
         self.in_order = true;
@@ -200,10 +208,7 @@ impl Picks {
 
     /// Memory held.
     pub(crate) fn size(&self) -> usize {
-        self.sources
-            .iter()
-            .map(|a| a.get_array_memory_size())
-            .sum::<usize>()
+        self.sources_size
             + self.picks.capacity() * std::mem::size_of::<(u32, u32)>()
             + self.pending.capacity() * std::mem::size_of::<u32>()
     }
@@ -263,6 +268,9 @@ mod tests {
         // Batch 3: group 3 at last.
         p.pick(3, 1);
         p.finish_batch(&strings(&["unused", "d"])).unwrap();
+        // The running total of the sources' memory is their sum.
+        let held: usize = p.sources.iter().map(|a| a.get_array_memory_size()).sum();
+        assert!(held > 0 && p.sources_size == held);
         let want = [
             "a-value-longer-than-12",
             "b",
@@ -275,7 +283,7 @@ mod tests {
             want.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>()
         );
         // Emitting everything starts over, in order again.
-        assert!(p.in_order && p.source_count() == 0);
+        assert!(p.in_order && p.source_count() == 0 && p.sources_size == 0);
     }
 
     #[test]
