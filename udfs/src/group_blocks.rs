@@ -37,13 +37,9 @@ impl<T: Copy> GroupBlocks<T> {
     /// Grows to `n` groups, new ones set to `fill` (never shrinks: see [`Self::take_first`]).
     pub(crate) fn grow(&mut self, n: usize, fill: T) {
         while self.len < n {
-            if self.blocks.last().is_none_or(|b| b.len() == BLOCK) {
-                self.blocks.push(Vec::with_capacity(BLOCK));
-            }
-            let Some(block) = self.blocks.last_mut() else {
-                return;
-            };
-            let add = (BLOCK - block.len()).min(n - self.len);
+            let missing = n - self.len;
+            let block = self.block_with_room();
+            let add = (BLOCK - block.len()).min(missing);
             block.resize(block.len() + add, fill);
             self.len += add;
         }
@@ -83,13 +79,17 @@ impl<T: Copy> GroupBlocks<T> {
     }
 
     fn push(&mut self, v: T) {
+        self.block_with_room().push(v);
+        self.len += 1;
+    }
+
+    /// The last block, with room for one more entry: a new block when the last one is full.
+    fn block_with_room(&mut self) -> &mut Vec<T> {
         if self.blocks.last().is_none_or(|b| b.len() == BLOCK) {
             self.blocks.push(Vec::with_capacity(BLOCK));
         }
-        if let Some(block) = self.blocks.last_mut() {
-            block.push(v);
-            self.len += 1;
-        }
+        let last = self.blocks.len() - 1;
+        &mut self.blocks[last]
     }
 
     /// Bytes reserved: the pages actually touched are those of [`Self::len`] entries, but a
