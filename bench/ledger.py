@@ -19,7 +19,7 @@ import sys
 from common import WORK, machine, run_timed, tally_bin, write_section, ensure_duckdb
 
 DAY = "2026-11-01"
-WINDOW = "ingest_date BETWEEN DATE '2026-11-01' AND DATE '2026-11-04' AND event_time >= TIMESTAMPTZ '2026-11-01 00:00:00+00' AND event_time < TIMESTAMPTZ '2026-11-02 00:00:00+00'"
+WINDOW = "ingest_date BETWEEN DATE '2026-10-31' AND DATE '2026-11-04' AND event_time >= TIMESTAMPTZ '2026-11-01 00:00:00+00' AND event_time < TIMESTAMPTZ '2026-11-02 00:00:00+00'"
 
 DUCK = {
     "DuckDB arg_min": """COPY (

@@ -2,17 +2,19 @@
 --
 -- Parameters (bound by tally, never spliced into the text):
 --   $1  D, the event day (DATE)
---   $2  the last arrival day that still counts for D: D + lateness horizon (DATE)
---   $3  D 00:00:00 UTC (TIMESTAMP)      $4  D+1 00:00:00 UTC (TIMESTAMP)
+--   $2  D 00:00:00 UTC (TIMESTAMP)      $3  D+1 00:00:00 UTC (TIMESTAMP)
+--
+-- Input `day_arrivals`: exactly the raw files tally listed and checked for D's arrival window,
+-- ingest_date D-1 .. D + lateness horizon (a partner clock running ahead lands D's first
+-- minutes the evening before; replays land days later). Nothing listed after the check is read.
 --
 -- Output: one row per transaction. Where its copies all agree on the payload (agree = true)
 -- the row is the ledger row. Where they disagree, `variants` lists each distinct payload with
 -- its copies and first arrival, and tally settles the transaction with ledger_disputed.sql.
 
 WITH
--- Step 1. Every copy that can belong to day D. Raw files are partitioned by arrival day,
--- so `ingest_date` skips whole directories: copies of D's events arrive from D on (late
--- partner replays up to the horizon). Only copies whose event happened on D (UTC) count.
+-- Step 1. Every copy that can belong to day D: the checked arrivals whose event happened on D
+-- (UTC). Row-group statistics on event_time skip most of D-1's arrivals.
 arrivals AS (
     SELECT
         -- The dedup key: txn_key is XXH3-64 of txn_id (txn_bucket is this hash modulo n).
@@ -23,10 +25,9 @@ arrivals AS (
         -- too, so two ids that happen to share a txn_key look like a disagreement and are
         -- settled id by id, never merged.
         payload_hash(txn_id, partner_id, amount, currency, status, event_time) AS payload
-    FROM raw_payments
-    WHERE ingest_date BETWEEN $1 AND $2
-      AND event_time >= $3
-      AND event_time < $4
+    FROM day_arrivals
+    WHERE event_time >= $2
+      AND event_time < $3
 ),
 
 -- Step 2. Collapse the copies of each transaction. The grouping key is the hash of txn_id, so

@@ -78,6 +78,24 @@ pub struct LedgerPlanArgs {
     /// Memory limit per day, e.g. 1GiB: the dedup spills to disk beyond it.
     #[arg(long, value_parser = parse_bytes)]
     pub memory_limit: Option<usize>,
+    /// Commit a day even when no raw file was found for it (by default the run refuses, so
+    /// expired raw partitions or a wrong --lake cannot wipe a committed day).
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Largest loss of rows a rebuild may make against the committed day, e.g. 5% or 0.05
+    /// (refused beyond it; 100% allows any).
+    #[arg(long, value_parser = tally_engine::ledger::guard::parse_fraction, default_value = "1%")]
+    pub max_shrink: f64,
+}
+
+impl LedgerPlanArgs {
+    /// The refusal rules these flags set.
+    pub fn guard(&self) -> tally_engine::ledger::Guard {
+        tally_engine::ledger::Guard {
+            allow_empty: self.allow_empty,
+            max_shrink: self.max_shrink,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -75,6 +75,7 @@ pub struct BackfillJob {
     late_days: u32,
     buckets: u32,
     memory_limit: Option<usize>,
+    guard: ledger::Guard,
     shutdown: Option<watch::Receiver<bool>>,
     run_id: String,
 }
@@ -107,6 +108,7 @@ impl BackfillJob {
             late_days: config.ledger.late_days,
             buckets: config.ledger.buckets,
             memory_limit: None,
+            guard: ledger::Guard::default(),
             shutdown: None,
             run_id: format!("{:016x}", rand::random::<u64>()),
         })
@@ -133,6 +135,12 @@ impl BackfillJob {
     /// Memory limit of each day's plan.
     pub fn with_memory_limit(mut self, limit: Option<usize>) -> Self {
         self.memory_limit = limit;
+        self
+    }
+
+    /// When each day refuses to replace its committed ledger.
+    pub fn with_guard(mut self, guard: ledger::Guard) -> Self {
+        self.guard = guard;
         self
     }
 
@@ -235,7 +243,8 @@ impl BackfillJob {
         force: bool,
         fence: Fence,
     ) -> Result<(Option<LedgerMetrics>, String)> {
-        let listed = ledger::inputs::list(&self.lake, day, self.late_days).await?;
+        let window = ledger::window::DayWindow::new(day, self.late_days)?;
+        let listed = ledger::inputs::list(&self.lake, &window).await?;
         let key = ledger::inputs_key(&listed, self.late_days);
         if !force && runs::last_good_key(&self.lake, day).await?.as_deref() == Some(&key) {
             return Ok((None, key));
@@ -245,6 +254,7 @@ impl BackfillJob {
         let m = LedgerJob::new(&session, day)
             .with_late_days(self.late_days)
             .with_buckets(self.buckets)
+            .with_guard(self.guard)
             .with_fence(fence)
             .run()
             .await?;
@@ -274,6 +284,8 @@ impl BackfillJob {
             row_hash: None,
             ledger_version: None,
             error: None,
+            rows_without_event_time: None,
+            conflicts_version: None,
         };
         let outcome = match result {
             Ok((Some(m), key)) => {
@@ -285,6 +297,8 @@ impl BackfillJob {
                 r.ledger_amount_cents = Some(m.fingerprint.amount_cents);
                 r.row_hash = Some(format!("{:016x}", m.fingerprint.row_hash));
                 r.ledger_version = Some(m.version as i64);
+                r.rows_without_event_time = Some(m.rows_without_event_time as i64);
+                r.conflicts_version = Some(m.conflicts_version as i64);
                 DayOutcome::Built(Box::new(m))
             }
             Ok((None, key)) => {
@@ -293,6 +307,9 @@ impl BackfillJob {
                 DayOutcome::Skipped
             }
             Err(e) => {
+                if matches!(e, TallyError::Refused { .. }) {
+                    r.outcome = Outcome::Refused;
+                }
                 let msg = crate::lake::one_line(&e.to_string());
                 r.error = Some(msg.clone());
                 DayOutcome::Failed(msg)
@@ -351,11 +368,16 @@ pub async fn ledger_day(
         }
         Err(e) => {
             let text = crate::lake::one_line(&e.to_string());
-            (Err(TallyError::Internal(text)), Some(e))
+            let shared = match e {
+                TallyError::Refused { .. } => TallyError::Refused { message: text },
+                _ => TallyError::Internal(text),
+            };
+            (Err(shared), Some(e))
         }
     };
     let (outcome, record) = bf.record(day, started_at, shared, "ledger");
     append_run(lake, day, record, Some(runs_table)).await;
+    crate::failpoint::hit("ledger_after_runs_row");
     lock.release().await;
     match (outcome, error) {
         (DayOutcome::Built(m), _) => Ok(*m),

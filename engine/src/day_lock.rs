@@ -2,29 +2,45 @@
 //! never build the same day at once; and one for the live mode, so one `tally live` follows a
 //! lake at a time.
 //!
-//! The lease is an object `runs/_locks/ledger-<day>.json` created with a conditional put
-//! (create-if-absent: a local `link`, S3 `If-None-Match: *`), holding the owner, host, pid and
-//! an expiry that a heartbeat pushes forward every 15 s. A lease is stale when it expired, or
-//! when its owner ran on this host and that pid is gone (a `kill -9`ed run frees its day at
-//! once). Taking over a stale lease is delete-then-create; two processes breaking the same
-//! stale lease in the same instant could both win — a window of milliseconds after a crash,
-//! accepted here and noted in the README.
+//! The lease is an object `runs/_locks/ledger-<day>.json` holding the owner, host, pid and an
+//! expiry that a heartbeat pushes forward every 15 s. A lease is stale when it expired, was
+//! released, or its owner ran on this host and that pid is gone (a `kill -9`ed run frees its
+//! day at once). Every change is a compare-and-swap against the version last read, so of any
+//! number of processes breaking one stale lease exactly one wins, and a holder that stalled
+//! past its expiry cannot renew over the run that took the lease:
+//! - on S3: create with `If-None-Match: *`, replace with `If-Match: <ETag>`;
+//! - on local disk: the same reads and writes under an exclusive `flock` of a sibling
+//!   `.lock` file, the lease written to a temporary file and renamed over the old one.
+//!
+//! A lease is best effort on its own (a holder paused past its expiry still runs on until it
+//! checks): what makes a ledger commit safe is that it is made against the table version read
+//! when the run started (see [`crate::delta::replace_partition`]). Before committing, a holder
+//! also re-reads its lease ([`Fence::confirm`]).
 
 use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
 use chrono::NaiveDate;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
-/// How long a lease lives without a heartbeat.
+/// How long a lease lives without a heartbeat, unless `TALLY_LEASE_SECS` says otherwise
+/// (tests that pause a holder past its lease use a few seconds).
 const LEASE: Duration = Duration::from_secs(60);
-/// How often the holder renews it.
-const HEARTBEAT: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+fn lease_duration() -> Duration {
+    std::env::var("TALLY_LEASE_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(LEASE, Duration::from_secs)
+        .max(Duration::from_secs(1))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Lease {
     owner: String,
     host: String,
@@ -38,7 +54,15 @@ impl Lease {
             owner: owner.to_string(),
             host: host(),
             pid: std::process::id(),
-            expires_ms: chrono::Utc::now().timestamp_millis() + LEASE.as_millis() as i64,
+            expires_ms: chrono::Utc::now().timestamp_millis() + lease_duration().as_millis() as i64,
+        }
+    }
+
+    /// What a holder leaves behind on release: expired, so the next run takes it at once.
+    fn released(owner: &str) -> Self {
+        Self {
+            expires_ms: 0,
+            ..Self::new(owner)
         }
     }
 
@@ -58,10 +82,149 @@ fn host() -> String {
         .unwrap_or_default()
 }
 
+/// The version of a lease object a compare-and-swap must find: the ETag (and object
+/// version) on S3, the bytes themselves on local disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Version {
+    Remote(UpdateVersion),
+    Local(Vec<u8>),
+}
+
+/// Compare-and-swap access to one lease object.
+#[derive(Debug, Clone)]
+struct LeaseObject {
+    lake: Lake,
+    path: StorePath,
+}
+
+impl LeaseObject {
+    fn local_path(&self) -> Option<std::path::PathBuf> {
+        if !self.lake.is_local() {
+            return None;
+        }
+        Some(std::path::PathBuf::from(format!("/{}", self.path.as_ref())))
+    }
+
+    /// The lease and its version; `None` when there is none. An unreadable lease reads as
+    /// `Some((None, version))`.
+    async fn read(&self) -> Result<Option<(Option<Lease>, Version)>> {
+        if let Some(file) = self.local_path() {
+            let read = tokio::task::spawn_blocking(move || locked(&file, |cur| Ok((cur, None))))
+                .await
+                .map_err(|e| TallyError::Internal(format!("lease task: {e}")))??;
+            return Ok(
+                read.map(|bytes| (serde_json::from_slice(&bytes).ok(), Version::Local(bytes)))
+            );
+        }
+        let store = self.lake.store();
+        match store.get(&self.path).await {
+            Ok(got) => {
+                let version = UpdateVersion {
+                    e_tag: got.meta.e_tag.clone(),
+                    version: got.meta.version.clone(),
+                };
+                let bytes = got.bytes().await.map_err(|e| self.lake.storage_error(e))?;
+                Ok(Some((
+                    serde_json::from_slice(&bytes).ok(),
+                    Version::Remote(version),
+                )))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.lake.storage_error(e)),
+        }
+    }
+
+    /// Writes `lease` if the object is still at `expected` (`None`: absent). Returns the new
+    /// version, or `None` when another process changed it first.
+    async fn swap(&self, expected: Option<&Version>, lease: &Lease) -> Result<Option<Version>> {
+        let body = serde_json::to_vec(lease).map_err(|e| TallyError::Internal(e.to_string()))?;
+        if let Some(file) = self.local_path() {
+            let expected = match expected {
+                None => None,
+                Some(Version::Local(b)) => Some(b.clone()),
+                Some(Version::Remote(_)) => {
+                    return Err(TallyError::Internal(
+                        "remote version of a local lease".into(),
+                    ))
+                }
+            };
+            let written = body.clone();
+            let swapped = tokio::task::spawn_blocking(move || {
+                locked(&file, |cur| {
+                    if cur != expected {
+                        return Ok((None, None));
+                    }
+                    Ok((Some(()), Some(written)))
+                })
+            })
+            .await
+            .map_err(|e| TallyError::Internal(format!("lease task: {e}")))??;
+            return Ok(swapped.map(|_| Version::Local(body)));
+        }
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(Version::Remote(v)) => PutMode::Update(v.clone()),
+            Some(Version::Local(_)) => {
+                return Err(TallyError::Internal(
+                    "local version of a remote lease".into(),
+                ))
+            }
+        };
+        match self
+            .lake
+            .store()
+            .put_opts(&self.path, PutPayload::from(body), PutOptions::from(mode))
+            .await
+        {
+            Ok(put) => Ok(Some(Version::Remote(UpdateVersion {
+                e_tag: put.e_tag,
+                version: put.version,
+            }))),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.lake.storage_error(e)),
+        }
+    }
+}
+
+/// Runs `f` on the lease file's bytes (`None`: absent) under an exclusive lock of its sibling
+/// `.lock` file; writes what `f` returns as the second value (atomically, by rename).
+fn locked<T>(
+    file: &std::path::Path,
+    f: impl FnOnce(Option<Vec<u8>>) -> Result<(T, Option<Vec<u8>>)>,
+) -> Result<T> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let lock_path = file.with_extension("json.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    lock.lock()?;
+    let current = match std::fs::read(file) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    let (out, write) = f(current)?;
+    if let Some(bytes) = write {
+        let tmp = file.with_extension(format!("json.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, file)?;
+    }
+    lock.unlock()?;
+    Ok(out)
+}
+
 /// A held lease; released on [`DayLock::release`] (or when it expires after a crash).
 pub struct DayLock {
-    lake: Lake,
-    path: object_store::path::Path,
+    object: LeaseObject,
+    owner: String,
+    /// The version this holder last wrote.
+    version: Arc<Mutex<Version>>,
     heartbeat: tokio::task::JoinHandle<()>,
     fence: Fence,
 }
@@ -73,6 +236,8 @@ pub struct DayLock {
 pub struct Fence {
     what: Arc<str>,
     lost: Arc<AtomicBool>,
+    /// The lease to re-read in [`Fence::confirm`] (none for a fence made in a test).
+    lease: Option<(LeaseObject, Arc<Mutex<Version>>)>,
 }
 
 impl Fence {
@@ -80,28 +245,43 @@ impl Fence {
         Self {
             what: what.into(),
             lost: Arc::new(AtomicBool::new(false)),
+            lease: None,
         }
     }
 
-    /// `Err(Busy)` once the lease was taken over by another run: commit nothing more.
+    fn lost_error(&self) -> TallyError {
+        TallyError::Busy {
+            message: format!(
+                "the lease of {} was taken over by another run; stopping without committing",
+                self.what
+            ),
+        }
+    }
+
+    /// `Err(Busy)` once the heartbeat found the lease taken over: commit nothing more.
     pub fn check(&self) -> Result<()> {
         if self.lost.load(Ordering::Acquire) {
-            return Err(TallyError::Busy {
-                message: format!(
-                    "the lease of {} was taken over by another run; stopping without committing",
-                    self.what
-                ),
-            });
+            return Err(self.lost_error());
         }
         Ok(())
     }
 
-    /// A fence already lost, for tests of what its holder must not do.
-    #[cfg(test)]
-    pub(crate) fn lost(what: &str) -> Self {
-        let fence = Self::new(what);
-        fence.set_lost();
-        fence
+    /// Like [`Fence::check`], and re-reads the lease: it must still be the version this
+    /// holder wrote. Right before a commit, so a holder that was paused past its expiry finds
+    /// out before committing, not at its next heartbeat.
+    pub async fn confirm(&self) -> Result<()> {
+        self.check()?;
+        let Some((object, version)) = &self.lease else {
+            return Ok(());
+        };
+        let ours = version.lock().await.clone();
+        match object.read().await? {
+            Some((_, v)) if v == ours => Ok(()),
+            _ => {
+                self.set_lost();
+                Err(self.lost_error())
+            }
+        }
     }
 
     fn set_lost(&self) {
@@ -127,6 +307,34 @@ pub async fn acquire_live(lake: &Lake, owner: &str) -> Result<DayLock> {
     acquire_named(lake, "live", "the live view", owner, Duration::ZERO).await
 }
 
+/// The outcome of one attempt to take a lease.
+enum Attempt {
+    Taken(Version),
+    Held(Lease),
+    /// Someone changed it between our read and our write: read again.
+    Raced,
+}
+
+async fn try_take(object: &LeaseObject, owner: &str, what: &str) -> Result<Attempt> {
+    let lease = Lease::new(owner);
+    match object.read().await? {
+        None => Ok(match object.swap(None, &lease).await? {
+            Some(v) => Attempt::Taken(v),
+            None => Attempt::Raced,
+        }),
+        Some((Some(h), _)) if !h.is_stale() => Ok(Attempt::Held(h)),
+        Some((holder, version)) => {
+            if holder.as_ref().is_some_and(|h| h.expires_ms > 0) {
+                tracing::warn!(%what, "taking over a stale lease");
+            }
+            Ok(match object.swap(Some(&version), &lease).await? {
+                Some(v) => Attempt::Taken(v),
+                None => Attempt::Raced,
+            })
+        }
+    }
+}
+
 async fn acquire_named(
     lake: &Lake,
     name: &str,
@@ -134,42 +342,33 @@ async fn acquire_named(
     owner: &str,
     wait: Duration,
 ) -> Result<DayLock> {
-    let path = lake.file_path(&format!("{}/_locks/{name}.json", layout::RUNS))?;
-    let store = lake.store();
+    let object = LeaseObject {
+        lake: lake.clone(),
+        path: lake.file_path(&format!("{}/_locks/{name}.json", layout::RUNS))?,
+    };
     let started = std::time::Instant::now();
     loop {
-        let lease = Lease::new(owner);
-        let body = serde_json::to_vec(&lease).map_err(|e| TallyError::Internal(e.to_string()))?;
-        let opts = PutOptions::from(PutMode::Create);
-        match store.put_opts(&path, PutPayload::from(body), opts).await {
-            Ok(_) => {
-                let fence = Fence::new(what);
+        match try_take(&object, owner, what).await? {
+            Attempt::Taken(version) => {
+                let version = Arc::new(Mutex::new(version));
+                let mut fence = Fence::new(what);
+                fence.lease = Some((object.clone(), Arc::clone(&version)));
                 let heartbeat = tokio::spawn(renew(
-                    lake.clone(),
-                    path.clone(),
+                    object.clone(),
                     owner.to_string(),
+                    Arc::clone(&version),
                     fence.clone(),
                 ));
                 return Ok(DayLock {
-                    lake: lake.clone(),
-                    path,
+                    object,
+                    owner: owner.to_string(),
+                    version,
                     heartbeat,
                     fence,
                 });
             }
-            Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(lake.storage_error(e)),
-        }
-        let holder: Option<Lease> = match store.get(&path).await {
-            Ok(got) => {
-                let bytes = got.bytes().await.map_err(|e| lake.storage_error(e))?;
-                serde_json::from_slice(&bytes).ok()
-            }
-            Err(object_store::Error::NotFound { .. }) => continue,
-            Err(e) => return Err(lake.storage_error(e)),
-        };
-        match holder {
-            Some(h) if !h.is_stale() => {
+            Attempt::Raced => continue,
+            Attempt::Held(h) => {
                 if started.elapsed() >= wait {
                     return Err(TallyError::Busy {
                         message: format!(
@@ -181,26 +380,19 @@ async fn acquire_named(
                 tracing::info!(%what, holder = %h.owner, "waiting for another run");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            // Stale or unreadable: break it and try again.
-            _ => {
-                tracing::warn!(%what, "taking over a stale lease");
-                match store.delete(&path).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(lake.storage_error(e)),
-                }
-            }
         }
     }
 }
 
-async fn renew(lake: Lake, path: object_store::path::Path, owner: String, fence: Fence) {
+async fn renew(object: LeaseObject, owner: String, version: Arc<Mutex<Version>>, fence: Fence) {
+    let beat = (lease_duration() / 4).max(Duration::from_millis(250));
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
-        match renew_once(&lake, &path, &owner).await {
+        tokio::time::sleep(beat).await;
+        match renew_once(&object, &owner, &version).await {
             Renewal::Renewed => {}
             Renewal::Failed(e) => tracing::warn!(error = %e, "could not renew a lease"),
-            Renewal::Lost(holder) => {
-                tracing::error!(lease = %fence.what, %holder, "lost the lease to another run");
+            Renewal::Lost => {
+                tracing::error!(lease = %fence.what, "lost the lease to another run");
                 fence.set_lost();
                 return;
             }
@@ -214,32 +406,20 @@ enum Renewal {
     Renewed,
     /// The store failed; the lease may still be ours (it is retried on the next beat).
     Failed(String),
-    /// Another run holds the lease now (named), or it is gone.
-    Lost(String),
+    /// The lease changed since this holder wrote it: another run holds it now.
+    Lost,
 }
 
-/// Pushes the expiry forward, unless the lease is no longer ours: overwriting another
-/// holder's lease would let two runs believe they hold it.
-async fn renew_once(lake: &Lake, path: &object_store::path::Path, owner: &str) -> Renewal {
-    let store = lake.store();
-    let holder = match store.get(path).await {
-        Ok(got) => match got.bytes().await {
-            Ok(bytes) => serde_json::from_slice::<Lease>(&bytes).ok(),
-            Err(e) => return Renewal::Failed(e.to_string()),
-        },
-        Err(object_store::Error::NotFound { .. }) => return Renewal::Lost("nobody".into()),
-        Err(e) => return Renewal::Failed(e.to_string()),
-    };
-    match holder {
-        Some(h) if h.owner != owner => return Renewal::Lost(h.owner),
-        None => return Renewal::Lost("an unreadable lease".into()),
-        Some(_) => {}
-    }
-    let Ok(body) = serde_json::to_vec(&Lease::new(owner)) else {
-        return Renewal::Failed("cannot encode the lease".into());
-    };
-    match store.put(path, PutPayload::from(body)).await {
-        Ok(_) => Renewal::Renewed,
+/// Pushes the expiry forward with a compare-and-swap on the version this holder wrote: if
+/// anyone else wrote the lease since, the swap fails and the holder knows it lost it.
+async fn renew_once(object: &LeaseObject, owner: &str, version: &Mutex<Version>) -> Renewal {
+    let mut ours = version.lock().await;
+    match object.swap(Some(&ours), &Lease::new(owner)).await {
+        Ok(Some(v)) => {
+            *ours = v;
+            Renewal::Renewed
+        }
+        Ok(None) => Renewal::Lost,
         Err(e) => Renewal::Failed(e.to_string()),
     }
 }
@@ -250,11 +430,57 @@ impl DayLock {
         self.fence.clone()
     }
 
-    /// Gives the day back.
+    /// Gives the day back: marks the lease released, if it is still ours.
     pub async fn release(self) {
         self.heartbeat.abort();
-        if let Err(e) = self.lake.store().delete(&self.path).await {
-            tracing::warn!(error = %e, "could not delete a day lease (it will expire)");
+        let ours = self.version.lock().await.clone();
+        match self
+            .object
+            .swap(Some(&ours), &Lease::released(&self.owner))
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::warn!("a lease was taken over before it was released"),
+            Err(e) => tracing::warn!(error = %e, "could not release a lease (it will expire)"),
+        }
+    }
+}
+
+/// Test support: makes the lease `name` stale, as a holder that died on another host leaves
+/// it, so racers can break it.
+#[doc(hidden)]
+pub async fn plant_stale_lease(lake: &Lake, name: &str) -> Result<()> {
+    let object = LeaseObject {
+        lake: lake.clone(),
+        path: lake.file_path(&format!("{}/_locks/{name}.json", layout::RUNS))?,
+    };
+    let dead = Lease {
+        owner: "dead".into(),
+        host: "elsewhere".into(),
+        pid: 1,
+        expires_ms: chrono::Utc::now().timestamp_millis() - 1,
+    };
+    loop {
+        let current = object.read().await?.map(|(_, v)| v);
+        if object.swap(current.as_ref(), &dead).await?.is_some() {
+            return Ok(());
+        }
+    }
+}
+
+/// Test support: tries once to take the lease `name` for `owner` (no waiting); `true` when
+/// taken. The lease is left held (not released, not renewed), as a run that holds it.
+#[doc(hidden)]
+pub async fn try_take_once(lake: &Lake, name: &str, owner: &str) -> Result<bool> {
+    let object = LeaseObject {
+        lake: lake.clone(),
+        path: lake.file_path(&format!("{}/_locks/{name}.json", layout::RUNS))?,
+    };
+    loop {
+        match try_take(&object, owner, name).await? {
+            Attempt::Taken(_) => return Ok(true),
+            Attempt::Held(_) => return Ok(false),
+            Attempt::Raced => continue,
         }
     }
 }
@@ -273,9 +499,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lake = local_lake(&dir);
         let lock = acquire_live(&lake, "a").await.unwrap();
-        assert_eq!(renew_once(&lake, &lock.path, "a").await, Renewal::Renewed);
-        assert!(lock.fence().check().is_ok());
+        assert_eq!(
+            renew_once(&lock.object, "a", &lock.version).await,
+            Renewal::Renewed
+        );
+        assert!(lock.fence().confirm().await.is_ok());
         lock.release().await;
+        // Released: the next run takes it at once.
+        let again = acquire_live(&lake, "b").await.unwrap();
+        again.release().await;
     }
 
     #[tokio::test]
@@ -284,35 +516,40 @@ mod tests {
         let lake = local_lake(&dir);
         let lock = acquire_live(&lake, "a").await.unwrap();
         // Another run took the lease over while this one stalled past the expiry.
-        let body = serde_json::to_vec(&Lease::new("b")).unwrap();
-        lake.store()
-            .put(&lock.path, PutPayload::from(body))
+        let (_, v) = lock.object.read().await.unwrap().unwrap();
+        assert!(lock
+            .object
+            .swap(Some(&v), &Lease::new("b"))
             .await
-            .unwrap();
+            .unwrap()
+            .is_some());
         assert_eq!(
-            renew_once(&lake, &lock.path, "a").await,
-            Renewal::Lost("b".into())
+            renew_once(&lock.object, "a", &lock.version).await,
+            Renewal::Lost
         );
-        let got = lake.store().get(&lock.path).await.unwrap();
-        let holder: Lease = serde_json::from_slice(&got.bytes().await.unwrap()).unwrap();
-        assert_eq!(holder.owner, "b", "the new holder's lease must survive");
-
-        let fence = lock.fence();
-        assert!(fence.check().is_ok());
-        fence.set_lost();
-        let e = lock.fence().check().unwrap_err();
+        let (holder, _) = lock.object.read().await.unwrap().unwrap();
+        assert_eq!(
+            holder.unwrap().owner,
+            "b",
+            "the new holder's lease must survive"
+        );
+        let e = lock.fence().confirm().await.unwrap_err();
         assert!(e.to_string().contains("taken over"), "{e}");
+        assert!(lock.fence().check().is_err());
     }
 
     #[tokio::test]
-    async fn a_deleted_lease_is_lost() {
+    async fn of_two_swaps_from_one_version_exactly_one_wins() {
         let dir = tempfile::tempdir().unwrap();
         let lake = local_lake(&dir);
-        let lock = acquire_live(&lake, "a").await.unwrap();
-        lake.store().delete(&lock.path).await.unwrap();
-        assert!(matches!(
-            renew_once(&lake, &lock.path, "a").await,
-            Renewal::Lost(_)
-        ));
+        plant_stale_lease(&lake, "x").await.unwrap();
+        let object = LeaseObject {
+            lake: lake.clone(),
+            path: lake.file_path("runs/_locks/x.json").unwrap(),
+        };
+        let (_, v) = object.read().await.unwrap().unwrap();
+        let a = object.swap(Some(&v), &Lease::new("a")).await.unwrap();
+        let b = object.swap(Some(&v), &Lease::new("b")).await.unwrap();
+        assert!(a.is_some() && b.is_none());
     }
 }

@@ -10,8 +10,8 @@ use crate::error::{Result, TallyError};
 use crate::lake::Lake;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, StructType};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add, MetadataExt, StructType};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::TryStreamExt;
@@ -86,22 +86,13 @@ pub async fn open_or_create(
     }
 }
 
-/// Replaces one value of a partition column in a single commit: removes every file of that
-/// partition and adds `adds`. Other partitions keep their files; a concurrent commit to another
-/// partition does not conflict (the read predicate names only this partition).
-pub async fn replace_partition(
+/// The files of one value of a partition column in `table`'s snapshot, with their rows.
+async fn partition_files(
     table: &DeltaTable,
     column: &str,
     value: &str,
-    adds: Vec<Add>,
-    app_metadata: HashMap<String, serde_json::Value>,
-) -> Result<(u64, usize)> {
-    // Commit on the newest snapshot: the table may have moved since the job opened it (another
-    // day's commit, or a concurrent first creation that landed as a second metadata version).
-    let mut table = table.clone();
-    table.update_state().await?;
-    let snapshot = table.snapshot()?;
-    let removes: Vec<Action> = table
+) -> Result<Vec<(Action, Option<usize>)>> {
+    Ok(table
         .get_active_add_actions_by_partitions(&[])
         .try_filter(|f| {
             let hit = f
@@ -110,11 +101,46 @@ pub async fn replace_partition(
                 .is_some_and(|v| v.as_deref() == Some(value));
             futures::future::ready(hit)
         })
-        .map_ok(|f| Action::Remove(f.remove_action(true)))
+        .map_ok(|f| (Action::Remove(f.remove_action(true)), f.num_records()))
         .try_collect()
-        .await?;
-    let removed = removes.len();
-    let mut actions = removes;
+        .await?)
+}
+
+/// Rows of one partition in `table`'s snapshot, from the `numRecords` of its files; `None`
+/// when a file does not say.
+pub async fn partition_rows(table: &DeltaTable, column: &str, value: &str) -> Result<Option<u64>> {
+    Ok(partition_files(table, column, value)
+        .await?
+        .iter()
+        .map(|(_, n)| n.map(|n| n as u64))
+        .sum())
+}
+
+/// Replaces one value of a partition column in a single commit: removes every file of that
+/// partition and adds `adds`.
+///
+/// The commit is made against `table`'s snapshot as the caller read it (at the start of its
+/// run), not the newest one: Delta's conflict checker then rejects it when another commit
+/// since then added or removed files of the same partition (a newer run of the same day), so
+/// a run that stalled cannot replace what a newer run committed. Commits to other partitions
+/// do not conflict (the read predicate names only this partition). `extra` actions (a schema
+/// update) go into the same commit.
+pub async fn replace_partition(
+    table: &DeltaTable,
+    column: &str,
+    value: &str,
+    adds: Vec<Add>,
+    extra: Vec<Action>,
+    app_metadata: HashMap<String, serde_json::Value>,
+) -> Result<(u64, usize)> {
+    let snapshot = table.snapshot()?;
+    let mut actions: Vec<Action> = partition_files(table, column, value)
+        .await?
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    let removed = actions.len();
+    actions.extend(extra);
     actions.extend(adds.into_iter().map(Action::Add));
     let operation = DeltaOperation::Write {
         mode: SaveMode::Overwrite,
@@ -125,8 +151,72 @@ pub async fn replace_partition(
         .with_actions(actions)
         .with_app_metadata(app_metadata)
         .build(Some(snapshot), table.log_store(), operation)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(conflict),
+            } => TallyError::Busy {
+                message: format!(
+                    "{column}={value} was committed by another run after this one read version {} ({conflict}); nothing was committed: run again to build from the newer state",
+                    snapshot.version()
+                ),
+            },
+            other => TallyError::Delta(other),
+        })?;
     Ok((commit.version(), removed))
+}
+
+/// The schema update that gives `table` every column of `wanted` it lacks (as nullable
+/// columns, so existing rows read as NULL), or `None` when it has them all. Old lakes keep
+/// working when tally adds a column to one of its tables.
+pub fn added_columns(table: &DeltaTable, wanted: &SchemaRef) -> Result<Option<Action>> {
+    let snapshot = table.snapshot()?;
+    let current = snapshot.schema();
+    let missing: Vec<_> = wanted
+        .fields()
+        .iter()
+        .filter(|f| current.field(f.name()).is_none())
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let extra: StructType = (&arrow::datatypes::Schema::new(missing))
+        .try_into_kernel()
+        .map_err(|e| TallyError::Internal(format!("schema update: {e}")))?;
+    let fields: Vec<_> = current.fields().chain(extra.fields()).cloned().collect();
+    let schema = StructType::try_new(fields)
+        .map_err(|e| TallyError::Internal(format!("schema update: {e}")))?;
+    let metadata = snapshot
+        .metadata()
+        .clone()
+        .with_schema(&schema)
+        .map_err(|e| TallyError::Internal(format!("schema update: {e}")))?;
+    Ok(Some(Action::Metadata(metadata)))
+}
+
+/// Adds the columns of `wanted` that `table` lacks, in their own commit (see
+/// [`added_columns`]), and returns the table at the new version.
+pub async fn ensure_columns(table: DeltaTable, wanted: &SchemaRef) -> Result<DeltaTable> {
+    let Some(update) = added_columns(&table, wanted)? else {
+        return Ok(table);
+    };
+    let operation = DeltaOperation::AddColumn { fields: Vec::new() };
+    let committed = CommitBuilder::from(CommitProperties::default())
+        .with_actions(vec![update])
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await;
+    let mut table = table;
+    if let Err(e) = committed {
+        // Another process may have added the same columns first.
+        table.update_state().await?;
+        if added_columns(&table, wanted)?.is_some() {
+            return Err(e.into());
+        }
+        return Ok(table);
+    }
+    table.update_state().await?;
+    Ok(table)
 }
 
 /// Appends `batches` (conformed to the table's schema) in one commit with `app_metadata` in
@@ -156,4 +246,82 @@ pub async fn append(
         .build(Some(table.snapshot()?), table.log_store(), operation)
         .await?;
     Ok(commit.version())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::S3Options;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn add(day: &str, name: &str) -> Add {
+        Add {
+            path: format!("day={day}/{name}.parquet"),
+            partition_values: HashMap::from([("day".to_string(), Some(day.to_string()))]),
+            size: 1,
+            modification_time: 0,
+            data_change: true,
+            stats: Some(r#"{"numRecords":1}"#.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A run that read version v cannot replace a partition that a newer run replaced after
+    /// v; a replace of another partition from the same old snapshot still commits.
+    #[tokio::test]
+    async fn a_replace_from_a_stale_snapshot_of_the_same_partition_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&dir.path().to_string_lossy(), &S3Options::default()).unwrap();
+        let url = lake.url_of("t").unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new("day", DataType::Utf8, true),
+        ]));
+        let table = open_or_create(&lake, &url, "t", &schema, &["day"], &[])
+            .await
+            .unwrap();
+        let stale = table.clone();
+        replace_partition(
+            &table,
+            "day",
+            "a",
+            vec![add("a", "newer")],
+            vec![],
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+        let e = replace_partition(
+            &stale,
+            "day",
+            "a",
+            vec![add("a", "stale")],
+            vec![],
+            HashMap::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, TallyError::Busy { .. }), "{e}");
+        assert!(e.to_string().contains("committed by another run"), "{e}");
+        replace_partition(
+            &stale,
+            "day",
+            "b",
+            vec![add("b", "other")],
+            vec![],
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+        let now = open(&lake, &url).await.unwrap();
+        let mut paths: Vec<String> = now
+            .get_active_add_actions_by_partitions(&[])
+            .map_ok(|f| f.path().to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        paths.sort();
+        assert_eq!(paths, vec!["day=a/newer.parquet", "day=b/other.parquet"]);
+    }
 }

@@ -67,6 +67,11 @@ pub enum TallyError {
     #[error("invalid {what}: {message}")]
     InvalidArgument { what: String, message: String },
 
+    /// A run that would damage a committed table (replace a day with an empty one, or lose
+    /// rows beyond the allowed shrink) and refused; the message names the flag that allows it.
+    #[error("{message}")]
+    Refused { message: String },
+
     /// Another run holds what this one needs (e.g. the same ledger day); retry later.
     #[error("{message}")]
     Busy { message: String },
@@ -111,6 +116,7 @@ impl TallyError {
             | TallyError::ReadOnly { .. }
             | TallyError::BadRawFile { .. }
             | TallyError::BadInput { .. }
+            | TallyError::Refused { .. }
             | TallyError::InvalidArgument { .. } => ErrorKind::User,
             TallyError::Lake { .. }
             | TallyError::Busy { .. }

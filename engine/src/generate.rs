@@ -8,6 +8,10 @@
 //! - webhook retries: the same transaction again, seconds to minutes later, same payload;
 //! - conflicting copies: a retry whose amount or status differs (a partner bug finance must see);
 //! - one whole-partner replay of one day, landing one or two days later;
+//! - a partner whose clock runs three minutes fast: its events of D's first minutes arrive
+//!   (by the lake's clock) on D − 1, in the evening's `ingest_date` partition;
+//! - a partner whose retries carry the retry's time as `event_time`: a retry across midnight
+//!   names the next day, so one transaction has copies on two days;
 //! - 1–3% error statuses, varying by partner.
 //!
 //! Each event day is cut into chunks of event time; a chunk's rows come from its own RNG seeded
@@ -99,6 +103,11 @@ pub struct GenerateMetrics {
 const RETRY_RATE: f64 = 0.03;
 const CONFLICT_RATE: f64 = 0.0005;
 const STRAGGLER_RATE: f64 = 0.005;
+/// How far ahead the clock-skewed partner's clock runs.
+const CLOCK_AHEAD_US: i64 = 180_000_000;
+/// Ranks of the clock-skewed partner and of the partner whose retries re-stamp `event_time`.
+const CLOCK_SKEWED_RANK: usize = 4;
+const RESTAMPING_RANK: usize = 3;
 
 /// Partner id of a rank (0 = the biggest).
 pub fn partner_name(rank: u32) -> String {
@@ -223,7 +232,7 @@ fn partner_cdf(partners: u32, skew_free: bool) -> Vec<f64> {
 
 struct ChunkOutput {
     /// (arrival day offset from the event day, file kind, rows)
-    files: Vec<(u64, &'static str, FileRows)>,
+    files: Vec<(i64, &'static str, FileRows)>,
     transactions: u64,
 }
 
@@ -232,7 +241,7 @@ fn generate_chunk(
     opts: &GenerateOptions,
     c: Chunk,
     cdf: &[f64],
-    replay: Option<(u32, u64)>,
+    replay: Option<(u32, i64)>,
 ) -> Result<ChunkOutput> {
     let model_error = |e: String| TallyError::Internal(format!("generator model: {e}"));
     let mut rng = ChaCha8Rng::seed_from_u64(mix64(
@@ -250,6 +259,11 @@ fn generate_chunk(
     let cap = c.txns as usize;
     let mut main = FileRows::new(cap + cap / 20);
     let mut late = FileRows::new(16);
+    let mut early = FileRows::new(16);
+    // The re-stamped retries, in files of their own so every other file stays sorted by
+    // event_time.
+    let mut restamped = FileRows::new(16);
+    let mut restamped_late = FileRows::new(16);
     let mut replay_rows = FileRows::new(if replay.is_some() { cap / 4 } else { 0 });
     let latency = Exp::new(1.0 / 1.5).map_err(|e| model_error(e.to_string()))?;
     let amount_dist =
@@ -286,15 +300,32 @@ fn generate_chunk(
         } else {
             200_000 + (latency.sample(&mut rng) * 1_000_000.0) as i64
         };
-        let ingest = event + delay;
-        let target = |t: i64| if t < next_day { 0 } else { 1 };
-        let push = |rows: &mut FileRows, late: &mut FileRows, t: i64, cents: i128, status: &str| {
-            if target(t) == 0 {
-                rows.push(&id, partner, event, t, cents, currency, status);
-            } else {
-                late.push(&id, partner, event, t, cents, currency, status);
-            }
+        // The skewed partner stamps events by a clock running ahead of the lake's.
+        let ingest = if p == CLOCK_SKEWED_RANK {
+            event - CLOCK_AHEAD_US + delay
+        } else {
+            event + delay
         };
+        // Files by arrival day (D − 1, D, D + 1); re-stamped copies (`ev` not the event's
+        // time) in their own files, after those.
+        let push = |files: &mut [&mut FileRows; 5], t: i64, ev: i64, cents: i128, status: &str| {
+            let day = if t < day_start {
+                0
+            } else if t < next_day {
+                1
+            } else {
+                2
+            };
+            let target = if ev == event { day } else { (day + 2).min(4) };
+            files[target].push(&id, partner, ev, t, cents, currency, status);
+        };
+        let mut files = [
+            &mut early,
+            &mut main,
+            &mut late,
+            &mut restamped,
+            &mut restamped_late,
+        ];
         // The draws below happen whether or not the copies are delivered, so an outage changes
         // nothing else about the day.
         let in_outage = opts.outage
@@ -302,14 +333,16 @@ fn generate_chunk(
             && (OUTAGE_START..OUTAGE_END).contains(&(event - day_start));
         let deliver = !in_outage;
         if deliver {
-            push(&mut main, &mut late, ingest, cents, status);
+            push(&mut files, ingest, event, cents, status);
         }
         if rng.random_bool(RETRY_RATE) {
             let copies = if rng.random_bool(0.2) { 2 } else { 1 };
             for i in 0..copies {
                 let t = ingest + rng.random_range(1_000_000..300_000_000) * (i + 1);
+                // The re-stamping partner's retry names its own send time.
+                let ev = if p == RESTAMPING_RANK { t } else { event };
                 if deliver {
-                    push(&mut main, &mut late, t, cents, status);
+                    push(&mut files, t, ev, cents, status);
                 }
             }
         }
@@ -317,22 +350,28 @@ fn generate_chunk(
             let t = ingest + rng.random_range(1_000_000..600_000_000);
             let flip = rng.random_bool(0.5);
             if deliver && flip {
-                push(&mut main, &mut late, t, cents + 100, status);
+                push(&mut files, t, event, cents + 100, status);
             } else if deliver {
                 let flipped = if status == "ok" { "declined" } else { "ok" };
-                push(&mut main, &mut late, t, cents, flipped);
+                push(&mut files, t, event, cents, flipped);
             }
         }
         if let Some((rp, arrival_offset)) = replay {
             if rp as usize == p {
                 // The replay re-sends the day in event order over a few hours of the arrival day.
-                let arrival = day_start + arrival_offset as i64 * MICROS_PER_DAY + 3_600_000_000;
+                let arrival = day_start + arrival_offset * MICROS_PER_DAY + 3_600_000_000;
                 let t = arrival + (event - day_start) / 8;
                 replay_rows.push(&id, partner, event, t, cents, currency, status);
             }
         }
     }
-    let mut files = vec![(0, "live", main), (1, "late", late)];
+    let mut files = vec![
+        (-1, "early", early),
+        (0, "live", main),
+        (1, "late", late),
+        (0, "restamped", restamped),
+        (1, "restamped-late", restamped_late),
+    ];
     if let Some((_, offset)) = replay {
         files.push((offset, "replay", replay_rows));
     }
@@ -383,7 +422,7 @@ pub async fn generate(
     // One replay: the third-largest partner re-sends the middle day 1 or 2 days later.
     let replay_day = opts.days / 2;
     let replay_partner = 2.min(opts.partners - 1);
-    let replay_offset = 1 + (mix64(opts.seed) % 2);
+    let replay_offset = 1 + (mix64(opts.seed) % 2) as i64;
 
     let mut work = Vec::new();
     for d in 0..opts.days {
@@ -436,7 +475,12 @@ pub async fn generate(
                     for (offset, kind, rows) in out.files {
                         let n = rows.rows as u64;
                         let bytes = encode_parquet(&rows.finish()?)?;
-                        let arrival = c.day.checked_add_days(Days::new(offset)).unwrap_or(c.day);
+                        let arrival = if offset >= 0 {
+                            c.day.checked_add_days(Days::new(offset as u64))
+                        } else {
+                            c.day.checked_sub_days(Days::new(offset.unsigned_abs()))
+                        }
+                        .unwrap_or(c.day);
                         let name = format!(
                             "ingest_date={arrival}/part-s{}-e{}-{kind}-{:04}.parquet",
                             opts.seed,
@@ -481,7 +525,7 @@ pub async fn generate(
         partner_name(replay_partner),
         replay_date,
         replay_date
-            .checked_add_days(Days::new(replay_offset))
+            .checked_add_days(Days::new(replay_offset as u64))
             .unwrap_or(replay_date),
     ));
     m.elapsed = started.elapsed();
@@ -527,14 +571,18 @@ mod tests {
         let a = generate_chunk(&opts, c, &cdf, None)
             .unwrap()
             .files
-            .remove(0)
+            .into_iter()
+            .find(|f| f.1 == "live")
+            .unwrap()
             .2
             .finish()
             .unwrap();
         let b = generate_chunk(&opts, c, &cdf, None)
             .unwrap()
             .files
-            .remove(0)
+            .into_iter()
+            .find(|f| f.1 == "live")
+            .unwrap()
             .2
             .finish()
             .unwrap();

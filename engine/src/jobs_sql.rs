@@ -5,8 +5,11 @@
 /// Day D's ledger: arrivals, per-transaction collapse, agreement check (`sql/ledger.sql`).
 pub const LEDGER: &str = include_str!("../../sql/ledger.sql");
 
-/// Settles transactions whose copies disagree (`sql/ledger_disputed.sql`).
-pub const LEDGER_DISPUTED: &str = include_str!("../../sql/ledger_disputed.sql");
+/// Copies of day D's transactions that name a neighbouring day (`sql/ledger_neighbours.sql`).
+pub const LEDGER_NEIGHBOURS: &str = include_str!("../../sql/ledger_neighbours.sql");
+
+/// Settles disputed transactions and those spanning days (`sql/ledger_settle.sql`).
+pub const LEDGER_SETTLE: &str = include_str!("../../sql/ledger_settle.sql");
 
 /// A short, stable hash of SQL texts, recorded in commits so a re-run can prove it ran the
 /// same logic.

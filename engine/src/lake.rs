@@ -43,29 +43,45 @@ pub struct Lake {
     store: Arc<dyn ObjectStore>,
     /// Options delta-rs needs to build its own store for the same location.
     storage_options: HashMap<String, String>,
+    /// Where requests go, for messages: the S3 endpoint URL, or `local disk`.
+    endpoint: String,
 }
 
 impl Lake {
     /// Resolves `location` (path or URL) with S3 settings. Does not touch the network.
     pub fn open(location: &str, s3: &S3Options) -> Result<Self> {
         let root = location_to_url(location)?;
-        let (store, storage_options): (Arc<dyn ObjectStore>, _) = match root.scheme() {
-            "file" => (Arc::new(LocalFileSystem::new()), HashMap::new()),
-            "s3" | "s3a" => {
-                let (store, opts) = build_s3(&root, s3)?;
-                (Arc::new(store), opts)
-            }
-            other => {
-                return Err(TallyError::Lake {
-                    location: location.to_string(),
-                    message: format!("unsupported scheme {other}: use a local path or s3://"),
-                })
-            }
+        let (store, storage_options): (Arc<dyn ObjectStore>, HashMap<String, String>) =
+            match root.scheme() {
+                "file" => (Arc::new(LocalFileSystem::new()), HashMap::new()),
+                "s3" | "s3a" => {
+                    let (store, opts) = build_s3(&root, s3)?;
+                    (Arc::new(store), opts)
+                }
+                other => {
+                    return Err(TallyError::Lake {
+                        location: location.to_string(),
+                        message: format!("unsupported scheme {other}: use a local path or s3://"),
+                    })
+                }
+            };
+        let endpoint = match root.scheme() {
+            "file" => "local disk".to_string(),
+            _ => storage_options
+                .get("AWS_ENDPOINT_URL")
+                .cloned()
+                .unwrap_or_else(|| {
+                    let region = storage_options
+                        .get("AWS_REGION")
+                        .map_or("us-east-1", String::as_str);
+                    format!("https://s3.{region}.amazonaws.com")
+                }),
         };
         Ok(Self {
             root,
             store,
             storage_options,
+            endpoint,
         })
     }
 
@@ -174,11 +190,27 @@ impl Lake {
         self.list_dirs("").await
     }
 
-    /// Wraps a storage error with the lake location, keeping it on one line.
+    /// Where the lake's requests go (the S3 endpoint URL, or `local disk`), for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Wraps a storage error with the lake location, keeping it on one line. Anything but a
+    /// missing object is the store failing, not the data being bad: the message names the
+    /// endpoint and says that retrying is the remedy, so a scheduler (and its operator) can
+    /// tell an outage from bad input.
     pub fn storage_error(&self, e: object_store::Error) -> TallyError {
+        let message = match e {
+            object_store::Error::NotFound { .. } => one_line(&e.to_string()),
+            other => format!(
+                "the store at {} failed ({}); the data is not at fault: retry when it is reachable",
+                self.endpoint,
+                one_line(&other.to_string())
+            ),
+        };
         TallyError::Lake {
             location: self.root.to_string(),
-            message: one_line(&e.to_string()),
+            message,
         }
     }
 }

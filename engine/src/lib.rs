@@ -9,6 +9,8 @@
 //! - [`raw_files`]: checking raw Parquet files from their footers;
 //! - [`raw_table`]: `raw_payments`, pruned by arrival day from event-time filters;
 //! - [`delta`]: opening the lake's Delta tables with the lake's storage settings;
+//! - [`delta_stats`]: per-file column statistics for Delta `add` actions;
+//! - [`failpoint`]: named crash points between durable steps, for tests;
 //! - [`query`]: ad-hoc SQL with the read-only guard;
 //! - [`ledger`]: the daily finance ledger (exact dedup, one atomic Delta commit per day);
 //! - [`live`]: the incremental micro-batch live view (dedup within a TTL, watermark, exactly once);
@@ -29,7 +31,9 @@ pub mod config;
 pub mod day;
 pub mod day_lock;
 pub mod delta;
+pub mod delta_stats;
 pub mod error;
+pub mod failpoint;
 pub mod generate;
 pub mod jobs_sql;
 pub mod lake;

@@ -6,7 +6,7 @@
 //! of `txn_id` searched for nulls.
 
 use crate::error::{Result, TallyError};
-use crate::lake::{layout, one_line, Lake};
+use crate::lake::{one_line, Lake};
 use crate::schema::check_raw_schema;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
@@ -24,6 +24,10 @@ pub struct InputFile {
     pub size: u64,
     /// Rows in the file (from its footer).
     pub rows: u64,
+    /// Rows with a NULL `event_time` (from the footer's statistics; `None` when a row group
+    /// has none): rows no ledger day can bill, counted so they are never dropped unseen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_without_event_time: Option<u64>,
 }
 
 /// Checks one raw file; the error names it (relative to the lake root).
@@ -33,9 +37,20 @@ pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
         file: rel.clone(),
         message,
     };
-    let md = read_footer(&lake.store(), &meta)
-        .await
-        .map_err(|e| bad(format!("not a readable Parquet file ({})", one_line(&e))))?;
+    let md = match read_footer(&lake.store(), &meta).await {
+        Ok(md) => md,
+        Err(Footer::Store(object_store::Error::NotFound { .. })) => {
+            return Err(bad("disappeared while it was being checked".into()))
+        }
+        // The store failed, not the file: the error names the endpoint and says to retry.
+        Err(Footer::Store(e)) => return Err(lake.storage_error(e)),
+        Err(Footer::Bad(e)) => {
+            return Err(bad(format!(
+                "not a readable Parquet file ({})",
+                one_line(&e)
+            )))
+        }
+    };
     let arrow_schema = parquet_to_arrow_schema(
         md.file_metadata().schema_descr(),
         md.file_metadata().key_value_metadata(),
@@ -60,10 +75,24 @@ pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
             )));
         }
     }
+    let column = |name: &str| {
+        md.file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.name() == name)
+    };
+    let rows_without_event_time = column("event_time").and_then(|i| {
+        md.row_groups()
+            .iter()
+            .map(|rg| rg.column(i).statistics().and_then(|s| s.null_count_opt()))
+            .sum::<Option<u64>>()
+    });
     Ok(InputFile {
         path: rel.clone(),
         size: meta.size,
         rows: md.file_metadata().num_rows() as u64,
+        rows_without_event_time,
     })
 }
 
@@ -103,12 +132,22 @@ pub async fn list_parquet(lake: &Lake, relative: &str) -> Result<Vec<ObjectMeta>
     Ok(metas)
 }
 
-/// After a query failed inside the Parquet reader: finds the first raw file that fails
-/// [`check`], so the error can name it. Only runs on the failure path.
-pub async fn find_bad_file(lake: &Lake) -> Option<TallyError> {
-    let metas = list_parquet(lake, layout::RAW_PAYMENTS).await.ok()?;
-    let mut checks = futures::stream::iter(metas)
-        .map(|m| check(lake, m))
+/// After a query failed inside the Parquet reader: finds the first of `files` (the failing
+/// scan's files, relative to the lake) that fails [`check`], so the error can name it. Only
+/// runs on the failure path, and reads only those files' footers.
+pub async fn find_bad_file(lake: &Lake, files: &[object_store::path::Path]) -> Option<TallyError> {
+    let store = lake.store();
+    let mut checks = futures::stream::iter(files.iter().cloned())
+        .map(|location| {
+            let store = Arc::clone(&store);
+            async move {
+                let meta = store
+                    .head(&location)
+                    .await
+                    .map_err(|e| lake.storage_error(e))?;
+                check(lake, meta).await
+            }
+        })
         .buffered(16);
     while let Some(r) = checks.next().await {
         if let Err(e) = r {
@@ -118,29 +157,39 @@ pub async fn find_bad_file(lake: &Lake) -> Option<TallyError> {
     None
 }
 
+/// Why a footer could not be read: the store failed, or the bytes are not Parquet.
+enum Footer {
+    Store(object_store::Error),
+    Bad(String),
+}
+
 /// Reads a Parquet footer with two ranged reads (the 8-byte tail, then the metadata).
 async fn read_footer(
     store: &Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
-) -> Result<ParquetMetaData, String> {
+) -> Result<ParquetMetaData, Footer> {
     let size = meta.size;
     if size < 12 {
-        return Err(format!("{size} bytes is too small for Parquet"));
+        return Err(Footer::Bad(format!(
+            "{size} bytes is too small for Parquet"
+        )));
     }
     let tail = store
         .get_range(&meta.location, size - 8..size)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(Footer::Store)?;
     if &tail[4..8] != b"PAR1" {
-        return Err("no PAR1 magic at the end of the file".into());
+        return Err(Footer::Bad("no PAR1 magic at the end of the file".into()));
     }
     let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
     if len + 12 > size {
-        return Err(format!("footer length {len} exceeds the file size {size}"));
+        return Err(Footer::Bad(format!(
+            "footer length {len} exceeds the file size {size}"
+        )));
     }
     let footer = store
         .get_range(&meta.location, size - 8 - len..size - 8)
         .await
-        .map_err(|e| e.to_string())?;
-    ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| e.to_string())
+        .map_err(Footer::Store)?;
+    ParquetMetaDataReader::decode_metadata(&footer).map_err(|e| Footer::Bad(e.to_string()))
 }

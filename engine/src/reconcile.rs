@@ -1,4 +1,5 @@
-//! `tally reconcile --date D`: the ledger against the live view, per partner, with a verdict.
+//! `tally reconcile --date D`: the ledger against the live view, per partner and
+//! currency, with a verdict.
 //!
 //! The comparison is `sql/reconcile.sql`. Before it runs, the job checks that both sides can
 //! be compared at all — the ledger has day D, and the live view still holds D (retention) and
@@ -22,11 +23,14 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// One partner's figures for the day.
+/// One partner's figures in one currency for the day.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartnerDrift {
     /// The partner.
     pub partner_id: Option<String>,
+    /// The currency of every amount in this row (amounts of different currencies are never
+    /// added together).
+    pub currency: Option<String>,
     /// Transactions in the ledger.
     pub ledger_events: i64,
     /// Of those, with a status other than `ok`.
@@ -158,6 +162,15 @@ impl<'a> ReconcileJob<'a> {
                 });
             }
         }
+        let live = self.session.ctx().table(layout::LIVE_VIEW).await?;
+        if !live.schema().has_column_with_unqualified_name("currency") {
+            return Err(TallyError::Refused {
+                message: "live_view was written by an older tally that added amounts across \
+                          currencies: delete live_view/ and live_late/ under the lake and rerun \
+                          `tally live` to rebuild them per currency"
+                    .into(),
+            });
+        }
         let (d, from, to) = self.params()?;
         let n = self
             .scalar("SELECT count(*) FROM ledger WHERE event_date = $1", vec![d])
@@ -242,6 +255,8 @@ impl<'a> ReconcileJob<'a> {
         let table =
             delta::open_or_create(lake, &url, "reconciliations", &RECONCILIATIONS, &[], &[])
                 .await?;
+        // Tables from before the currency column gain it (older rows read it as null).
+        let table = delta::ensure_columns(table, &RECONCILIATIONS).await?;
         let drifting = partners.iter().filter(|p| p.drifting).count();
         let meta = HashMap::from([(
             "tally".to_string(),
@@ -286,6 +301,8 @@ impl<'a> ReconcileJob<'a> {
         };
         let partner = col("partner_id")?;
         let partner = partner.as_string::<i32>();
+        let currency = col("currency")?;
+        let currency = currency.as_string::<i32>();
         let ints = |name: &str| -> Result<Int64Array> {
             Ok(col(name)?.as_primitive::<Int64Type>().clone())
         };
@@ -312,6 +329,7 @@ impl<'a> ReconcileJob<'a> {
             let u = unexplained.value(i);
             drifts.push(PartnerDrift {
                 partner_id: (!partner.is_null(i)).then(|| partner.value(i).to_string()),
+                currency: (!currency.is_null(i)).then(|| currency.value(i).to_string()),
                 ledger_events: le.value(i),
                 ledger_errors: lr.value(i),
                 ledger_amount_cents: la.value(i),
@@ -334,6 +352,7 @@ impl<'a> ReconcileJob<'a> {
             Arc::new(TimestampMicrosecondArray::from(vec![run_time; n]).with_timezone("UTC")),
             Arc::new(Date32Array::from(vec![schema::date32(self.day); n])),
             col("partner_id")?,
+            col("currency")?,
             Arc::new(le),
             Arc::new(lr),
             Arc::new(la),

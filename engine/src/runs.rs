@@ -31,6 +31,9 @@ pub enum Outcome {
     Skipped,
     /// The run failed (the error column says why); the ledger was left as it was.
     Failed,
+    /// The run refused to replace the committed day (no input, or too large a shrink; the
+    /// error column says which); the ledger was left as it was.
+    Refused,
 }
 
 impl Outcome {
@@ -40,6 +43,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Skipped => "skipped",
             Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -75,6 +79,10 @@ pub struct RunRecord {
     pub ledger_version: Option<i64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Rows of arrival day D without an `event_time`.
+    pub rows_without_event_time: Option<i64>,
+    /// The `ledger_conflicts` version holding the day's conflicts.
+    pub conflicts_version: Option<i64>,
 }
 
 fn batch(records: &[RunRecord]) -> Result<RecordBatch> {
@@ -112,6 +120,8 @@ fn batch(records: &[RunRecord]) -> Result<RecordBatch> {
         int(&|r| r.ledger_version),
         text(&|r| r.error.clone()),
         text(&|_| Some(env!("CARGO_PKG_VERSION").to_string())),
+        int(&|r| r.rows_without_event_time),
+        int(&|r| r.conflicts_version),
     ];
     Ok(RecordBatch::try_new(Arc::clone(&RUNS), columns)?)
 }
@@ -126,7 +136,9 @@ pub async fn append(lake: &Lake, records: &[RunRecord]) -> Result<u64> {
 /// table many commits past its last checkpoint.
 pub async fn open(lake: &Lake) -> Result<DeltaTable> {
     let url = lake.url_of(layout::RUNS)?;
-    delta::open_or_create(lake, &url, "runs", &RUNS, &[], &[]).await
+    let table = delta::open_or_create(lake, &url, "runs", &RUNS, &[], &[]).await?;
+    // A `runs` table of an older tally lacks the newer columns: added once.
+    delta::ensure_columns(table, &RUNS).await
 }
 
 /// Appends run rows to `table` (from [`open`]; brought up to date with the log first, so commits

@@ -114,6 +114,12 @@ pub static LEDGER_CONFLICTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("first_ingest_time", timestamp_type(), true),
         Field::new("copies", DataType::Int64, false),
         Field::new("is_winner", DataType::Boolean, false),
+        // Why the transaction is listed: `payload` (its copies disagree on the payload),
+        // `owned_here` or `owned_by_other_day` (its copies name different days; the winning
+        // copy's day owns it). Nullable: tables of older versions lack it.
+        Field::new("reason", DataType::Utf8, true),
+        // The UTC day this payload's copies name.
+        Field::new("copy_event_date", DataType::Date32, true),
     ]))
 });
 
@@ -128,6 +134,7 @@ pub static LIVE_WINDOW: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("window_start", timestamp_type(), false),
         Field::new("partner_id", DataType::Utf8, true),
+        Field::new("currency", DataType::Utf8, true),
         Field::new("events", DataType::Int64, false),
         Field::new("errors", DataType::Int64, false),
         Field::new("amount", amount_sum_type(), true),
@@ -152,6 +159,11 @@ pub static RUNS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("ledger_version", DataType::Int64, true),
         Field::new("error", DataType::Utf8, true),
         Field::new("tally_version", DataType::Utf8, false),
+        // Added later (nullable: older rows lack them).
+        // Rows of arrival day D without an `event_time` (billable on no day).
+        Field::new("rows_without_event_time", DataType::Int64, true),
+        // The `ledger_conflicts` version holding the day's conflicts.
+        Field::new("conflicts_version", DataType::Int64, true),
     ]))
 });
 
@@ -162,6 +174,7 @@ pub static RECONCILIATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("run_time", timestamp_type(), false),
         Field::new("day", DataType::Date32, false),
         Field::new("partner_id", DataType::Utf8, true),
+        Field::new("currency", DataType::Utf8, true),
         Field::new("ledger_events", DataType::Int64, false),
         Field::new("ledger_errors", DataType::Int64, false),
         Field::new("ledger_amount", amount_sum_type(), false),
@@ -187,6 +200,7 @@ pub static LIVE_INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
         "event_time",
         "ingest_time",
         "amount",
+        "currency",
         "status",
     ];
     let fields: Vec<Field> = RAW_PAYMENTS_FILE

@@ -121,6 +121,19 @@ impl TallySession {
         &self.ctx
     }
 
+    /// A context for one step of a job, sharing this session's runtime (its memory pool and
+    /// object stores) and its UDFs, with `target_partitions` partitions and no tables: e.g.
+    /// the ledger's settlement of a sliver of the day on one partition.
+    pub fn job_context(&self, target_partitions: usize) -> Result<SessionContext> {
+        let config = self
+            .ctx
+            .copied_config()
+            .with_target_partitions(target_partitions.max(1));
+        let ctx = SessionContext::new_with_config_rt(config, self.ctx.runtime_env());
+        tally_udfs::register_all(&ctx);
+        Ok(ctx)
+    }
+
     /// The lake this session reads.
     pub fn lake(&self) -> &Lake {
         &self.lake
@@ -219,7 +232,7 @@ impl TallySession {
             // The live tables hold partial rows per batch; readers get one row per key.
             let view = crate::live::sink::totals(&self.ctx, provider)?.into_view();
             self.ctx.register_table(name, view)?;
-            detail.push_str(", one row per (window_start, partner_id)");
+            detail.push_str(", one row per (window_start, partner_id, currency)");
         } else {
             self.ctx.register_table(name, provider)?;
         }

@@ -2,8 +2,10 @@
 //! ledger day and Delta version hold it — the answer finance needs for a disputed charge.
 //!
 //! The ledger row comes first (its Parquet files carry a `txn_id` bloom filter, so the lookup
-//! reads little). Its event day bounds where the raw copies can be: the arrival window
-//! `[D, D + late_days]`. Each raw file of that window is searched on its own, so every copy
+//! reads little). Its event day bounds where the raw copies can be: the ledger run's read
+//! window `[D − 2, D + 1 + late_days]` (its own arrivals from D − 1, and the neighbouring
+//! days' copies it checks, since a transaction belongs to the day of its winning copy). Each
+//! raw file of that window is searched on its own, so every copy
 //! is reported with the file it came from. A transaction not in any ledger is searched in all
 //! of `raw_payments` first, to find its arrival days. The winner is recomputed with the
 //! ledger's rule — earliest `ingest_time`, ties broken by the smallest
@@ -85,8 +87,12 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
     }
     let ledger = ledger_entry(session, txn_id).await?;
     let days: Vec<NaiveDate> = match &ledger {
-        Some(l) => (0..=late_days as u64)
-            .filter_map(|i| l.event_date.checked_add_days(Days::new(i)))
+        Some(l) => (0..=late_days as u64 + 3)
+            .filter_map(|i| {
+                l.event_date
+                    .checked_sub_days(Days::new(2))?
+                    .checked_add_days(Days::new(i))
+            })
             .collect(),
         None => arrival_days(session, txn_id).await?,
     };
@@ -122,12 +128,32 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
             message: format!("{txn_id} is in no raw file and no ledger"),
         });
     }
-    // Copies that count for the ledger day: event_time on D (all copies if not in a ledger).
+    // Copies that count for the ledger day: event_time on D or a neighbouring day (the copies
+    // the winner is chosen from); all copies if not in a ledger.
     let on_day = |c: &Copy| match (&ledger, c.event_time) {
-        (Some(l), Some(t)) => chrono::DateTime::from_timestamp_micros(t)
-            .is_some_and(|t| t.date_naive() == l.event_date),
+        (Some(l), Some(t)) => chrono::DateTime::from_timestamp_micros(t).is_some_and(|t| {
+            let d = t.date_naive();
+            l.event_date
+                .checked_sub_days(Days::new(1))
+                .is_some_and(|lo| d >= lo)
+                && l.event_date
+                    .checked_add_days(Days::new(1))
+                    .is_some_and(|hi| d <= hi)
+        }),
         (Some(_), None) => false,
         (None, _) => true,
+    };
+    let days_named = {
+        let mut d: Vec<_> = copies
+            .iter()
+            .filter(|c| on_day(c))
+            .filter_map(|c| c.event_time)
+            .filter_map(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.date_naive())
+            .collect();
+        d.sort();
+        d.dedup();
+        d.len()
     };
     copies.sort_by(|a, b| {
         (!on_day(a))
@@ -144,7 +170,7 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
         p.dedup();
         p.len()
     };
-    let why = match counted.as_slice() {
+    let mut why = match counted.as_slice() {
         [] => "no copy has an event_time on the ledger day".to_string(),
         [_] => "the only copy".to_string(),
         [first, second, ..] if first.ingest_time != second.ingest_time => format!(
@@ -157,6 +183,11 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
             counted.len()
         ),
     };
+    if days_named > 1 {
+        why.push_str(&format!(
+            "; the copies name {days_named} event days, and the transaction belongs to the day of the winning copy only (see ledger_conflicts)"
+        ));
+    }
     if let Some(first) = copies.first_mut() {
         first.winner = on_day(first);
     }

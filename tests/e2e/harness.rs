@@ -412,12 +412,19 @@ impl S3Server {
     /// A `tally` command pointed at this server with dummy credentials.
     pub fn cmd(&self, dir: &Path) -> Command {
         let mut c = tally_cmd(dir);
-        c.env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ALLOW_HTTP", "true");
+        c.envs(self.env());
         c
+    }
+
+    /// The environment that points a process at this server with dummy credentials.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
     }
 }
 

@@ -24,89 +24,131 @@ fn add_days(day: &str, n: i64) -> String {
 /// A ledger row as text fields, in the order of `LEDGER_SQL`.
 pub type Row = Vec<String>;
 
-/// The ledger of `day`, computed here from the raw files with a plain HashMap.
-pub fn expected_ledger(rows: &[RawRow], day: &str, late_days: i64) -> BTreeMap<String, Row> {
+/// The UTC event day of a timestamp, as `YYYY-MM-DD`.
+fn day_of(t: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(t)
+        .unwrap()
+        .date_naive()
+        .to_string()
+}
+
+/// True when `r` is an eligible copy for its own event day: it arrived between that day − 1
+/// and the day + the horizon.
+fn eligible(r: &RawRow, late_days: i64) -> bool {
+    let d = day_of(r.event_time);
+    r.ingest_date >= add_days(&d, -1) && r.ingest_date <= add_days(&d, late_days)
+}
+
+/// The winner order: earliest arrival, then the smallest content.
+fn rank_key(r: &RawRow) -> (i64, &str, i128, &str, &str, i64) {
+    (
+        r.ingest_time,
+        &r.partner_id,
+        r.amount,
+        &r.currency,
+        &r.status,
+        r.event_time,
+    )
+}
+
+/// Every transaction with an eligible copy naming `day`, with its eligible copies naming `day`
+/// or a neighbouring day (the copies both days' runs see).
+fn copies_of_day<'a>(
+    rows: &'a [RawRow],
+    day: &str,
+    late_days: i64,
+) -> HashMap<&'a str, Vec<&'a RawRow>> {
     let lo = day_start(day);
-    let last = add_days(day, late_days);
     let mut by_txn: HashMap<&str, Vec<&RawRow>> = HashMap::new();
     for r in rows {
-        if r.event_time >= lo
-            && r.event_time < lo + DAY_US
-            && r.ingest_date.as_str() >= day
-            && r.ingest_date <= last
-        {
+        if r.event_time >= lo - DAY_US && r.event_time < lo + 2 * DAY_US && eligible(r, late_days) {
             by_txn.entry(&r.txn_id).or_default().push(r);
         }
     }
+    by_txn.retain(|_, copies| {
+        copies
+            .iter()
+            .any(|r| r.event_time >= lo && r.event_time < lo + DAY_US)
+    });
     by_txn
+}
+
+/// The ledger of `day`, computed here from the raw files with a plain HashMap: each
+/// transaction's winner is its first eligible copy over `day` and its neighbours, and the
+/// transaction is in `day`'s ledger only when that copy names `day`.
+pub fn expected_ledger(rows: &[RawRow], day: &str, late_days: i64) -> BTreeMap<String, Row> {
+    copies_of_day(rows, day, late_days)
         .into_iter()
-        .map(|(id, copies)| {
-            let w = copies
-                .iter()
-                .min_by(|a, b| {
-                    (
-                        a.ingest_time,
-                        &a.partner_id,
-                        a.amount,
-                        &a.currency,
-                        &a.status,
-                        a.event_time,
-                    )
-                        .cmp(&(
-                            b.ingest_time,
-                            &b.partner_id,
-                            b.amount,
-                            &b.currency,
-                            &b.status,
-                            b.event_time,
-                        ))
-                })
-                .unwrap();
-            (
-                id.to_string(),
-                vec![
+        .filter_map(|(id, copies)| {
+            let w = copies.iter().min_by(|a, b| rank_key(a).cmp(&rank_key(b)))?;
+            (day_of(w.event_time) == day).then(|| {
+                (
                     id.to_string(),
-                    w.partner_id.clone(),
-                    w.event_time.to_string(),
-                    cents(w.amount),
-                    w.currency.clone(),
-                    w.status.clone(),
-                    w.ingest_time.to_string(),
-                    copies.len().to_string(),
-                ],
-            )
+                    vec![
+                        id.to_string(),
+                        w.partner_id.clone(),
+                        w.event_time.to_string(),
+                        cents(w.amount),
+                        w.currency.clone(),
+                        w.status.clone(),
+                        copies
+                            .iter()
+                            .map(|c| c.ingest_time)
+                            .min()
+                            .unwrap()
+                            .to_string(),
+                        copies.len().to_string(),
+                    ],
+                )
+            })
         })
         .collect()
 }
 
-/// Distinct payloads of transactions whose copies disagree: (txn, partner, amount, currency, status, is_winner).
+/// `day`'s conflict rows: per transaction with more than one distinct (payload, day) among
+/// its copies, one row per distinct one: (txn, partner, amount, currency, status, is_winner,
+/// reason, copy day).
 pub fn expected_conflicts(rows: &[RawRow], day: &str, late_days: i64) -> BTreeSet<Row> {
-    let lo = day_start(day);
-    let last = add_days(day, late_days);
-    let ledger = expected_ledger(rows, day, late_days);
-    let mut payloads: HashMap<&str, BTreeSet<(String, String, String, String)>> = HashMap::new();
-    for r in rows {
-        if r.event_time >= lo
-            && r.event_time < lo + DAY_US
-            && r.ingest_date.as_str() >= day
-            && r.ingest_date <= last
-        {
-            payloads.entry(&r.txn_id).or_default().insert((
+    let mut out = BTreeSet::new();
+    for (id, copies) in copies_of_day(rows, day, late_days) {
+        let w = copies
+            .iter()
+            .min_by(|a, b| rank_key(a).cmp(&rank_key(b)))
+            .unwrap();
+        let key = |r: &RawRow| {
+            (
                 r.partner_id.clone(),
                 cents(r.amount),
                 r.currency.clone(),
                 r.status.clone(),
-            ));
+                day_of(r.event_time),
+            )
+        };
+        let set: BTreeSet<_> = copies.iter().map(|r| key(r)).collect();
+        if set.len() < 2 {
+            continue;
         }
-    }
-    let mut out = BTreeSet::new();
-    for (id, set) in payloads {
-        if set.len() > 1 {
-            let w = &ledger[id];
-            for (p, a, c, s) in set {
-                let win = (&p, &a, &c, &s) == (&w[1], &w[3], &w[4], &w[5]);
-                out.insert(vec![id.to_string(), p, a, c, s, win.to_string()]);
-            }
+        let days: BTreeSet<_> = set.iter().map(|k| k.4.clone()).collect();
+        let winner = key(w);
+        let reason = if days.len() == 1 {
+            "payload"
+        } else if winner.4 == day {
+            "owned_here"
+        } else {
+            "owned_by_other_day"
+        };
+        for k in set {
+            let win = k == winner;
+            out.insert(vec![
+                id.to_string(),
+                k.0,
+                k.1,
+                k.2,
+                k.3,
+                win.to_string(),
+                reason.to_string(),
+                k.4,
+            ]);
         }
     }
     out
@@ -120,9 +162,9 @@ pub fn ledger_rows(dir: &Path, day: &str) -> BTreeMap<String, Row> {
     ledger_rows_with(&mut tally_cmd(dir), day)
 }
 
-fn conflict_rows(dir: &Path, day: &str) -> BTreeSet<Row> {
+pub fn conflict_rows(dir: &Path, day: &str) -> BTreeSet<Row> {
     let sql = format!(
-        "SELECT txn_id, partner_id, amount, currency, status, is_winner FROM ledger_conflicts WHERE event_date = DATE '{day}'"
+        "SELECT txn_id, partner_id, amount, currency, status, is_winner, reason, copy_event_date FROM ledger_conflicts WHERE event_date = DATE '{day}'"
     );
     csv_rows(&tally_ok(dir, &["sql", &sql, "--format", "csv"]))
         .into_iter()
@@ -137,7 +179,7 @@ pub fn run_ledger(dir: &Path, day: &str, extra: &[&str]) -> serde_json::Value {
     serde_json::from_str(out.trim().lines().last().unwrap()).expect("json summary")
 }
 
-fn delta_versions(table: &Path) -> usize {
+pub fn delta_versions(table: &Path) -> usize {
     std::fs::read_dir(table.join("_delta_log"))
         .map(|d| {
             d.filter(|e| {

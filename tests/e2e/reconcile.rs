@@ -215,3 +215,152 @@ fn reconcile_refuses_what_it_cannot_compare() {
     assert!(err.contains("2026-13-01"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Rows of a report by (partner, currency).
+fn by_partner_currency(
+    report: &serde_json::Value,
+) -> BTreeMap<(String, String), serde_json::Value> {
+    report["partners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p["partner_id"].as_str().unwrap().to_string(),
+                    p["currency"].as_str().unwrap().to_string(),
+                ),
+                p.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_shortfall_in_one_currency_is_not_hidden_by_a_surplus_in_another() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    // p0 trades in USD and JPY (one in three), p1 and p2 in EUR.
+    let mut rows = day_traffic(1_440);
+    for (i, r) in rows.iter_mut().enumerate() {
+        if r.partner_id == "p0" {
+            r.currency = if i % 3 == 0 { "JPY" } else { "USD" }.into();
+        }
+    }
+    write_raw(&lake, "2026-11-20", "day.parquet", &rows);
+    let noon = micros("2026-11-20T12:00:30Z");
+    // A JPY event stamped by a partner clock two days fast: it lands in the lake two days
+    // before its event day, outside the ledger's arrival window (D − 1 ..), while the live
+    // view counts it (a JPY surplus in live).
+    write_raw(
+        &lake,
+        "2026-11-18",
+        "clock-far-ahead.parquet",
+        &[RawRow {
+            currency: "JPY".into(),
+            ..row(
+                "jpy-early".into(),
+                "p0",
+                noon,
+                noon - 2 * 86_400_000_000,
+                5_000,
+            )
+        }],
+    );
+    tally_ok(dir.path(), &["live", "--once"]);
+    // A USD transaction of the same size that the live view never saw (landed after it ran
+    // and is not picked up again): a USD shortfall in live.
+    write_raw(
+        &lake,
+        "2026-11-20",
+        "after-live.parquet",
+        &[RawRow {
+            currency: "USD".into(),
+            ..row("usd-missed".into(), "p0", noon, noon + 1_000_000, 5_000)
+        }],
+    );
+    tally_ok(dir.path(), &["ledger", "--date", "2026-11-20"]);
+
+    // Added across currencies, p0's ledger and live would agree exactly (same count, same
+    // amount); per currency, both rows drift.
+    let (code, r) = reconcile(dir.path(), &[]);
+    assert_eq!(code, 3, "{r}");
+    let rows_by_key = by_partner_currency(&r);
+    let usd = &rows_by_key[&("p0".to_string(), "USD".to_string())];
+    let jpy = &rows_by_key[&("p0".to_string(), "JPY".to_string())];
+    assert_eq!(
+        usd["ledger_events"].as_i64().unwrap(),
+        usd["live_events"].as_i64().unwrap() + 1
+    );
+    assert_eq!(
+        jpy["live_events"].as_i64().unwrap(),
+        jpy["ledger_events"].as_i64().unwrap() + 1
+    );
+    assert_eq!(usd["drifting"], true);
+    assert_eq!(jpy["drifting"], true);
+    let eur = &rows_by_key[&("p1".to_string(), "EUR".to_string())];
+    assert_eq!(eur["drifting"], false);
+    let usd_cents: i128 = rows
+        .iter()
+        .filter(|r| r.partner_id == "p0" && r.currency == "USD")
+        .map(|r| r.amount)
+        .sum::<i128>()
+        + 5_000;
+    assert_eq!(
+        usd["ledger_amount_cents"].as_i64().unwrap() as i128,
+        usd_cents
+    );
+    // The history keeps the currency.
+    let out = tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT currency, verdict FROM reconciliations WHERE partner_id = 'p0' ORDER BY currency",
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(
+        csv_rows(&out),
+        vec![
+            vec!["JPY".to_string(), "drift".into()],
+            vec!["USD".into(), "drift".into()]
+        ]
+    );
+}
+
+#[test]
+fn an_old_live_view_without_currencies_is_refused_with_the_fix() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    write_raw(&lake, "2026-11-20", "day.parquet", &day_traffic(10));
+    // A live_view as an older tally wrote it: no currency column.
+    let script = format!(
+        "import deltalake, arro3.core as a\n\
+         ts = a.DataType.timestamp('us', tz='UTC')\n\
+         t = a.Table.from_pydict({{\n\
+           'window_start': a.Array([0], a.DataType.int64()).cast(ts),\n\
+           'partner_id': a.Array(['p0'], a.DataType.utf8()),\n\
+           'events': a.Array([1], a.DataType.int64()),\n\
+           'errors': a.Array([0], a.DataType.int64()),\n\
+           'amount': a.Array([1], a.DataType.int64()),\n\
+         }})\n\
+         deltalake.write_deltalake('{}', t)\n",
+        lake.join("live_view").display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deltalake-python (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = tally_fails(dir.path(), &["live", "--once"], 1);
+    assert!(
+        err.contains("across currencies") && err.contains("delete live_view/"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

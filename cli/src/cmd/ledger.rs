@@ -17,6 +17,7 @@ pub async fn run(ctx: &Context, args: &LedgerArgs) -> Result<()> {
     let job = LedgerJob::new(&session, day)
         .with_late_days(late_days)
         .with_buckets(buckets)
+        .with_guard(args.plan.guard())
         .with_progress(&bar);
     if args.explain {
         println!("{}", job.explain().await?);
@@ -38,7 +39,10 @@ pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
                 "version": m.version,
                 "files_read": m.files_read,
                 "rows_read": m.rows_read,
+                "rows_without_event_time": m.rows_without_event_time,
                 "ledger_rows": m.ledger_rows,
+                "ceded": m.ceded,
+                "conflicts_version": m.conflicts_version,
                 "disputed": m.disputed,
                 "conflict_rows": m.conflict_rows,
                 "fingerprint": m.fingerprint.to_json(),
@@ -57,9 +61,15 @@ pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
                 m.files_read
             );
             println!(
-                "  {} disputed transactions ({} conflicting payload rows in ledger_conflicts)",
-                m.disputed, m.conflict_rows
+                "  {} transactions settled apart ({} rows in ledger_conflicts, version {}); {} left to a neighbouring day",
+                m.disputed, m.conflict_rows, m.conflicts_version, m.ceded
             );
+            if m.rows_without_event_time > 0 {
+                println!(
+                    "  {} raw rows that arrived on {} have no event_time and are in no ledger day",
+                    m.rows_without_event_time, m.day
+                );
+            }
             println!(
                 "  committed as ledger version {} ({} files added, {} replaced) in {:.2} s; fingerprint {:016x}",
                 m.version,

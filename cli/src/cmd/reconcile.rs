@@ -50,6 +50,7 @@ fn print_table(r: &ReconcileReport) {
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![
         "partner",
+        "currency",
         "ledger events",
         "live events",
         "late events",
@@ -73,6 +74,7 @@ fn print_table(r: &ReconcileReport) {
     for p in rows.iter().take(shown) {
         t.add_row(vec![
             p.partner_id.clone().unwrap_or_else(|| "(none)".into()),
+            p.currency.clone().unwrap_or_else(|| "(none)".into()),
             p.ledger_events.to_string(),
             p.live_events.to_string(),
             p.late_events.to_string(),
@@ -89,12 +91,12 @@ fn print_table(r: &ReconcileReport) {
     println!("{t}");
     if rows.len() > shown {
         println!(
-            "({} more partners with smaller drift; --format json lists all)",
+            "({} more partner/currency rows with smaller drift; --format json lists all)",
             rows.len() - shown
         );
     }
     println!(
-        "reconcile {}: {} partners, {} beyond the unexplained-drift threshold {} (ledger version {}, live_view version {}); recorded in reconciliations version {}",
+        "reconcile {}: {} partner/currency rows, {} beyond the unexplained-drift threshold {} (ledger version {}, live_view version {}); recorded in reconciliations version {}",
         r.day,
         r.partners.len(),
         r.drifting,

@@ -88,18 +88,24 @@ fn run_statements(rt: &Runtime, session: &TallySession, sql: &str, args: &ShellA
         let mut rows = 0;
         for stmt in query::parse(sql)? {
             let df = query::plan(session, stmt, access(args.allow_write)).await?;
-            let stream = df.execute_stream().await?;
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            rows += write_stream(stream, OutputFormat::Table, args.max_rows, &mut out).await?;
+            let task = std::sync::Arc::new(df.task_ctx());
+            let plan = df.create_physical_plan().await?;
+            let ran = async {
+                let stream = tally_engine::datafusion::physical_plan::execute_stream(
+                    std::sync::Arc::clone(&plan),
+                    task,
+                )?;
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                write_stream(stream, OutputFormat::Table, args.max_rows, &mut out).await
+            }
+            .await;
+            match ran {
+                Ok(n) => rows += n,
+                Err(e) => return Err(crate::cmd::sql::name_bad_file(session, &plan, e).await),
+            }
         }
         anyhow::Ok(rows)
-    };
-    let work = async {
-        match work.await {
-            Ok(rows) => Ok(rows),
-            Err(e) => Err(crate::cmd::sql::name_bad_file(session, e).await),
-        }
     };
     let outcome = rt.block_on(async {
         tokio::select! {

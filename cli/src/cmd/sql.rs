@@ -29,14 +29,19 @@ pub async fn run(ctx: &Context, args: &SqlArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for stmt in statements {
+        let df = query::plan(&session, stmt, access(args.allow_write)).await?;
+        let task = std::sync::Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await?;
         let ran = async {
-            let df = query::plan(&session, stmt, access(args.allow_write)).await?;
-            let stream = df.execute_stream().await?;
+            let stream = tally_engine::datafusion::physical_plan::execute_stream(
+                std::sync::Arc::clone(&plan),
+                task,
+            )?;
             write_stream(stream, args.format, args.max_rows, &mut out).await
         }
         .await;
         if let Err(e) = ran {
-            return Err(name_bad_file(&session, e).await);
+            return Err(name_bad_file(&session, &plan, e).await);
         }
     }
     Ok(())
@@ -45,10 +50,12 @@ pub async fn run(ctx: &Context, args: &SqlArgs) -> Result<()> {
 /// A query that failed inside the Parquet reader: name the raw file at fault if one is.
 pub async fn name_bad_file(
     session: &tally_engine::session::TallySession,
+    plan: &std::sync::Arc<dyn tally_engine::datafusion::physical_plan::ExecutionPlan>,
     e: anyhow::Error,
 ) -> anyhow::Error {
     if e.chain().any(|c| c.to_string().contains("Parquet")) {
-        if let Some(bad) = tally_engine::raw_files::find_bad_file(session.lake()).await {
+        let files = query::raw_files_scanned(session.lake(), plan);
+        if let Some(bad) = tally_engine::raw_files::find_bad_file(session.lake(), &files).await {
             return bad.into();
         }
     }

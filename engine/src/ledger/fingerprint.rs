@@ -86,6 +86,17 @@ impl Fingerprint {
         Ok(())
     }
 
+    /// Takes rows folded in earlier back out: `batch` holds exactly those rows (a
+    /// transaction that turned out to belong to its settlement, not to the file).
+    pub fn remove(&mut self, batch: &RecordBatch) -> Result<()> {
+        let mut part = Fingerprint::default();
+        part.update(batch)?;
+        self.rows -= part.rows;
+        self.amount_cents -= part.amount_cents;
+        self.row_hash = self.row_hash.wrapping_sub(part.row_hash);
+        Ok(())
+    }
+
     /// Combines fingerprints of disjoint row sets.
     pub fn merge(&mut self, other: &Fingerprint) {
         self.rows += other.rows;

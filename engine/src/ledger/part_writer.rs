@@ -2,10 +2,11 @@
 //!
 //! The file is written with multipart uploads row group by row group, so memory stays bounded
 //! by a row group, not a day. It is invisible to readers until the day's single commit adds it;
-//! a killed run leaves only an unreferenced file. The `Add` carries the partition value and the
-//! row count (`numRecords`); per-column statistics live in the Parquet footer and page index,
-//! where DataFusion prunes row groups (sorted by partner) and the `txn_id` bloom filter serves
-//! point lookups.
+//! a killed run leaves only an unreferenced file. The `Add` carries the partition value, the
+//! row count and the file's min/max/null-count statistics (see [`crate::delta_stats`]), so
+//! readers of the Delta log skip files; per-row-group statistics live in the Parquet footer
+//! and page index, where DataFusion prunes row groups (sorted by partner) and the `txn_id`
+//! bloom filter serves point lookups.
 
 use crate::error::{Result, TallyError};
 use crate::schema::EVENT_DATE;
@@ -152,7 +153,7 @@ impl PartWriter {
 
     /// Finishes the file; `None` when no row was written (the empty file is deleted).
     pub async fn finish(self) -> Result<Option<Add>> {
-        self.writer.close().await?;
+        let md = self.writer.close().await?;
         let path = StorePath::from(self.relative.as_str());
         if self.rows == 0 {
             self.store.delete(&path).await?;
@@ -165,7 +166,12 @@ impl PartWriter {
             size,
             modification_time: chrono::Utc::now().timestamp_millis(),
             data_change: true,
-            stats: Some(serde_json::json!({ "numRecords": self.rows }).to_string()),
+            // Column statistics, so other readers skip files by partner, id or time.
+            stats: Some(crate::delta_stats::stats_json(
+                &self.file_schema,
+                &md,
+                self.rows,
+            )),
             ..Default::default()
         }))
     }

@@ -60,6 +60,34 @@ impl SortedRun {
         self.rows
     }
 
+    /// Takes out of the run every selected row for which `drop(batch, row)` holds, and
+    /// returns them (one batch per held batch that had any).
+    pub fn deselect(
+        &mut self,
+        mut drop: impl FnMut(usize, usize) -> bool,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut taken = Vec::new();
+        for (b, (batch, keep)) in self.batches.iter().zip(self.keep.iter_mut()).enumerate() {
+            let n = batch.num_rows();
+            let hit: BooleanBuffer = (0..n)
+                .map(|r| keep.as_ref().is_none_or(|k| k.value(r)) && drop(b, r))
+                .collect();
+            let hits = hit.count_set_bits();
+            if hits == 0 {
+                continue;
+            }
+            let mask = arrow::array::BooleanArray::new(hit.clone(), None);
+            taken.push(arrow::compute::filter_record_batch(batch, &mask)?);
+            let left = match keep.take() {
+                Some(k) => &k & &!&hit,
+                None => !&hit,
+            };
+            *keep = Some(left);
+            self.rows -= hits;
+        }
+        Ok(taken)
+    }
+
     /// The run's rows in (`partner_id`, `txn_id`) order, `chunk` rows per batch; empties the run.
     ///
     /// Each column is first concatenated across the run's batches (see [`concat_column`]), then

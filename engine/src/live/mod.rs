@@ -13,7 +13,7 @@
 //! recorded files (routing is deterministic, and each table skips a batch it already has).
 //! The dedup keys are rebuilt from the raw files of the batches whose keys may still be alive
 //! (see [`checkpoint`]). Every `compact_every` batches the tables are rolled up (one row per
-//! minute and partner, windows past the retention dropped), the Delta log checkpointed and
+//! minute, partner and currency, windows past the retention dropped), the Delta log checkpointed and
 //! vacuumed, so reading `live_view` stays as fast after a day of 1 s batches as after a minute.
 
 pub mod batch;
@@ -448,6 +448,7 @@ impl Runner {
         cp.raw_version = raw_version.or(self.cp.raw_version);
         self.fence.check()?;
         checkpoint::write(&self.lake, &cp).await?;
+        crate::failpoint::hit("live_after_checkpoint");
 
         let now_ms = chrono::Utc::now().timestamp_millis();
         let watermark = self.clock(after).watermark;
@@ -491,6 +492,7 @@ impl Runner {
                 metadata.clone(),
             )
             .await?;
+            crate::failpoint::hit("live_after_late_commit");
         }
         self.fence.check()?;
         let appended = sink::append(
@@ -502,6 +504,7 @@ impl Runner {
             metadata,
         )
         .await?;
+        crate::failpoint::hit("live_after_view_commit");
         // This run recovered at the view's last batch and holds the lease, so batch n can
         // only be there if another writer committed it meanwhile: fail the batch rather than
         // go on from a checkpoint that is not the view's (a continuous run then recovers from
@@ -585,6 +588,9 @@ impl Runner {
             .map(|m| m.saturating_sub(self.cfg.retention.as_micros() as i64));
         let started = Instant::now();
         let view = sink::rollup(&self.lake, layout::LIVE_VIEW, &mut self.view, keep_from).await?;
+        // Between the two tables' roll-ups: each is one commit of the same totals, so a crash
+        // here leaves live_view rolled up and live_late not, which the next roll-up finishes.
+        crate::failpoint::hit("live_after_rollup");
         let late = sink::rollup(&self.lake, layout::LIVE_LATE, &mut self.late, keep_from).await?;
         tracing::info!(
             view_files = view.files_before,

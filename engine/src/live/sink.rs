@@ -7,7 +7,7 @@
 //!
 //! One commit per second is 86,400 a day. To keep the table fast to open and read, every
 //! `compact_every` batches [`rollup`] rewrites the table as one file with one row per
-//! (minute, partner), dropping windows past the retention, in one commit; delta-rs writes a
+//! (minute, partner, currency), dropping windows past the retention, in one commit; delta-rs writes a
 //! log checkpoint every 100 commits, expired log files (older than the table's
 //! `delta.logRetentionDuration`, set to 1 hour) are cleaned up, and `vacuum` deletes files
 //! removed more than `delta.deletedFileRetentionDuration` (10 minutes) ago.
@@ -42,9 +42,23 @@ const PROPERTIES: &[(&str, &str)] = &[
 ];
 
 /// Opens (creating if needed) the live table under `dir`.
+///
+/// A table written before the view was keyed by currency (no `currency` column) summed amounts
+/// across currencies: its rows cannot be split again, so it is refused with the one step that
+/// fixes it (the live view is derived data and rebuilds from the raw lake) rather than mixed
+/// with per-currency rows.
 pub async fn open(lake: &Lake, dir: &str) -> Result<DeltaTable> {
     let url = lake.url_of(dir)?;
-    delta::open_or_create(lake, &url, dir, &LIVE_WINDOW, &[], PROPERTIES).await
+    let table = delta::open_or_create(lake, &url, dir, &LIVE_WINDOW, &[], PROPERTIES).await?;
+    if table.snapshot()?.schema().field("currency").is_none() {
+        return Err(TallyError::Refused {
+            message: format!(
+                "{dir} was written by an older tally that added amounts across currencies; \
+                 delete live_view/ and live_late/ under the lake and rerun `tally live` to rebuild them per currency"
+            ),
+        });
+    }
+    Ok(table)
 }
 
 /// The last batch committed to `table` (0 if none).
@@ -93,13 +107,19 @@ pub async fn append(
     Ok(true)
 }
 
-/// One row per (minute, partner) of a live table: the view readers get.
+/// One row per (minute, partner, currency) of a live table: the view readers get.
 pub fn totals(
     ctx: &SessionContext,
     provider: Arc<dyn datafusion::catalog::TableProvider>,
 ) -> Result<DataFrame> {
+    // A table from before the currency key still opens for reading (reconcile and `tally
+    // live` refuse it with the fix), so one old table does not take the whole session down.
+    let mut keys = vec![col("window_start"), col("partner_id")];
+    if provider.schema().field_with_name("currency").is_ok() {
+        keys.push(col("currency"));
+    }
     Ok(ctx.read_table(provider)?.aggregate(
-        vec![col("window_start"), col("partner_id")],
+        keys,
         vec![
             sum(col("events")).alias("events"),
             sum(col("errors")).alias("errors"),
@@ -113,11 +133,11 @@ pub fn totals(
 pub struct Rollup {
     /// Files replaced.
     pub files_before: usize,
-    /// Rows after (one per minute and partner).
+    /// Rows after (one per minute, partner and currency).
     pub rows_after: usize,
 }
 
-/// Rewrites `table` as one file of totals per (minute, partner), dropping windows before
+/// Rewrites `table` as one file of totals per (minute, partner, currency), dropping windows before
 /// `keep_from_us`, in one commit; then vacuums files removed long enough ago.
 pub async fn rollup(
     lake: &Lake,
@@ -148,6 +168,7 @@ pub async fn rollup(
     let df = df.sort(vec![
         col("window_start").sort(true, false),
         col("partner_id").sort(true, false),
+        col("currency").sort(true, false),
     ])?;
     let rows: Vec<RecordBatch> = df
         .collect()

@@ -1,0 +1,24 @@
+-- Copies of day D's transactions whose event_time names a neighbouring day (D-1 or D+1).
+--
+-- A transaction belongs to exactly one day: the day its winning copy names. When copies of
+-- one txn_id disagree on the day, D and its neighbour must both see all of them to pick the
+-- same winner, so D's run also reads the copies each neighbour would read for itself.
+--
+-- Input `neighbour_arrivals`: the checked raw files of ingest_date D-2 .. D+1 + horizon.
+-- Parameters: $1 D-1 00:00, $2 D 00:00, $3 D+1 00:00, $4 D+2 00:00 (TIMESTAMP, UTC);
+--   $5 the last arrival day of D-1's copies (D-1 + horizon), $6 the first of D+1's (D).
+--
+-- `ledger_day_has(key)` is true for every txn_key of D's ledger rows (and, rarely, a few
+-- others: it is a Bloom filter), so only the ids of D are kept. It is evaluated on txn_id
+-- alone inside the Parquet reader; the other columns are decoded only for the rows it keeps.
+SELECT
+    txn_key(txn_id) AS txn_key,
+    txn_id, partner_id, event_time, ingest_time, amount, currency, status
+FROM neighbour_arrivals
+WHERE (
+        -- D-1's eligible copies: arrived D-2 .. D-1 + horizon.
+        (event_time >= $1 AND event_time < $2 AND ingest_date <= $5)
+        -- D+1's eligible copies: arrived D .. D+1 + horizon.
+     OR (event_time >= $3 AND event_time < $4 AND ingest_date >= $6)
+      )
+  AND ledger_day_has(txn_key(txn_id))

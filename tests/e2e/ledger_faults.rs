@@ -1,0 +1,605 @@
+//! The ledger under partner and operator faults: empty and shrinking reruns, clock-skewed
+//! partners, transactions spanning two days, stale runs, files landing mid-run, crashes at
+//! each commit window, unreachable stores, and file statistics other engines read.
+
+use crate::harness::*;
+use crate::ledger::{
+    conflict_rows, delta_versions, expected_conflicts, expected_ledger, ledger_rows, run_ledger,
+};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const DAY_US: i64 = 86_400_000_000;
+
+fn row(txn: &str, partner: &str, event: i64, ingest: i64, cents: i128) -> RawRow {
+    RawRow {
+        txn_id: txn.into(),
+        partner_id: partner.into(),
+        event_time: event,
+        ingest_time: ingest,
+        amount: cents,
+        currency: "EUR".into(),
+        status: "ok".into(),
+        ingest_date: String::new(),
+        file: Default::default(),
+    }
+}
+
+/// `runs` rows of `day`, oldest first: (outcome, ledger_rows, rows_without_event_time).
+fn runs_of(dir: &Path, day: &str) -> Vec<Vec<String>> {
+    let sql = format!(
+        "SELECT outcome, ledger_rows, rows_without_event_time FROM runs WHERE day = DATE '{day}' ORDER BY started_at"
+    );
+    csv_rows(&tally_ok(dir, &["sql", &sql, "--format", "csv"]))
+}
+
+/// Waits until the process is stopped (SIGSTOP at a failpoint).
+fn wait_stopped(child: &Child) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state is the field after the parenthesised command name.
+        if s.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('T'))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the run did not reach its failpoint");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn an_empty_rerun_is_refused_unless_allowed_and_runs_records_the_refusal() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 61);
+    let day = "2026-11-01";
+    let first = run_ledger(dir.path(), day, &[]);
+    let rows = ledger_rows(dir.path(), day);
+    let table = dir.path().join("lake/ledger");
+    let versions = delta_versions(&table);
+    // The raw partitions expired (a lifecycle rule) or the prefix is wrong.
+    let raw = dir.path().join("lake/raw");
+    std::fs::rename(&raw, dir.path().join("raw-elsewhere")).unwrap();
+    let err = tally_fails(dir.path(), &["ledger", "--date", day], 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(day) && err.contains("no raw files") && err.contains("--allow-empty"),
+        "{err}"
+    );
+    assert_eq!(delta_versions(&table), versions, "no commit");
+    assert_eq!(ledger_rows(dir.path(), day), rows);
+    // Backfill does not "rebuild" it either.
+    let err = tally_fails(dir.path(), &["backfill", "--from", day, "--to", day], 1);
+    assert!(err.contains("--allow-empty"), "{err}");
+    assert_eq!(ledger_rows(dir.path(), day), rows);
+    let runs = runs_of(dir.path(), day);
+    assert_eq!(
+        runs.iter().filter(|r| r[0] == "refused").count(),
+        2,
+        "{runs:?}"
+    );
+    // Said explicitly, the day is emptied.
+    let empty = run_ledger(dir.path(), day, &["--allow-empty"]);
+    assert_eq!(empty["ledger_rows"], 0);
+    assert!(ledger_rows(dir.path(), day).is_empty());
+    assert_ne!(first["version"], empty["version"]);
+}
+
+#[test]
+fn a_rebuild_that_loses_more_than_max_shrink_is_refused() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 20_000, 62);
+    let day = "2026-11-01";
+    run_ledger(dir.path(), day, &[]);
+    let rows = ledger_rows(dir.path(), day);
+    // One of the day's files is gone (a quarter of its transactions).
+    let gone = parquet_files(&dir.path().join("lake/raw/payments/ingest_date=2026-11-01"))
+        .into_iter()
+        .next()
+        .unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let err = tally_fails(dir.path(), &["ledger", "--date", day], 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("fewer") && err.contains("--max-shrink"),
+        "{err}"
+    );
+    assert_eq!(ledger_rows(dir.path(), day), rows, "the day is as it was");
+    assert_eq!(runs_of(dir.path(), day).last().unwrap()[0], "refused");
+    let raw = read_raw(&dir.path().join("lake"));
+    run_ledger(dir.path(), day, &["--max-shrink", "100%"]);
+    assert_eq!(ledger_rows(dir.path(), day), expected_ledger(&raw, day, 3));
+}
+
+#[test]
+fn events_arriving_the_evening_before_are_counted_and_rows_without_event_time_reported() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let d = micros("2026-11-05T00:00:00Z");
+    // A partner clock three minutes fast: D's first events land on D − 1.
+    write_raw(
+        &lake,
+        "2026-11-04",
+        "evening.parquet",
+        &[
+            row("skew-1", "p1", d + 30_000_000, d - 150_000_000, 1_000),
+            row("before", "p1", d - 600_000_000, d - 599_000_000, 2_000),
+        ],
+    );
+    write_raw(
+        &lake,
+        "2026-11-05",
+        "day.parquet",
+        &[row(
+            "on-time",
+            "p1",
+            d + DAY_US / 2,
+            d + DAY_US / 2 + 1,
+            3_000,
+        )],
+    );
+    // Rows arriving on D without an event_time can be in no day's ledger: counted, not hidden.
+    {
+        use arrow::array::*;
+        use std::sync::Arc;
+        let ts = |v: Option<i64>| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(vec![v, v]).with_timezone("UTC"))
+        };
+        let batch = RecordBatch::try_new(
+            raw_file_schema(false),
+            vec![
+                Arc::new(StringArray::from(vec!["no-time-1", "no-time-2"])),
+                Arc::new(StringArray::from(vec!["p1", "p1"])),
+                ts(None),
+                ts(Some(d + 1_000_000)),
+                Arc::new(
+                    Decimal128Array::from(vec![100, 200])
+                        .with_precision_and_scale(18, 2)
+                        .unwrap(),
+                ),
+                Arc::new(StringArray::from(vec!["EUR", "EUR"])),
+                Arc::new(StringArray::from(vec!["ok", "ok"])),
+            ],
+        )
+        .unwrap();
+        write_parquet(
+            &lake.join("raw/payments/ingest_date=2026-11-05/no-time.parquet"),
+            batch,
+        );
+    }
+    let m = run_ledger(dir.path(), "2026-11-05", &[]);
+    let got = ledger_rows(dir.path(), "2026-11-05");
+    assert!(
+        got.contains_key("skew-1"),
+        "the early arrival is in D: {got:?}"
+    );
+    assert!(got.contains_key("on-time") && !got.contains_key("before"));
+    assert_eq!(got.len(), 2);
+    assert_eq!(m["rows_without_event_time"], 2);
+    assert_eq!(runs_of(dir.path(), "2026-11-05").last().unwrap()[2], "2");
+    // The commit info says so too.
+    let log = std::fs::read_dir(lake.join("ledger/_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .max()
+        .unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(text.contains("\"rows_without_event_time\":2"), "{text}");
+}
+
+/// Copies of one transaction whose event_times straddle midnight: the day of the copy that
+/// arrived first owns it; the other day leaves it out; both list it with the reason.
+#[test]
+fn a_transaction_with_copies_on_two_days_is_in_exactly_one_ledger() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let d1 = micros("2026-11-10T00:00:00Z");
+    let d2 = d1 + DAY_US;
+    let mut day1 = Vec::new();
+    let mut day2 = Vec::new();
+    for i in 0..200 {
+        let t = d1 + i * 400_000_000;
+        day1.push(row(
+            &format!("a-{i}"),
+            "p1",
+            t,
+            t + 1_000_000,
+            100 + i as i128,
+        ));
+        day2.push(row(
+            &format!("b-{i}"),
+            "p2",
+            d2 + i * 400_000_000,
+            d2 + i * 400_000_000 + 1,
+            7,
+        ));
+    }
+    // x: first copy names 11-10 (arrives first), a retry re-stamped after midnight names 11-11.
+    day1.push(row("x", "p1", d2 - 10_000_000, d2 - 9_000_000, 4_200));
+    day2.push(row("x", "p1", d2 + 20_000_000, d2 + 21_000_000, 4_200));
+    // y: the copy naming 11-11 arrived first (the 11-10 copy came a day late).
+    day2.push(row("y", "p2", d2 + 5_000_000, d2 + 6_000_000, 900));
+    write_raw(&lake, "2026-11-10", "day1.parquet", &day1);
+    write_raw(&lake, "2026-11-11", "day2.parquet", &day2);
+    write_raw(
+        &lake,
+        "2026-11-12",
+        "late.parquet",
+        &[row("y", "p2", d2 - 5_000_000, d2 + DAY_US, 900)],
+    );
+    let raw = read_raw(&lake);
+    // Either order, and again: the same answer.
+    for days in [["2026-11-11", "2026-11-10"], ["2026-11-10", "2026-11-11"]] {
+        for day in days {
+            run_ledger(dir.path(), day, &[]);
+        }
+        let (l1, l2) = (
+            ledger_rows(dir.path(), "2026-11-10"),
+            ledger_rows(dir.path(), "2026-11-11"),
+        );
+        assert!(l1.contains_key("x") && !l2.contains_key("x"));
+        assert!(l2.contains_key("y") && !l1.contains_key("y"));
+        assert_eq!(l1, expected_ledger(&raw, "2026-11-10", 3));
+        assert_eq!(l2, expected_ledger(&raw, "2026-11-11", 3));
+        // Both copies counted in the owning row.
+        assert_eq!(l1["x"][7], "2");
+        for day in ["2026-11-10", "2026-11-11"] {
+            assert_eq!(
+                conflict_rows(dir.path(), day),
+                expected_conflicts(&raw, day, 3),
+                "{day}"
+            );
+        }
+    }
+    let reasons = csv_rows(&tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT txn_id, CAST(event_date AS VARCHAR), reason, CAST(copy_event_date AS VARCHAR), is_winner FROM ledger_conflicts ORDER BY 1, 2, 4",
+            "--format",
+            "csv",
+        ],
+    ));
+    let r = |a: &str, b: &str, c: &str, d: &str, e: &str| {
+        vec![a.to_string(), b.into(), c.into(), d.into(), e.into()]
+    };
+    assert_eq!(
+        reasons,
+        vec![
+            r("x", "2026-11-10", "owned_here", "2026-11-10", "true"),
+            r("x", "2026-11-10", "owned_here", "2026-11-11", "false"),
+            r(
+                "x",
+                "2026-11-11",
+                "owned_by_other_day",
+                "2026-11-10",
+                "true"
+            ),
+            r(
+                "x",
+                "2026-11-11",
+                "owned_by_other_day",
+                "2026-11-11",
+                "false"
+            ),
+            r(
+                "y",
+                "2026-11-10",
+                "owned_by_other_day",
+                "2026-11-10",
+                "false"
+            ),
+            r(
+                "y",
+                "2026-11-10",
+                "owned_by_other_day",
+                "2026-11-11",
+                "true"
+            ),
+            r("y", "2026-11-11", "owned_here", "2026-11-10", "false"),
+            r("y", "2026-11-11", "owned_here", "2026-11-11", "true"),
+        ]
+    );
+}
+
+/// A run stopped (SIGSTOP: a suspended VM, a long GC pause) past its lease, while a newer run
+/// takes the day over and commits, must not commit over it when it resumes.
+#[test]
+fn a_run_paused_past_its_lease_never_commits_over_the_newer_run() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 63);
+    let day = "2026-11-01";
+    run_ledger(dir.path(), day, &[]);
+    let stale = tally_cmd(dir.path())
+        .args(["ledger", "--date", day])
+        .env("TALLY_LEASE_SECS", "2")
+        .env("TALLY_FAILPOINT", "ledger_before_commit:stop")
+        .spawn()
+        .unwrap();
+    wait_stopped(&stale);
+    // A late file lands, and a newer run (after the stale lease expired) includes it.
+    let late_at = micros("2026-11-01T12:00:00Z");
+    write_raw(
+        &dir.path().join("lake"),
+        "2026-11-02",
+        "late.parquet",
+        &[row("late-one", "p9", late_at, late_at + DAY_US, 12_345)],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let newer = run_ledger(dir.path(), day, &[]);
+    let want = ledger_rows(dir.path(), day);
+    assert!(want.contains_key("late-one"));
+    signal(&stale, "-CONT");
+    let out = stale.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the stale run must fail");
+    assert_eq!(
+        ledger_rows(dir.path(), day),
+        want,
+        "the newer run's day stands"
+    );
+    let versions = csv_rows(&tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT max(ledger_version) FROM runs WHERE outcome = 'committed'",
+            "--format",
+            "csv",
+        ],
+    ));
+    assert_eq!(versions[0][0], newer["version"].to_string());
+}
+
+/// The files read are exactly the files checked: one landing after the check waits for the
+/// next run.
+#[test]
+fn a_file_landing_after_the_check_is_not_read_and_the_next_run_takes_it() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 64);
+    let day = "2026-11-01";
+    let run = tally_cmd(dir.path())
+        .args(["ledger", "--date", day, "--format", "json"])
+        .env("TALLY_FAILPOINT", "ledger_after_input_check:stop")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&run);
+    let at = micros("2026-11-01T08:00:00Z");
+    write_raw(
+        &dir.path().join("lake"),
+        day,
+        "landed-mid-run.parquet",
+        &[row("mid-run", "p9", at, at + 1_000, 500)],
+    );
+    signal(&run, "-CONT");
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert!(!ledger_rows(dir.path(), day).contains_key("mid-run"));
+    let second = run_ledger(dir.path(), day, &[]);
+    assert!(ledger_rows(dir.path(), day).contains_key("mid-run"));
+    assert_eq!(
+        second["files_read"].as_u64().unwrap(),
+        first["files_read"].as_u64().unwrap() + 1
+    );
+}
+
+/// A crash (abort: no cleanup, no lease release) at each step between the first write and the
+/// last commit, then a rerun: the day is exact and the conflicts belong to its version.
+#[test]
+fn a_crash_at_every_ledger_failpoint_then_a_rerun_is_exact() {
+    let points = tally_engine::failpoint::LEDGER_POINTS;
+    assert!(points.len() >= 6);
+    let base = tempdir();
+    generate(base.path(), 3, 5_000, 65);
+    let day = "2026-11-02";
+    run_ledger(base.path(), day, &[]);
+    for &point in points {
+        let dir = tempdir();
+        copy_tree(base.path(), dir.path());
+        let lake = dir.path().join("lake");
+        // Something new for the run to commit.
+        let at = micros("2026-11-02T09:00:00Z");
+        write_raw(
+            &lake,
+            "2026-11-03",
+            "late.parquet",
+            &[
+                row("late-one", "p9", at, at + DAY_US, 777),
+                row("late-one", "p9", at, at + DAY_US + 1, 778),
+            ],
+        );
+        let out = tally_cmd(dir.path())
+            .args(["ledger", "--date", day])
+            .env("TALLY_LEASE_SECS", "1")
+            .env("TALLY_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the run must die there");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&format!("failpoint {point}")),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(1_100));
+        let m = run_ledger(dir.path(), day, &[]);
+        let raw = read_raw(&lake);
+        assert_eq!(
+            ledger_rows(dir.path(), day),
+            expected_ledger(&raw, day, 3),
+            "{point}"
+        );
+        assert_eq!(
+            conflict_rows(dir.path(), day),
+            expected_conflicts(&raw, day, 3),
+            "{point}"
+        );
+        // The conflicts commit names the ledger version it belongs to.
+        let log = lake.join("ledger_conflicts/_delta_log");
+        let last = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .max()
+            .unwrap();
+        let text = std::fs::read_to_string(last).unwrap();
+        assert!(
+            text.contains(&format!("\"ledger_version\":{}", m["version"])),
+            "{point}: {text}"
+        );
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .args([
+            "-a",
+            &format!("{}/.", from.display()),
+            &to.display().to_string(),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+/// An S3 outage in the middle of the footer check is the store's fault, not a file's: the
+/// error names the endpoint and says to retry (a scheduler retries it; a bad file it must not).
+#[test]
+fn an_outage_during_the_footer_check_says_retry_and_names_the_endpoint_not_a_file() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // A private server: this test takes it down.
+    let mut server = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server (scripts/test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dir = tempdir();
+    let env = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing-secret"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let created = Command::new("curl")
+        .args(["-sf", "-X", "PUT", &format!("{endpoint}/outage")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(created, "create bucket");
+    let lake = "s3://outage/lake";
+    run_ok(tally_cmd(dir.path()).envs(env).args([
+        "generate",
+        "--days",
+        "1",
+        "--events-per-day",
+        "2000",
+        "--lake",
+        lake,
+    ]));
+    let run = tally_cmd(dir.path())
+        .envs(env)
+        .env("TALLY_FAILPOINT", "ledger_after_listing:stop")
+        .args(["ledger", "--date", "2026-11-01", "--lake", lake])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&run);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    signal(&run, "-CONT");
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap();
+    assert!(last.contains(&endpoint) && last.contains("retry"), "{err}");
+    assert!(!last.contains("bad raw file"), "{err}");
+}
+
+/// Spark, DuckDB and deltalake-python skip ledger files by their Delta statistics.
+#[test]
+fn other_readers_see_min_max_and_null_counts_of_the_ledger_files() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 66);
+    run_ledger(dir.path(), "2026-11-01", &[]);
+    let table = dir.path().join("lake/ledger");
+    let script = format!(
+        "import deltalake, json\n\
+         a = deltalake.DeltaTable('{}').get_add_actions(flatten=True)\n\
+         cols = [c for c in a.column_names if c.startswith(('min.', 'max.', 'null_count.')) or c == 'num_records']\n\
+         print(json.dumps({{c: [str(v) for v in a.column(c).to_pylist()] for c in cols}}))\n",
+        table.display()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deltalake-python (scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for c in [
+        "partner_id",
+        "txn_id",
+        "event_time",
+        "amount",
+        "first_ingest_time",
+        "copies",
+    ] {
+        for k in ["min", "max", "null_count"] {
+            let key = format!("{k}.{c}");
+            let v = stats[&key]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {key} in {stats}"));
+            assert!(v.iter().all(|x| x != "None"), "{key}: {v:?}");
+        }
+    }
+    // The statistics are right: min/max bound the file's rows (checked on txn_id over all files).
+    let mins: Vec<String> = stats["min.txn_id"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let want_min = ledger_rows(dir.path(), "2026-11-01")
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    assert_eq!(mins.iter().min().unwrap(), &want_min);
+    let total: u64 = stats["num_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total as usize, ledger_rows(dir.path(), "2026-11-01").len());
+}
