@@ -52,12 +52,12 @@ joined AS (
            coalesce(t.events, 0)                              AS late_events,
            CAST(coalesce(t.amount, 0) AS DECIMAL(38, 2))      AS late_amount
     FROM partners p
-    LEFT JOIN ledger_day l ON l.partner_id IS NOT DISTINCT FROM p.partner_id
-                          AND l.currency IS NOT DISTINCT FROM p.currency
-    LEFT JOIN live_day v   ON v.partner_id IS NOT DISTINCT FROM p.partner_id
-                          AND v.currency IS NOT DISTINCT FROM p.currency
-    LEFT JOIN late_day t   ON t.partner_id IS NOT DISTINCT FROM p.partner_id
-                          AND t.currency IS NOT DISTINCT FROM p.currency
+    LEFT JOIN ledger_day l ON (l.partner_id IS NOT DISTINCT FROM p.partner_id)
+                          AND (l.currency IS NOT DISTINCT FROM p.currency)
+    LEFT JOIN live_day v   ON (v.partner_id IS NOT DISTINCT FROM p.partner_id)
+                          AND (v.currency IS NOT DISTINCT FROM p.currency)
+    LEFT JOIN late_day t   ON (t.partner_id IS NOT DISTINCT FROM p.partner_id)
+                          AND (t.currency IS NOT DISTINCT FROM p.currency)
 ),
 gaps AS (
     SELECT *,

@@ -157,6 +157,18 @@ pub async fn find_bad_file(lake: &Lake, files: &[object_store::path::Path]) -> O
     None
 }
 
+/// What is wrong with the footer of `meta`'s file, if its bytes are not Parquet (a store
+/// failure is not the file's fault and gives `None`). For callers without a [`Lake`].
+pub(crate) async fn footer_problem(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+) -> Option<String> {
+    match read_footer(store, meta).await {
+        Err(Footer::Bad(message)) => Some(message),
+        _ => None,
+    }
+}
+
 /// Why a footer could not be read: the store failed, or the bytes are not Parquet.
 enum Footer {
     Store(object_store::Error),

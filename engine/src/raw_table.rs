@@ -104,7 +104,57 @@ impl TableProvider for RawPaymentsTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let mut all = filters.to_vec();
         all.extend(implied_ingest_date_filters(filters));
-        self.inner.scan(state, projection, &all, limit).await
+        match self.inner.scan(state, projection, &all, limit).await {
+            Err(e) if e.to_string().contains("Parquet") => {
+                Err(self.name_bad_file(state, &all, e).await)
+            }
+            other => other,
+        }
+    }
+}
+
+impl RawPaymentsTable {
+    /// A scan that failed reading footers (statistics are collected at planning): names the
+    /// first file of the scan's partitions whose footer is not Parquet, reading only those
+    /// footers, or returns `error` as it was.
+    async fn name_bad_file(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        error: datafusion::error::DataFusionError,
+    ) -> datafusion::error::DataFusionError {
+        use futures::TryStreamExt;
+        let Some(table_path) = self.inner.table_paths().first() else {
+            return error;
+        };
+        let Ok(store) = state.runtime_env().object_store(table_path) else {
+            return error;
+        };
+        let cols = &self.inner.options().table_partition_cols;
+        let files: Vec<_> = match datafusion::datasource::listing::helpers::pruned_partition_list(
+            state,
+            store.as_ref(),
+            table_path,
+            filters,
+            ".parquet",
+            cols,
+        )
+        .await
+        {
+            Ok(stream) => stream.try_collect().await.unwrap_or_default(),
+            Err(_) => return error,
+        };
+        for f in files {
+            if let Some(message) = crate::raw_files::footer_problem(&store, &f.object_meta).await {
+                return datafusion::error::DataFusionError::External(Box::new(
+                    crate::TallyError::BadRawFile {
+                        file: f.object_meta.location.to_string(),
+                        message,
+                    },
+                ));
+            }
+        }
+        error
     }
 }
 

@@ -125,10 +125,13 @@ impl TallySession {
     /// object stores) and its UDFs, with `target_partitions` partitions and no tables: e.g.
     /// the ledger's settlement of a sliver of the day on one partition.
     pub fn job_context(&self, target_partitions: usize) -> Result<SessionContext> {
-        let config = self
+        let mut config = self
             .ctx
             .copied_config()
             .with_target_partitions(target_partitions.max(1));
+        // A job step's sorts work on slivers; each sort's reserved merge memory (10 MB by
+        // default) would otherwise take a large share of a tight --memory-limit per sort.
+        config.options_mut().execution.sort_spill_reservation_bytes = 2 << 20;
         let ctx = SessionContext::new_with_config_rt(config, self.ctx.runtime_env());
         tally_udfs::register_all(&ctx);
         Ok(ctx)

@@ -85,20 +85,21 @@ fn backfill_builds_exact_days_then_skips_unchanged_and_rebuilds_changed_ones() {
     assert_eq!(code, 0);
     assert!(days.iter().all(|d| d["outcome"] == "skipped"), "{days:?}");
 
-    // New arrivals on 2026-11-05 change the windows of 11-02 and 11-03 (late_days = 3) only.
+    // New arrivals on 2026-11-06 change the read windows of 11-02 (its neighbour 11-03's
+    // copies, up to 11-06) and 11-03 (late_days = 3) only.
     let t = micros("2026-11-03T12:00:00Z");
     let late = RawRow {
         txn_id: "late-resend-1".into(),
         partner_id: "partner-0001".into(),
         event_time: t,
-        ingest_time: t + 2 * 86_400_000_000,
+        ingest_time: t + 3 * 86_400_000_000,
         amount: 12_345,
         currency: "EUR".into(),
         status: "ok".into(),
         ingest_date: String::new(),
         file: Default::default(),
     };
-    write_raw(&lake, "2026-11-05", "late.parquet", &[late]);
+    write_raw(&lake, "2026-11-06", "late.parquet", &[late]);
     let (code, days, _, _) = backfill(dir.path(), "2026-11-01", "2026-11-03", &[]);
     assert_eq!(code, 0);
     assert_eq!(
@@ -140,8 +141,9 @@ fn a_failed_day_is_named_the_others_build_and_a_rerun_resumes() {
     let dir = tempdir();
     generate(dir.path(), 3, 3_000, 32);
     let lake = dir.path().join("lake");
-    // A corrupt file arriving on 11-06 is in the window of 11-03 only (of 11-01..11-03).
-    let bad_dir = lake.join("raw/payments/ingest_date=2026-11-06");
+    // A corrupt file arriving on 11-07 is in the read window of 11-03 only (of 11-01..11-03:
+    // 11-02 reads up to 11-06, its neighbour 11-03's last arrival day).
+    let bad_dir = lake.join("raw/payments/ingest_date=2026-11-07");
     std::fs::create_dir_all(&bad_dir).unwrap();
     std::fs::write(bad_dir.join("broken.parquet"), b"PAR1 not parquet").unwrap();
     let (code, days, summary, err) = backfill(dir.path(), "2026-11-01", "2026-11-03", &[]);

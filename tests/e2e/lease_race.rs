@@ -30,7 +30,9 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A racer (only when run as a child): waits for the start instant, tries once to take the
-/// lease, and prints `won` or `lost`.
+/// lease, prints `won` or `lost`, and stays alive until the parent closes its stdin: a lease
+/// whose holder's process is gone may be taken over, so a winner that exited early would let
+/// a slower racer win too.
 #[test]
 fn racer() {
     let Ok(lake) = std::env::var(LAKE_VAR) else {
@@ -53,6 +55,9 @@ fn racer() {
         .block_on(day_lock::try_take_once(&lake, &name, &owner))
         .unwrap();
     println!("RACE {}", if won { "won" } else { "lost" });
+    use std::io::{Read, Write};
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
 }
 
 /// Runs `ROUNDS` rounds of `RACERS` processes against `lake`; `env` points them at the store.
@@ -64,7 +69,7 @@ fn race(lake_location: &str, s3: &S3Options, env: &[(&str, &str)]) {
         let name = "race-day";
         rt.block_on(day_lock::plant_stale_lease(&lake, name))
             .unwrap();
-        let at = now_ms() + 400;
+        let at = now_ms() + 300;
         let children: Vec<_> = (0..RACERS)
             .map(|i| {
                 let mut c = Command::new(&exe);
@@ -78,6 +83,7 @@ fn race(lake_location: &str, s3: &S3Options, env: &[(&str, &str)]) {
                 .env("TALLY_TEST_RACE_NAME", name)
                 .env("TALLY_TEST_RACE_OWNER", format!("racer-{round}-{i}"))
                 .env("TALLY_TEST_RACE_AT", at.to_string())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
                 for (k, v) in env {
@@ -86,16 +92,28 @@ fn race(lake_location: &str, s3: &S3Options, env: &[(&str, &str)]) {
                 c.spawn().unwrap()
             })
             .collect();
+        // Every racer's answer first (all still alive), then let them go.
         let mut won = 0;
-        for child in children {
+        let mut children = children;
+        for child in &mut children {
+            use std::io::BufRead;
+            let out = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+            let answer = out
+                .lines()
+                .map_while(|l| l.ok())
+                .find(|l| l.contains("RACE "))
+                .unwrap_or_else(|| panic!("a racer gave no answer in round {round}"));
+            // libtest prints `test lease_race::racer ... ` before the answer, on its line.
+            won += usize::from(answer.ends_with("RACE won"));
+        }
+        for mut child in children {
+            drop(child.stdin.take());
             let out = child.wait_with_output().unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
-                out.status.success() && stdout.contains("RACE "),
-                "racer failed in round {round}: {stdout}\n{}",
+                out.status.success(),
+                "racer failed in round {round}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            won += stdout.matches("RACE won").count();
         }
         assert_eq!(
             won, 1,

@@ -355,7 +355,7 @@ fn a_run_paused_past_its_lease_never_commits_over_the_newer_run() {
         dir.path(),
         &[
             "sql",
-            "SELECT max(ledger_version) FROM runs WHERE outcome = 'committed'",
+            "SELECT max(ledger_version) FROM runs WHERE outcome = 'ok'",
             "--format",
             "csv",
         ],

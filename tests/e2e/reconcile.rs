@@ -244,30 +244,33 @@ fn a_shortfall_in_one_currency_is_not_hidden_by_a_surplus_in_another() {
     let mut rows = day_traffic(1_440);
     for (i, r) in rows.iter_mut().enumerate() {
         if r.partner_id == "p0" {
-            r.currency = if i % 3 == 0 { "JPY" } else { "USD" }.into();
+            r.currency = if (i / 3) % 3 == 0 { "JPY" } else { "USD" }.into();
         }
     }
     write_raw(&lake, "2026-11-20", "day.parquet", &rows);
     let noon = micros("2026-11-20T12:00:30Z");
-    // A JPY event stamped by a partner clock two days fast: it lands in the lake two days
-    // before its event day, outside the ledger's arrival window (D − 1 ..), while the live
-    // view counts it (a JPY surplus in live).
+    // A JPY copy that reached the lake five days late: the ledger's three-day horizon leaves
+    // it out, while the live view, taking everything in its first batch, counts it (a JPY
+    // surplus in live).
     write_raw(
         &lake,
-        "2026-11-18",
-        "clock-far-ahead.parquet",
+        "2026-11-25",
+        "very-late.parquet",
         &[RawRow {
             currency: "JPY".into(),
             ..row(
-                "jpy-early".into(),
+                "jpy-late".into(),
                 "p0",
                 noon,
-                noon - 2 * 86_400_000_000,
+                noon + 5 * 86_400_000_000,
                 5_000,
             )
         }],
     );
-    tally_ok(dir.path(), &["live", "--once"]);
+    tally_ok(
+        dir.path(),
+        &["live", "--once", "--start-lookback-days", "10"],
+    );
     // A USD transaction of the same size that the live view never saw (landed after it ran
     // and is not picked up again): a USD shortfall in live.
     write_raw(

@@ -74,7 +74,7 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
     let before = reconcile(ctx, replay_day).await?;
     let p_before = partner_row(&before, &partner);
     println!(
-        "4. `tally reconcile --date {replay_day}`: {} partners, {} beyond the threshold. {partner}: ledger {} events, live view {} — \
+        "4. `tally reconcile --date {replay_day}`: {} partner/currency rows, {} beyond the threshold. {partner}: ledger {} events, live view {} — \
          both paths missed the outage.\n",
         before.partners.len(),
         before.drifting,
@@ -99,23 +99,40 @@ pub async fn run(ctx: &Context, args: &DemoArgs) -> Result<()> {
         "7. `tally backfill --from {first} --to {last}` again (a day is rebuilt when the raw files of its arrival window changed): {built}"
     );
     let after = reconcile(ctx, replay_day).await?;
-    let p = after
+    let rows: Vec<_> = after
         .partners
         .iter()
-        .find(|p| p.partner_id.as_deref() == Some(partner.as_str()));
-    if let Some(p) = p {
+        .filter(|p| p.partner_id.as_deref() == Some(partner.as_str()))
+        .collect();
+    if !rows.is_empty() {
+        // Counts add up over currencies; amounts are shown per currency, never summed.
+        let sum =
+            |f: fn(&&tally_engine::reconcile::PartnerDrift) -> i64| rows.iter().map(f).sum::<i64>();
+        let amounts: Vec<String> = rows
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} vs {}",
+                    p.currency.as_deref().unwrap_or("(none)"),
+                    money(p.ledger_amount_cents),
+                    money(p.live_amount_cents)
+                )
+            })
+            .collect();
+        let raw = rows.iter().map(|p| p.raw_drift).fold(0.0, f64::max);
+        let unexplained = rows.iter().map(|p| p.unexplained_drift).fold(0.0, f64::max);
+        let drifting = rows.iter().any(|p| p.drifting);
         println!(
             "8. `tally reconcile --date {replay_day}`: {partner} now has {} events in the ledger vs {} in the live view \
-             (raw drift {:.2}%, amount {} vs {}). live_late holds {} events for it that day, which explains the gap: \
-             unexplained drift {:.3}% -> {}. {} of {} partners beyond the threshold; exit code {}.",
-            p.ledger_events,
-            p.live_events,
-            p.raw_drift * 100.0,
-            money(p.ledger_amount_cents),
-            money(p.live_amount_cents),
-            p.late_events,
-            p.unexplained_drift * 100.0,
-            if p.drifting { "DRIFT" } else { "ok" },
+             (largest raw drift {:.2}%; amounts per currency: {}). live_late holds {} events for it that day, which explains the gap: \
+             unexplained drift {:.3}% -> {}. {} of {} partner/currency rows beyond the threshold; exit code {}.",
+            sum(|p| p.ledger_events),
+            sum(|p| p.live_events),
+            raw * 100.0,
+            amounts.join(", "),
+            sum(|p| p.late_events),
+            unexplained * 100.0,
+            if drifting { "DRIFT" } else { "ok" },
             after.drifting,
             after.partners.len(),
             if after.drifting > 0 { 3 } else { 0 }
@@ -245,12 +262,12 @@ async fn reconcile(ctx: &Context, day: NaiveDate) -> Result<ReconcileReport> {
         .await?)
 }
 
+/// A partner's (ledger, live) event counts over its currencies.
 fn partner_row(r: &ReconcileReport, partner: &str) -> (i64, i64) {
     r.partners
         .iter()
-        .find(|p| p.partner_id.as_deref() == Some(partner))
-        .map(|p| (p.ledger_events, p.live_events))
-        .unwrap_or_default()
+        .filter(|p| p.partner_id.as_deref() == Some(partner))
+        .fold((0, 0), |(l, v), p| (l + p.ledger_events, v + p.live_events))
 }
 
 async fn first_disputed(session: &TallySession) -> Result<Option<String>> {

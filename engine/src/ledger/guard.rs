@@ -72,6 +72,10 @@ impl Guard {
         let Some(committed) = committed_rows.filter(|&n| n > 0) else {
             return Ok(());
         };
+        // `--allow-empty` said the day really has no transactions.
+        if self.allow_empty && new_rows == 0 {
+            return Ok(());
+        }
         if new_rows >= committed {
             return Ok(());
         }
