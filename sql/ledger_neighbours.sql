@@ -15,10 +15,11 @@ SELECT
     txn_key(txn_id) AS txn_key,
     txn_id, partner_id, event_time, ingest_time, amount, currency, status
 FROM neighbour_arrivals
-WHERE (
-        -- D-1's eligible copies: arrived D-2 .. D-1 + horizon.
-        (event_time >= $1 AND event_time < $2 AND ingest_date <= $5)
-        -- D+1's eligible copies: arrived D .. D+1 + horizon.
-     OR (event_time >= $3 AND event_time < $4 AND ingest_date >= $6)
-      )
+-- The event-time bounds on their own (they name file columns only), so the Parquet reader
+-- skips D's own row groups by statistics and tests event_time before it decodes txn_id.
+WHERE event_time >= $1 AND event_time < $4
+  AND (event_time < $2 OR event_time >= $3)
+  -- Each neighbour's own arrival window (ingest_date is the partition: whole files go).
+  AND (   (event_time < $2  AND ingest_date <= $5)   -- D-1's copies: arrived D-2 .. D-1 + horizon
+       OR (event_time >= $3 AND ingest_date >= $6))  -- D+1's copies: arrived D .. D+1 + horizon
   AND ledger_day_has(txn_key(txn_id))

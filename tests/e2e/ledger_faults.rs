@@ -603,3 +603,47 @@ fn other_readers_see_min_max_and_null_counts_of_the_ledger_files() {
         .sum();
     assert_eq!(total as usize, ledger_rows(dir.path(), "2026-11-01").len());
 }
+
+/// Under a memory limit the partitions write sorted runs early; transactions with copies on a
+/// neighbouring day are then taken back out of those files to be settled. Same ledger either
+/// way, and the same as the independent count.
+#[test]
+fn cross_day_copies_are_settled_the_same_under_a_memory_limit() {
+    let dir = tempdir();
+    generate(dir.path(), 3, 150_000, 67);
+    let lake = dir.path().join("lake");
+    let day = "2026-11-02";
+    let next = micros("2026-11-03T00:00:00Z");
+    // Re-stamped retries of 300 of the day's transactions, naming the next day.
+    let raw = read_raw(&lake);
+    let lo = micros("2026-11-02T00:00:00Z");
+    let copies: Vec<RawRow> = raw
+        .iter()
+        .filter(|r| r.event_time >= lo && r.event_time < next && r.ingest_date == day)
+        .step_by(500)
+        .take(300)
+        .enumerate()
+        .map(|(i, r)| RawRow {
+            event_time: next + i as i64 * 1_000_000,
+            ingest_time: next + i as i64 * 1_000_000 + 500_000,
+            ..r.clone()
+        })
+        .collect();
+    assert_eq!(copies.len(), 300);
+    write_raw(&lake, "2026-11-03", "restamped.parquet", &copies);
+    let raw = read_raw(&lake);
+    let want = expected_ledger(&raw, day, 3);
+    let limited = run_ledger(
+        dir.path(),
+        day,
+        &["--memory-limit", "48MiB", "--buckets", "4"],
+    );
+    assert_eq!(ledger_rows(dir.path(), day), want, "under the limit");
+    let free = run_ledger(dir.path(), day, &[]);
+    assert_eq!(ledger_rows(dir.path(), day), want);
+    assert_eq!(limited["fingerprint"], free["fingerprint"]);
+    assert_eq!(
+        conflict_rows(dir.path(), day),
+        expected_conflicts(&raw, day, 3)
+    );
+}

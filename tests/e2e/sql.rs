@@ -374,3 +374,37 @@ fn shell_runs_multiline_statements_and_backslash_commands() {
         "the error should be shown and the shell kept: {stderr}"
     );
 }
+
+/// After a failed query only the failing scan's files are checked: a corrupt file elsewhere in
+/// the lake (here an older partition the query does not read) is not the one named.
+#[test]
+fn only_the_failing_scans_files_are_checked_to_name_the_bad_one() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 4);
+    let lake = dir.path().join("lake/raw/payments");
+    let older = lake.join("ingest_date=2026-10-20");
+    std::fs::create_dir_all(&older).unwrap();
+    std::fs::write(
+        older.join("aa-elsewhere.parquet"),
+        b"PAR1 not parquet either",
+    )
+    .unwrap();
+    std::fs::write(
+        lake.join("ingest_date=2026-11-01/zz-corrupt.parquet"),
+        b"PAR1 this is not parquet",
+    )
+    .unwrap();
+    let err = tally_fails(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT sum(amount) FROM raw_payments WHERE ingest_date = DATE '2026-11-01'",
+        ],
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("zz-corrupt.parquet") && !err.contains("aa-elsewhere"),
+        "{err}"
+    );
+}

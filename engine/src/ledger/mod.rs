@@ -361,7 +361,7 @@ impl<'a> LedgerJob<'a> {
             + taken.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         let to_settle = settle::ToSettle {
             disputed: (project(&plan_schema, &["txn_key", "variants"])?, disputed),
-            day_rows: (schema_of(&taken, &plan_schema)?, taken),
+            day_rows: (schema_of(&plan_schema)?, taken),
             neighbour_copies: (found.schema, found.copies),
         };
         let mut conflicts = Vec::new();
@@ -479,11 +479,9 @@ fn project(schema: &SchemaRef, names: &[&str]) -> Result<SchemaRef> {
     Ok(Arc::new(schema.project(&idx)?))
 }
 
-/// The schema of rows taken out of the partition files (the file columns of the plan's rows).
-fn schema_of(taken: &[RecordBatch], plan: &SchemaRef) -> Result<SchemaRef> {
-    if let Some(b) = taken.first() {
-        return Ok(b.schema());
-    }
+/// The schema of rows taken out of the partitions (the file columns of the plan's rows);
+/// rows read back from early-written files are cast to it.
+fn schema_of(plan: &SchemaRef) -> Result<SchemaRef> {
     let names: Vec<&str> = schema::LEDGER
         .fields()
         .iter()

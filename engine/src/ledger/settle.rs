@@ -65,7 +65,13 @@ pub async fn settle(
         ("day_rows", input.day_rows),
         ("neighbour_copies", input.neighbour_copies),
     ] {
-        // One batch per table: the rows arrive as slivers of many batches.
+        // One batch per table: the rows arrive as slivers of many batches, some read back
+        // from files written early (Utf8 where the plan's rows are Utf8View), so each is cast
+        // to the table's schema first.
+        let batches = batches
+            .iter()
+            .map(|b| schema::conform(b, &schema))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let one = arrow::compute::concat_batches(&schema, &batches)?;
         ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![one]])?))?;
     }
