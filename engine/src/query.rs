@@ -87,6 +87,39 @@ pub async fn plan(session: &TallySession, stmt: DFStatement, access: Access) -> 
     Ok(session.ctx().execute_logical_plan(plan).await?)
 }
 
+/// The raw files a physical plan scans: after a query failed in the Parquet reader, the only
+/// footers worth reading to name the file at fault (not every footer of the lake).
+pub fn raw_files_scanned(
+    lake: &crate::lake::Lake,
+    plan: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Vec<object_store::path::Path> {
+    use datafusion::datasource::physical_plan::FileScanConfig;
+    use datafusion::datasource::source::DataSourceExec;
+    let Ok(raw) = lake.path_of(crate::lake::layout::RAW_PAYMENTS) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut stack = vec![std::sync::Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if let Some(scan) = node.as_ref().downcast_ref::<DataSourceExec>() {
+            if let Some(config) = scan.data_source().as_ref().downcast_ref::<FileScanConfig>() {
+                found.extend(
+                    config
+                        .file_groups
+                        .iter()
+                        .flat_map(|g| g.files())
+                        .map(|f| f.object_meta.location.clone())
+                        .filter(|p| p.prefix_matches(&raw)),
+                );
+            }
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,37 +159,4 @@ mod tests {
             assert_eq!(statement_name(&s), name, "{sql}");
         }
     }
-}
-
-/// The raw files a physical plan scans: after a query failed in the Parquet reader, the only
-/// footers worth reading to name the file at fault (not every footer of the lake).
-pub fn raw_files_scanned(
-    lake: &crate::lake::Lake,
-    plan: &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
-) -> Vec<object_store::path::Path> {
-    use datafusion::datasource::physical_plan::FileScanConfig;
-    use datafusion::datasource::source::DataSourceExec;
-    let Ok(raw) = lake.path_of(crate::lake::layout::RAW_PAYMENTS) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    let mut stack = vec![std::sync::Arc::clone(plan)];
-    while let Some(node) = stack.pop() {
-        if let Some(scan) = node.as_ref().downcast_ref::<DataSourceExec>() {
-            if let Some(config) = scan.data_source().as_ref().downcast_ref::<FileScanConfig>() {
-                found.extend(
-                    config
-                        .file_groups
-                        .iter()
-                        .flat_map(|g| g.files())
-                        .map(|f| f.object_meta.location.clone())
-                        .filter(|p| p.prefix_matches(&raw)),
-                );
-            }
-        }
-        stack.extend(node.children().into_iter().cloned());
-    }
-    found.sort();
-    found.dedup();
-    found
 }

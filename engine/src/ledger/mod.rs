@@ -48,7 +48,7 @@ use crate::lake::layout;
 use crate::progress::Progress;
 use crate::schema::{self, EVENT_DATE};
 use crate::session::TallySession;
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, SchemaRef};
 use chrono::NaiveDate;
 use datafusion::execution::memory_pool::MemoryConsumer;
