@@ -317,6 +317,7 @@ impl<'a> LedgerJob<'a> {
             }),
             key_count,
         )?;
+        tracing::info!(day = %self.day, keys = key_count, secs = started.elapsed().as_secs_f64(), "ledger: day's key filter built");
         let found = neighbours::find(self.session.ctx(), keys, window.neighbour_params()).await?;
         self.progress.advance(1);
         tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), neighbour_copies = found.copies.iter().map(|b| b.num_rows()).sum::<usize>(), "ledger: neighbours looked up");
