@@ -58,6 +58,11 @@ impl HeldRows {
         self.keys.iter().flat_map(|k| k.values().iter().copied())
     }
 
+    /// The held rows' keys as slices, one per held batch (see [`HeldRows::keys`]).
+    pub fn key_slices(&self) -> impl Iterator<Item = &[i64]> + '_ {
+        self.keys.iter().map(|k| &k.values()[..])
+    }
+
     /// Takes out the rows whose key is in `wanted`.
     pub fn take_keys(&mut self, wanted: &HashSet<i64>) -> Result<Vec<RecordBatch>> {
         if wanted.is_empty() {

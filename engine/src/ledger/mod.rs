@@ -307,16 +307,21 @@ impl<'a> LedgerJob<'a> {
                     + c.disputed.iter().map(|b| b.num_rows()).sum::<usize>()
             })
             .sum();
-        let keys = neighbours::day_keys(
-            collected.iter().flat_map(|c| {
-                c.held.keys().chain(c.early_keys.iter().copied()).chain(
-                    c.disputed
-                        .iter()
-                        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec()),
-                )
-            }),
-            key_count,
-        )?;
+        let parts: Vec<Vec<&[i64]>> = collected
+            .iter()
+            .map(|c| {
+                c.held
+                    .key_slices()
+                    .chain(std::iter::once(c.early_keys.as_slice()))
+                    .chain(c.disputed.iter().filter_map(|b| {
+                        b.column(0)
+                            .as_primitive_opt::<Int64Type>()
+                            .map(|k| &k.values()[..])
+                    }))
+                    .collect()
+            })
+            .collect();
+        let keys = neighbours::day_keys(parts, key_count)?;
         tracing::info!(day = %self.day, keys = key_count, secs = started.elapsed().as_secs_f64(), "ledger: day's key filter built");
         let found = neighbours::find(self.session.ctx(), keys, window.neighbour_params()).await?;
         self.progress.advance(1);

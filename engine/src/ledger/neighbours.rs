@@ -27,13 +27,48 @@ use std::sync::Arc;
 /// dropped by the settlement, so a larger filter would not pay for its memory.
 const FALSE_POSITIVES: f64 = 0.01;
 
-/// The day's keys, as a Bloom filter.
-pub fn day_keys(keys: impl Iterator<Item = i64>, count: usize) -> Result<Arc<Sbbf>> {
-    let mut bloom = Sbbf::new_with_ndv_fpp(count.max(1) as u64, FALSE_POSITIVES)?;
-    for k in keys {
-        bloom.insert(&k);
+/// The day's keys, as a Bloom filter. `parts` holds each hash partition's keys (as slices);
+/// the partitions are inserted on all cores, each thread into its own filter of the same
+/// size, and the filters are OR-ed: the same bits as one filter filled key by key.
+pub fn day_keys(parts: Vec<Vec<&[i64]>>, count: usize) -> Result<Arc<Sbbf>> {
+    let bytes = Sbbf::new_with_ndv_fpp(count.max(1) as u64, FALSE_POSITIVES)?.num_blocks() * 32;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, parts.len().max(1));
+    let mut groups: Vec<Vec<&[i64]>> = vec![Vec::new(); threads];
+    for (i, part) in parts.into_iter().enumerate() {
+        groups[i % threads].extend(part);
     }
-    Ok(Arc::new(bloom))
+    let bitsets: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|slices| {
+                scope.spawn(move || -> Result<Vec<u8>> {
+                    let mut bloom = Sbbf::new_with_num_of_bytes(bytes);
+                    for k in slices.iter().flat_map(|s| s.iter()) {
+                        bloom.insert(k);
+                    }
+                    let mut out = Vec::with_capacity(bytes);
+                    bloom.write_bitset(&mut out)?;
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| TallyError::Internal("key filter thread panicked".into()))?
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut merged = bitsets.first().cloned().unwrap_or_default();
+    for other in bitsets.iter().skip(1) {
+        for (a, b) in merged.iter_mut().zip(other) {
+            *a |= *b;
+        }
+    }
+    Ok(Arc::new(Sbbf::new(&merged)))
 }
 
 /// `ledger_day_has(txn_key) -> BOOLEAN`: whether the key may be one of the day's.
