@@ -26,22 +26,26 @@ mod fingerprint;
 pub mod guard;
 mod held_rows;
 pub mod inputs;
+mod metrics;
 mod neighbours;
 mod part_writer;
 mod partition_sort;
+mod plan_schema;
 pub mod scan;
 mod settle;
 mod sink;
+mod tasks;
 pub mod window;
 
 pub use crate::raw_files::InputFile;
 pub use commit::{inputs_key, LOGIC_VERSION};
 pub use fingerprint::Fingerprint;
 pub use guard::Guard;
+pub use metrics::LedgerMetrics;
 
 use crate::day_lock::Fence;
 use crate::delta;
-use crate::error::{Result, TallyError};
+use crate::error::Result;
 use crate::failpoint;
 use crate::jobs_sql;
 use crate::lake::layout;
@@ -49,7 +53,7 @@ use crate::progress::Progress;
 use crate::schema::{self, EVENT_DATE};
 use crate::session::TallySession;
 use arrow::array::AsArray;
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::datatypes::Int64Type;
 use chrono::NaiveDate;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -57,44 +61,11 @@ use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanPropert
 use datafusion::prelude::DataFrame;
 use inputs::Inputs;
 use part_writer::PartWriter;
+use plan_schema::{project, schema_of};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+use tasks::join;
 use window::DayWindow;
-
-/// What a ledger run did.
-#[derive(Debug, Clone)]
-pub struct LedgerMetrics {
-    /// The event day.
-    pub day: NaiveDate,
-    /// Raw files read (the day's arrival window and its neighbours').
-    pub files_read: usize,
-    /// Raw rows in those files (rows of other days are skipped by the plan).
-    pub rows_read: u64,
-    /// Rows of arrival day D without an `event_time`: billable on no day, counted here.
-    pub rows_without_event_time: u64,
-    /// Ledger rows written.
-    pub ledger_rows: u64,
-    /// Transactions whose copies disagreed or named another day (settled apart).
-    pub disputed: u64,
-    /// Transactions left to another day because their winning copy names it.
-    pub ceded: u64,
-    /// Rows written to `ledger_conflicts` (one per distinct payload and day).
-    pub conflict_rows: u64,
-    /// The content fingerprint.
-    pub fingerprint: Fingerprint,
-    /// Delta version of `ledger` that holds the day.
-    pub version: u64,
-    /// Delta version of `ledger_conflicts` that holds the day's conflicts.
-    pub conflicts_version: u64,
-    /// Files the commit replaced.
-    pub removed_files: usize,
-    /// Files added.
-    pub added_files: usize,
-    /// Wall time.
-    pub elapsed: Duration,
-    /// What identifies this run's inputs and logic (see [`inputs_key`]).
-    pub inputs_key: String,
-}
 
 /// Builds one day's ledger. Configure with `with_*`, then [`LedgerJob::run`] or
 /// [`LedgerJob::explain`].
@@ -447,54 +418,6 @@ impl<'a> LedgerJob<'a> {
             inputs_key: inputs_key(&inputs.recorded(), self.late_days),
         })
     }
-
-    /// Rows of arrival day D with a NULL `event_time`, counted by a scan: for files whose
-    /// footers carry no null counts.
-    async fn count_rows_without_event_time(&self) -> Result<u64> {
-        let sql =
-            "SELECT count(*) FROM neighbour_arrivals WHERE ingest_date = $1 AND event_time IS NULL";
-        let batches = self
-            .session
-            .ctx()
-            .sql(sql)
-            .await?
-            .with_param_values(vec![datafusion::common::ScalarValue::Date32(Some(
-                schema::date32(self.day),
-            ))])?
-            .collect()
-            .await?;
-        Ok(batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0)) as u64)
-    }
-}
-
-/// Waits for a spawned task, turning a panic or cancellation into an error.
-async fn join<T>(task: tokio::task::JoinHandle<T>) -> Result<T> {
-    task.await
-        .map_err(|e| TallyError::Internal(format!("ledger writer task: {e}")))
-}
-
-/// `schema` reduced to `names`.
-fn project(schema: &SchemaRef, names: &[&str]) -> Result<SchemaRef> {
-    let idx = names
-        .iter()
-        .map(|n| schema.index_of(n))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(Arc::new(schema.project(&idx)?))
-}
-
-/// The schema of rows taken out of the partitions (the file columns of the plan's rows);
-/// rows read back from early-written files are cast to it.
-fn schema_of(plan: &SchemaRef) -> Result<SchemaRef> {
-    let names: Vec<&str> = schema::LEDGER
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .filter(|n| *n != EVENT_DATE)
-        .collect();
-    project(plan, &names)
 }
 
 /// Rows per Parquet row group of a ledger file (and per sorted chunk handed to the writer).

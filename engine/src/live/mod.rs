@@ -20,7 +20,13 @@ pub mod batch;
 pub mod checkpoint;
 pub mod dedup;
 pub mod discovery;
+mod maintain;
+mod metrics;
+mod next_checkpoint;
 pub mod sink;
+mod step;
+
+pub use metrics::{BatchMetrics, LiveSummary};
 
 use crate::config::LiveConfig;
 use crate::day_lock::Fence;
@@ -33,95 +39,12 @@ use datafusion::prelude::SessionContext;
 use dedup::{minute_of, DedupState, MINUTE_US};
 use deltalake::DeltaTable;
 use discovery::Discovery;
-use serde::Serialize;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// An unseen file whose mtime is older than this behind the newest processed file is taken
 /// as already processed (see [`discovery`]).
 const FILE_WINDOW: Duration = Duration::from_secs(15 * 60);
-
-/// What one micro-batch did: logged, printed by `tally live`, stored in the commit info.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BatchMetrics {
-    /// Batch number (the Delta application transaction version).
-    pub batch: u64,
-    /// Raw files read.
-    pub files: usize,
-    /// Their paths, relative to the lake.
-    pub paths: Vec<String>,
-    /// Files skipped as unreadable, each with the reason.
-    pub quarantined: Vec<String>,
-    /// Raw rows read.
-    pub rows: u64,
-    /// Rows applied to `live_view`.
-    pub applied: u64,
-    /// Rows dropped as copies seen within the TTL.
-    pub deduped: u64,
-    /// Rows behind the watermark, recorded in `live_late`.
-    pub late: u64,
-    /// Of those, rows older than the dedup horizon (copies from earlier batches not detectable).
-    pub untracked_late: u64,
-    /// Rows without `txn_id` or `event_time`, counted and not applied.
-    pub bad_rows: u64,
-    /// Time from start of the batch to its commit.
-    pub batch_ms: u64,
-    /// Now minus the newest `ingest_time` applied: how stale the view is.
-    pub freshness_ms: Option<i64>,
-    /// The watermark after the batch (µs since the epoch).
-    pub watermark_us: Option<i64>,
-    /// Now minus the watermark.
-    pub watermark_lag_ms: Option<i64>,
-    /// `txn_id` keys remembered for dedup.
-    pub state_keys: usize,
-    /// Approximate bytes of the dedup state.
-    pub state_bytes: usize,
-    /// When the `live_view` commit landed (ms since the epoch).
-    pub committed_at_ms: i64,
-    /// The batch was a redo of one interrupted by a crash.
-    pub recovered: bool,
-}
-
-/// What a run did in total.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LiveSummary {
-    /// Batches committed.
-    pub batches: u64,
-    /// Raw files read.
-    pub files: usize,
-    /// Raw rows read.
-    pub rows: u64,
-    /// Rows applied to `live_view`.
-    pub applied: u64,
-    /// Rows dropped as copies.
-    pub deduped: u64,
-    /// Rows recorded in `live_late`.
-    pub late: u64,
-    /// Rows without `txn_id`/`event_time`.
-    pub bad_rows: u64,
-    /// Every quarantined file, with the reason.
-    pub quarantined: Vec<String>,
-    /// The last batch number committed.
-    pub last_batch: u64,
-    /// The watermark at the end (µs).
-    pub watermark_us: Option<i64>,
-}
-
-impl LiveSummary {
-    fn add(&mut self, m: &BatchMetrics) {
-        self.batches += 1;
-        self.files += m.files;
-        self.rows += m.rows;
-        self.applied += m.applied;
-        self.deduped += m.deduped;
-        self.late += m.late;
-        self.bad_rows += m.bad_rows;
-        self.quarantined.extend(m.quarantined.iter().cloned());
-        self.last_batch = m.batch;
-        self.watermark_us = m.watermark_us;
-    }
-}
 
 /// The live mode. Configure with `with_*`, then [`LiveJob::run`].
 pub struct LiveJob {
@@ -407,205 +330,4 @@ impl Runner {
         }
         Ok(Some(m))
     }
-
-    async fn run_batch(
-        &mut self,
-        mut files: Vec<FileRecord>,
-        raw_version: Option<u64>,
-    ) -> Result<BatchMetrics> {
-        let started = Instant::now();
-        let n = self.cp.batch + 1;
-        let mut rows = Vec::new();
-        let mut quarantined = Vec::new();
-        let read = batch::read_files(&self.lake, &files, &schema::LIVE_INPUT).await?;
-        for (file, got) in files.iter_mut().zip(read) {
-            match got {
-                FileRows::Rows(r) => rows.extend(r),
-                FileRows::Quarantined(why) => {
-                    file.quarantined = true;
-                    quarantined.push(why);
-                }
-            }
-        }
-        let before = self.cp.max_event_time;
-        let clock = self.clock(before);
-        let routed = batch::route(&mut self.state, clock, &rows, true)?;
-        drop(rows);
-        let after = match (before, routed.max_event) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(m) = self.kept_minute(after) {
-            self.state.evict_before(m);
-        }
-        if let Some(newest) = after {
-            self.state.seal_before(minute_of(newest));
-        }
-        let view_rows = batch::window_totals(&self.ctx, routed.applied.clone()).await?;
-        let late_rows = batch::window_totals(&self.ctx, routed.late.clone()).await?;
-
-        let mut cp = self.next_checkpoint(n, before, after, files);
-        cp.raw_version = raw_version.or(self.cp.raw_version);
-        self.fence.check()?;
-        checkpoint::write(&self.lake, &cp).await?;
-        crate::failpoint::hit("live_after_checkpoint");
-
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let watermark = self.clock(after).watermark;
-        let mut m = BatchMetrics {
-            batch: n,
-            files: cp.batches.last().map_or(0, |b| b.files.len()),
-            paths: cp
-                .batches
-                .last()
-                .map(|b| b.files.iter().map(|f| f.path.clone()).collect())
-                .unwrap_or_default(),
-            quarantined,
-            rows: routed.rows,
-            applied: routed.applied.iter().map(|b| b.num_rows() as u64).sum(),
-            deduped: routed.deduped,
-            late: routed.late_rows,
-            untracked_late: routed.untracked_late_rows,
-            bad_rows: routed.bad_rows,
-            batch_ms: 0,
-            freshness_ms: routed.newest_ingest.map(|t| now_ms - t / 1000),
-            watermark_us: watermark,
-            watermark_lag_ms: watermark.map(|w| now_ms - w / 1000),
-            state_keys: self.state.keys(),
-            state_bytes: self.state.approx_bytes(),
-            committed_at_ms: 0,
-            recovered: false,
-        };
-        let metadata = HashMap::from([(
-            "tally.live".to_string(),
-            serde_json::to_value(&m).map_err(|e| TallyError::Internal(e.to_string()))?,
-        )]);
-        // A batch already in live_late is a redo after a crash between the two commits.
-        self.fence.check()?;
-        if !late_rows.is_empty() {
-            sink::append(
-                &self.lake,
-                layout::LIVE_LATE,
-                &mut self.late,
-                n,
-                &late_rows,
-                metadata.clone(),
-            )
-            .await?;
-            crate::failpoint::hit("live_after_late_commit");
-        }
-        self.fence.check()?;
-        let appended = sink::append(
-            &self.lake,
-            layout::LIVE_VIEW,
-            &mut self.view,
-            n,
-            &view_rows,
-            metadata,
-        )
-        .await?;
-        crate::failpoint::hit("live_after_view_commit");
-        // This run recovered at the view's last batch and holds the lease, so batch n can
-        // only be there if another writer committed it meanwhile: fail the batch rather than
-        // go on from a checkpoint that is not the view's (a continuous run then recovers from
-        // the view; `--once` exits).
-        if !appended {
-            return Err(TallyError::Busy {
-                message: format!(
-                    "batch {n} of live_view was already committed by another writer; not committing it again"
-                ),
-            });
-        }
-        checkpoint::prune(&self.lake, n).await;
-        self.cp = cp;
-        m.committed_at_ms = chrono::Utc::now().timestamp_millis();
-        m.batch_ms = started.elapsed().as_millis() as u64;
-        Ok(m)
-    }
-
-    /// The checkpoint after batch `n`: the new batch appended, old ones dropped once neither
-    /// their dedup keys nor their files can matter any more.
-    fn next_checkpoint(
-        &self,
-        n: u64,
-        before: Option<i64>,
-        after: Option<i64>,
-        files: Vec<FileRecord>,
-    ) -> Checkpoint {
-        // Capped so that files left for a later batch stay within the window of the mark: a
-        // backlog taken in name order cannot strand older files.
-        let window_ms = FILE_WINDOW.as_millis() as i64;
-        let newest_mtime_ms = files
-            .iter()
-            .map(|f| f.mtime_ms)
-            .chain(self.cp.newest_mtime_ms)
-            .max()
-            .map(|m| self.mark_cap_ms.map_or(m, |cap| m.min(cap)));
-        let newest_partition = files
-            .iter()
-            .filter_map(|f| partition_of(&f.path))
-            .chain(self.cp.newest_partition.clone())
-            .max();
-        let mut batches = self.cp.batches.clone();
-        batches.push(BatchRecord {
-            batch: n,
-            max_event_before: before,
-            max_event_after: after,
-            files,
-        });
-        let kept = self.kept_minute(after).map(|m| m * MINUTE_US);
-        let recent = newest_mtime_ms.map(|m| m - window_ms);
-        batches.retain(|b| {
-            let keys_alive = match (kept, b.max_event_after) {
-                (Some(k), Some(m)) => m >= k,
-                (None, _) => true,
-                (Some(_), None) => false,
-            };
-            let files_recent = recent.is_none_or(|r| b.files.iter().any(|f| f.mtime_ms >= r));
-            keys_alive || files_recent
-        });
-        let start_partition = self
-            .cp
-            .start_partition
-            .clone()
-            .or_else(|| self.discovery.start_partition().map(|d| d.to_string()));
-        Checkpoint {
-            batch: n,
-            max_event_time: after,
-            newest_mtime_ms,
-            newest_partition,
-            start_partition,
-            raw_version: self.cp.raw_version,
-            batches,
-        }
-    }
-
-    /// Roll-up, log checkpoint and vacuum of both live tables.
-    async fn maintain(&mut self) -> Result<()> {
-        let keep_from = self
-            .cp
-            .max_event_time
-            .map(|m| m.saturating_sub(self.cfg.retention.as_micros() as i64));
-        let started = Instant::now();
-        let view = sink::rollup(&self.lake, layout::LIVE_VIEW, &mut self.view, keep_from).await?;
-        // Between the two tables' roll-ups: each is one commit of the same totals, so a crash
-        // here leaves live_view rolled up and live_late not, which the next roll-up finishes.
-        crate::failpoint::hit("live_after_rollup");
-        let late = sink::rollup(&self.lake, layout::LIVE_LATE, &mut self.late, keep_from).await?;
-        tracing::info!(
-            view_files = view.files_before,
-            view_rows = view.rows_after,
-            late_files = late.files_before,
-            ms = started.elapsed().as_millis() as u64,
-            "live: rolled up"
-        );
-        Ok(())
-    }
-}
-
-/// The `ingest_date` partition (`YYYY-MM-DD`) in a raw file's path.
-fn partition_of(path: &str) -> Option<String> {
-    path.split('/')
-        .find_map(|p| p.strip_prefix("ingest_date="))
-        .map(str::to_string)
 }

@@ -17,11 +17,12 @@
 //! when the run started (see [`crate::delta::replace_partition`]). Before committing, a holder
 //! also re-reads its lease ([`Fence::confirm`]).
 
+mod lease_object;
+
 use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
 use chrono::NaiveDate;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use lease_object::{LeaseObject, Version};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,143 +81,6 @@ fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
-}
-
-/// The version of a lease object a compare-and-swap must find: the ETag (and object
-/// version) on S3, the bytes themselves on local disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Version {
-    Remote(UpdateVersion),
-    Local(Vec<u8>),
-}
-
-/// Compare-and-swap access to one lease object.
-#[derive(Debug, Clone)]
-struct LeaseObject {
-    lake: Lake,
-    path: StorePath,
-}
-
-impl LeaseObject {
-    fn local_path(&self) -> Option<std::path::PathBuf> {
-        if !self.lake.is_local() {
-            return None;
-        }
-        Some(std::path::PathBuf::from(format!("/{}", self.path.as_ref())))
-    }
-
-    /// The lease and its version; `None` when there is none. An unreadable lease reads as
-    /// `Some((None, version))`.
-    async fn read(&self) -> Result<Option<(Option<Lease>, Version)>> {
-        if let Some(file) = self.local_path() {
-            let read = tokio::task::spawn_blocking(move || locked(&file, |cur| Ok((cur, None))))
-                .await
-                .map_err(|e| TallyError::Internal(format!("lease task: {e}")))??;
-            return Ok(
-                read.map(|bytes| (serde_json::from_slice(&bytes).ok(), Version::Local(bytes)))
-            );
-        }
-        let store = self.lake.store();
-        match store.get(&self.path).await {
-            Ok(got) => {
-                let version = UpdateVersion {
-                    e_tag: got.meta.e_tag.clone(),
-                    version: got.meta.version.clone(),
-                };
-                let bytes = got.bytes().await.map_err(|e| self.lake.storage_error(e))?;
-                Ok(Some((
-                    serde_json::from_slice(&bytes).ok(),
-                    Version::Remote(version),
-                )))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.lake.storage_error(e)),
-        }
-    }
-
-    /// Writes `lease` if the object is still at `expected` (`None`: absent). Returns the new
-    /// version, or `None` when another process changed it first.
-    async fn swap(&self, expected: Option<&Version>, lease: &Lease) -> Result<Option<Version>> {
-        let body = serde_json::to_vec(lease).map_err(|e| TallyError::Internal(e.to_string()))?;
-        if let Some(file) = self.local_path() {
-            let expected = match expected {
-                None => None,
-                Some(Version::Local(b)) => Some(b.clone()),
-                Some(Version::Remote(_)) => {
-                    return Err(TallyError::Internal(
-                        "remote version of a local lease".into(),
-                    ))
-                }
-            };
-            let written = body.clone();
-            let swapped = tokio::task::spawn_blocking(move || {
-                locked(&file, |cur| {
-                    if cur != expected {
-                        return Ok((None, None));
-                    }
-                    Ok((Some(()), Some(written)))
-                })
-            })
-            .await
-            .map_err(|e| TallyError::Internal(format!("lease task: {e}")))??;
-            return Ok(swapped.map(|_| Version::Local(body)));
-        }
-        let mode = match expected {
-            None => PutMode::Create,
-            Some(Version::Remote(v)) => PutMode::Update(v.clone()),
-            Some(Version::Local(_)) => {
-                return Err(TallyError::Internal(
-                    "local version of a remote lease".into(),
-                ))
-            }
-        };
-        match self
-            .lake
-            .store()
-            .put_opts(&self.path, PutPayload::from(body), PutOptions::from(mode))
-            .await
-        {
-            Ok(put) => Ok(Some(Version::Remote(UpdateVersion {
-                e_tag: put.e_tag,
-                version: put.version,
-            }))),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.lake.storage_error(e)),
-        }
-    }
-}
-
-/// Runs `f` on the lease file's bytes (`None`: absent) under an exclusive lock of its sibling
-/// `.lock` file; writes what `f` returns as the second value (atomically, by rename).
-fn locked<T>(
-    file: &std::path::Path,
-    f: impl FnOnce(Option<Vec<u8>>) -> Result<(T, Option<Vec<u8>>)>,
-) -> Result<T> {
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let lock_path = file.with_extension("json.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
-    lock.lock()?;
-    let current = match std::fs::read(file) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
-    };
-    let (out, write) = f(current)?;
-    if let Some(bytes) = write {
-        let tmp = file.with_extension(format!("json.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &bytes)?;
-        std::fs::rename(&tmp, file)?;
-    }
-    lock.unlock()?;
-    Ok(out)
 }
 
 /// A held lease; released on [`DayLock::release`] (or when it expires after a crash).
@@ -486,70 +350,4 @@ pub async fn try_take_once(lake: &Lake, name: &str, owner: &str) -> Result<bool>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::S3Options;
-
-    fn local_lake(dir: &tempfile::TempDir) -> Lake {
-        Lake::open(&dir.path().to_string_lossy(), &S3Options::default()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_holder_keeps_renewing_its_own_lease() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = local_lake(&dir);
-        let lock = acquire_live(&lake, "a").await.unwrap();
-        assert_eq!(
-            renew_once(&lock.object, "a", &lock.version).await,
-            Renewal::Renewed
-        );
-        assert!(lock.fence().confirm().await.is_ok());
-        lock.release().await;
-        // Released: the next run takes it at once.
-        let again = acquire_live(&lake, "b").await.unwrap();
-        again.release().await;
-    }
-
-    #[tokio::test]
-    async fn a_lease_taken_over_is_not_overwritten_and_fences_its_old_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = local_lake(&dir);
-        let lock = acquire_live(&lake, "a").await.unwrap();
-        // Another run took the lease over while this one stalled past the expiry.
-        let (_, v) = lock.object.read().await.unwrap().unwrap();
-        assert!(lock
-            .object
-            .swap(Some(&v), &Lease::new("b"))
-            .await
-            .unwrap()
-            .is_some());
-        assert_eq!(
-            renew_once(&lock.object, "a", &lock.version).await,
-            Renewal::Lost
-        );
-        let (holder, _) = lock.object.read().await.unwrap().unwrap();
-        assert_eq!(
-            holder.unwrap().owner,
-            "b",
-            "the new holder's lease must survive"
-        );
-        let e = lock.fence().confirm().await.unwrap_err();
-        assert!(e.to_string().contains("taken over"), "{e}");
-        assert!(lock.fence().check().is_err());
-    }
-
-    #[tokio::test]
-    async fn of_two_swaps_from_one_version_exactly_one_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let lake = local_lake(&dir);
-        plant_stale_lease(&lake, "x").await.unwrap();
-        let object = LeaseObject {
-            lake: lake.clone(),
-            path: lake.file_path("runs/_locks/x.json").unwrap(),
-        };
-        let (_, v) = object.read().await.unwrap().unwrap();
-        let a = object.swap(Some(&v), &Lease::new("a")).await.unwrap();
-        let b = object.swap(Some(&v), &Lease::new("b")).await.unwrap();
-        assert!(a.is_some() && b.is_none());
-    }
-}
+mod tests;

@@ -1,0 +1,67 @@
+//! Unit tests of the lease: renewal, takeover and the compare-and-swap.
+
+use super::*;
+use crate::config::S3Options;
+
+fn local_lake(dir: &tempfile::TempDir) -> Lake {
+    Lake::open(&dir.path().to_string_lossy(), &S3Options::default()).unwrap()
+}
+
+#[tokio::test]
+async fn a_holder_keeps_renewing_its_own_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = local_lake(&dir);
+    let lock = acquire_live(&lake, "a").await.unwrap();
+    assert_eq!(
+        renew_once(&lock.object, "a", &lock.version).await,
+        Renewal::Renewed
+    );
+    assert!(lock.fence().confirm().await.is_ok());
+    lock.release().await;
+    // Released: the next run takes it at once.
+    let again = acquire_live(&lake, "b").await.unwrap();
+    again.release().await;
+}
+
+#[tokio::test]
+async fn a_lease_taken_over_is_not_overwritten_and_fences_its_old_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = local_lake(&dir);
+    let lock = acquire_live(&lake, "a").await.unwrap();
+    // Another run took the lease over while this one stalled past the expiry.
+    let (_, v) = lock.object.read().await.unwrap().unwrap();
+    assert!(lock
+        .object
+        .swap(Some(&v), &Lease::new("b"))
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        renew_once(&lock.object, "a", &lock.version).await,
+        Renewal::Lost
+    );
+    let (holder, _) = lock.object.read().await.unwrap().unwrap();
+    assert_eq!(
+        holder.unwrap().owner,
+        "b",
+        "the new holder's lease must survive"
+    );
+    let e = lock.fence().confirm().await.unwrap_err();
+    assert!(e.to_string().contains("taken over"), "{e}");
+    assert!(lock.fence().check().is_err());
+}
+
+#[tokio::test]
+async fn of_two_swaps_from_one_version_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = local_lake(&dir);
+    plant_stale_lease(&lake, "x").await.unwrap();
+    let object = LeaseObject {
+        lake: lake.clone(),
+        path: lake.file_path("runs/_locks/x.json").unwrap(),
+    };
+    let (_, v) = object.read().await.unwrap().unwrap();
+    let a = object.swap(Some(&v), &Lease::new("a")).await.unwrap();
+    let b = object.swap(Some(&v), &Lease::new("b")).await.unwrap();
+    assert!(a.is_some() && b.is_none());
+}

@@ -1,0 +1,84 @@
+//! What the live mode reports: one micro-batch's metrics, and a run's totals.
+
+use serde::Serialize;
+
+/// What one micro-batch did: logged, printed by `tally live`, stored in the commit info.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BatchMetrics {
+    /// Batch number (the Delta application transaction version).
+    pub batch: u64,
+    /// Raw files read.
+    pub files: usize,
+    /// Their paths, relative to the lake.
+    pub paths: Vec<String>,
+    /// Files skipped as unreadable, each with the reason.
+    pub quarantined: Vec<String>,
+    /// Raw rows read.
+    pub rows: u64,
+    /// Rows applied to `live_view`.
+    pub applied: u64,
+    /// Rows dropped as copies seen within the TTL.
+    pub deduped: u64,
+    /// Rows behind the watermark, recorded in `live_late`.
+    pub late: u64,
+    /// Of those, rows older than the dedup horizon (copies from earlier batches not detectable).
+    pub untracked_late: u64,
+    /// Rows without `txn_id` or `event_time`, counted and not applied.
+    pub bad_rows: u64,
+    /// Time from start of the batch to its commit.
+    pub batch_ms: u64,
+    /// Now minus the newest `ingest_time` applied: how stale the view is.
+    pub freshness_ms: Option<i64>,
+    /// The watermark after the batch (µs since the epoch).
+    pub watermark_us: Option<i64>,
+    /// Now minus the watermark.
+    pub watermark_lag_ms: Option<i64>,
+    /// `txn_id` keys remembered for dedup.
+    pub state_keys: usize,
+    /// Approximate bytes of the dedup state.
+    pub state_bytes: usize,
+    /// When the `live_view` commit landed (ms since the epoch).
+    pub committed_at_ms: i64,
+    /// The batch was a redo of one interrupted by a crash.
+    pub recovered: bool,
+}
+
+/// What a run did in total.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveSummary {
+    /// Batches committed.
+    pub batches: u64,
+    /// Raw files read.
+    pub files: usize,
+    /// Raw rows read.
+    pub rows: u64,
+    /// Rows applied to `live_view`.
+    pub applied: u64,
+    /// Rows dropped as copies.
+    pub deduped: u64,
+    /// Rows recorded in `live_late`.
+    pub late: u64,
+    /// Rows without `txn_id`/`event_time`.
+    pub bad_rows: u64,
+    /// Every quarantined file, with the reason.
+    pub quarantined: Vec<String>,
+    /// The last batch number committed.
+    pub last_batch: u64,
+    /// The watermark at the end (µs).
+    pub watermark_us: Option<i64>,
+}
+
+impl LiveSummary {
+    pub(super) fn add(&mut self, m: &BatchMetrics) {
+        self.batches += 1;
+        self.files += m.files;
+        self.rows += m.rows;
+        self.applied += m.applied;
+        self.deduped += m.deduped;
+        self.late += m.late;
+        self.bad_rows += m.bad_rows;
+        self.quarantined.extend(m.quarantined.iter().cloned());
+        self.last_batch = m.batch;
+        self.watermark_us = m.watermark_us;
+    }
+}

@@ -1,0 +1,129 @@
+//! One micro-batch: read its files, route the rows, then write the checkpoint, `live_late` and
+//! `live_view` in that order.
+
+use super::batch::{self, FileRows};
+use super::checkpoint::{self, FileRecord};
+use super::dedup::minute_of;
+use super::{sink, BatchMetrics};
+use crate::error::{Result, TallyError};
+use crate::lake::layout;
+use crate::schema;
+use std::collections::HashMap;
+use std::time::Instant;
+
+impl super::Runner {
+    pub(super) async fn run_batch(
+        &mut self,
+        mut files: Vec<FileRecord>,
+        raw_version: Option<u64>,
+    ) -> Result<BatchMetrics> {
+        let started = Instant::now();
+        let n = self.cp.batch + 1;
+        let mut rows = Vec::new();
+        let mut quarantined = Vec::new();
+        let read = batch::read_files(&self.lake, &files, &schema::LIVE_INPUT).await?;
+        for (file, got) in files.iter_mut().zip(read) {
+            match got {
+                FileRows::Rows(r) => rows.extend(r),
+                FileRows::Quarantined(why) => {
+                    file.quarantined = true;
+                    quarantined.push(why);
+                }
+            }
+        }
+        let before = self.cp.max_event_time;
+        let clock = self.clock(before);
+        let routed = batch::route(&mut self.state, clock, &rows, true)?;
+        drop(rows);
+        let after = match (before, routed.max_event) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(m) = self.kept_minute(after) {
+            self.state.evict_before(m);
+        }
+        if let Some(newest) = after {
+            self.state.seal_before(minute_of(newest));
+        }
+        let view_rows = batch::window_totals(&self.ctx, routed.applied.clone()).await?;
+        let late_rows = batch::window_totals(&self.ctx, routed.late.clone()).await?;
+
+        let mut cp = self.next_checkpoint(n, before, after, files);
+        cp.raw_version = raw_version.or(self.cp.raw_version);
+        self.fence.check()?;
+        checkpoint::write(&self.lake, &cp).await?;
+        crate::failpoint::hit("live_after_checkpoint");
+
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let watermark = self.clock(after).watermark;
+        let mut m = BatchMetrics {
+            batch: n,
+            files: cp.batches.last().map_or(0, |b| b.files.len()),
+            paths: cp
+                .batches
+                .last()
+                .map(|b| b.files.iter().map(|f| f.path.clone()).collect())
+                .unwrap_or_default(),
+            quarantined,
+            rows: routed.rows,
+            applied: routed.applied.iter().map(|b| b.num_rows() as u64).sum(),
+            deduped: routed.deduped,
+            late: routed.late_rows,
+            untracked_late: routed.untracked_late_rows,
+            bad_rows: routed.bad_rows,
+            batch_ms: 0,
+            freshness_ms: routed.newest_ingest.map(|t| now_ms - t / 1000),
+            watermark_us: watermark,
+            watermark_lag_ms: watermark.map(|w| now_ms - w / 1000),
+            state_keys: self.state.keys(),
+            state_bytes: self.state.approx_bytes(),
+            committed_at_ms: 0,
+            recovered: false,
+        };
+        let metadata = HashMap::from([(
+            "tally.live".to_string(),
+            serde_json::to_value(&m).map_err(|e| TallyError::Internal(e.to_string()))?,
+        )]);
+        // A batch already in live_late is a redo after a crash between the two commits.
+        self.fence.check()?;
+        if !late_rows.is_empty() {
+            sink::append(
+                &self.lake,
+                layout::LIVE_LATE,
+                &mut self.late,
+                n,
+                &late_rows,
+                metadata.clone(),
+            )
+            .await?;
+            crate::failpoint::hit("live_after_late_commit");
+        }
+        self.fence.check()?;
+        let appended = sink::append(
+            &self.lake,
+            layout::LIVE_VIEW,
+            &mut self.view,
+            n,
+            &view_rows,
+            metadata,
+        )
+        .await?;
+        crate::failpoint::hit("live_after_view_commit");
+        // This run recovered at the view's last batch and holds the lease, so batch n can
+        // only be there if another writer committed it meanwhile: fail the batch rather than
+        // go on from a checkpoint that is not the view's (a continuous run then recovers from
+        // the view; `--once` exits).
+        if !appended {
+            return Err(TallyError::Busy {
+                message: format!(
+                    "batch {n} of live_view was already committed by another writer; not committing it again"
+                ),
+            });
+        }
+        checkpoint::prune(&self.lake, n).await;
+        self.cp = cp;
+        m.committed_at_ms = chrono::Utc::now().timestamp_millis();
+        m.batch_ms = started.elapsed().as_millis() as u64;
+        Ok(m)
+    }
+}
