@@ -267,6 +267,19 @@ mod tests {
         }
     }
 
+    /// Replaces partition `day` of `table` (as the handle last read it) with one file `name`.
+    async fn put(table: &DeltaTable, day: &str, name: &str) -> Result<(u64, usize)> {
+        replace_partition(
+            table,
+            "day",
+            day,
+            vec![add(day, name)],
+            vec![],
+            HashMap::new(),
+        )
+        .await
+    }
+
     /// A run that read version v cannot replace a partition that a newer run replaced after
     /// v; a replace of another partition from the same old snapshot still commits.
     #[tokio::test]
@@ -282,38 +295,11 @@ mod tests {
             .await
             .unwrap();
         let stale = table.clone();
-        replace_partition(
-            &table,
-            "day",
-            "a",
-            vec![add("a", "newer")],
-            vec![],
-            HashMap::new(),
-        )
-        .await
-        .unwrap();
-        let e = replace_partition(
-            &stale,
-            "day",
-            "a",
-            vec![add("a", "stale")],
-            vec![],
-            HashMap::new(),
-        )
-        .await
-        .unwrap_err();
+        put(&table, "a", "newer").await.unwrap();
+        let e = put(&stale, "a", "stale").await.unwrap_err();
         assert!(matches!(e, TallyError::Busy { .. }), "{e}");
         assert!(e.to_string().contains("committed by another run"), "{e}");
-        replace_partition(
-            &stale,
-            "day",
-            "b",
-            vec![add("b", "other")],
-            vec![],
-            HashMap::new(),
-        )
-        .await
-        .unwrap();
+        put(&stale, "b", "other").await.unwrap();
         let now = open(&lake, &url).await.unwrap();
         let mut paths: Vec<String> = now
             .get_active_add_actions_by_partitions(&[])

@@ -57,32 +57,18 @@ pub fn stats_json(schema: &Schema, md: &ParquetMetaData, rows: u64) -> String {
 fn bounds(data_type: &DataType, stats: &[&Statistics]) -> Option<(Value, Value)> {
     match data_type {
         DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => {
-            let mut lo: Option<&[u8]> = None;
-            let mut hi: Option<&[u8]> = None;
-            for s in stats {
-                let (a, b) = (s.min_bytes_opt()?, s.max_bytes_opt()?);
-                lo = Some(lo.map_or(a, |l| l.min(a)));
-                hi = Some(hi.map_or(b, |h| h.max(b)));
-            }
-            let (lo, hi) = (
-                std::str::from_utf8(lo?).ok()?,
-                std::str::from_utf8(hi?).ok()?,
-            );
+            let (lo, hi) = fold(stats, |s| Some((s.min_bytes_opt()?, s.max_bytes_opt()?)))?;
+            let (lo, hi) = (std::str::from_utf8(lo).ok()?, std::str::from_utf8(hi).ok()?);
             (lo.chars().count() <= MAX_STRING_BOUND && hi.chars().count() <= MAX_STRING_BOUND)
                 .then(|| (lo.into(), hi.into()))
         }
         DataType::Int64
         | DataType::Timestamp(TimeUnit::Microsecond, _)
         | DataType::Decimal128(_, _) => {
-            let mut lo: Option<i64> = None;
-            let mut hi: Option<i64> = None;
-            for s in stats {
-                let Statistics::Int64(v) = s else { return None };
-                let (a, b) = (*v.min_opt()?, *v.max_opt()?);
-                lo = Some(lo.map_or(a, |l| l.min(a)));
-                hi = Some(hi.map_or(b, |h| h.max(b)));
-            }
-            let (lo, hi) = (lo?, hi?);
+            let (lo, hi) = fold(stats, |s| match s {
+                Statistics::Int64(v) => Some((*v.min_opt()?, *v.max_opt()?)),
+                _ => None,
+            })?;
             Some(match data_type {
                 DataType::Timestamp(_, tz) => (
                     timestamp(lo.div_euclid(1000) * 1000, tz.is_some())?,
@@ -93,23 +79,33 @@ fn bounds(data_type: &DataType, stats: &[&Statistics]) -> Option<(Value, Value)>
             })
         }
         DataType::Date32 => {
-            let mut lo: Option<i32> = None;
-            let mut hi: Option<i32> = None;
-            for s in stats {
-                let Statistics::Int32(v) = s else { return None };
-                let (a, b) = (*v.min_opt()?, *v.max_opt()?);
-                lo = Some(lo.map_or(a, |l| l.min(a)));
-                hi = Some(hi.map_or(b, |h| h.max(b)));
-            }
+            let (lo, hi) = fold(stats, |s| match s {
+                Statistics::Int32(v) => Some((*v.min_opt()?, *v.max_opt()?)),
+                _ => None,
+            })?;
             let day = |d: i32| {
                 chrono::NaiveDate::default()
                     .checked_add_signed(chrono::Duration::days(d as i64))
                     .map(|d| Value::from(d.to_string()))
             };
-            Some((day(lo?)?, day(hi?)?))
+            Some((day(lo)?, day(hi)?))
         }
         _ => None,
     }
+}
+
+/// The smallest minimum and the largest maximum over the row groups; `None` when one row
+/// group has no bounds (then the file has none).
+fn fold<'a, T: Ord + Copy + 'a>(
+    stats: &[&'a Statistics],
+    bounds: impl Fn(&'a Statistics) -> Option<(T, T)>,
+) -> Option<(T, T)> {
+    let mut all = stats.iter().map(|s| bounds(s));
+    let first = all.next()??;
+    all.try_fold(first, |(lo, hi), b| {
+        let (a, b) = b?;
+        Some((lo.min(a), hi.max(b)))
+    })
 }
 
 fn timestamp(micros: i64, utc: bool) -> Option<Value> {

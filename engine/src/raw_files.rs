@@ -57,37 +57,32 @@ pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
     )
     .map_err(|e| bad(one_line(&e.to_string())))?;
     check_raw_schema(&arrow_schema).map_err(bad)?;
-    let txn_col = md
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.name() == "txn_id");
-    if let Some(i) = txn_col {
-        let nulls: u64 = md
-            .row_groups()
-            .iter()
-            .filter_map(|rg| rg.column(i).statistics().and_then(|s| s.null_count_opt()))
-            .sum();
-        if nulls > 0 {
-            return Err(bad(format!(
-                "{nulls} rows have a null txn_id (the dedup key)"
-            )));
-        }
-    }
-    let column = |name: &str| {
-        md.file_metadata()
+    // A column's null count per row group (`None` where a row group has no statistic).
+    let null_counts = |name: &str| -> Vec<Option<u64>> {
+        let Some(i) = md
+            .file_metadata()
             .schema_descr()
             .columns()
             .iter()
             .position(|c| c.name() == name)
-    };
-    let rows_without_event_time = column("event_time").and_then(|i| {
+        else {
+            return Vec::new();
+        };
         md.row_groups()
             .iter()
             .map(|rg| rg.column(i).statistics().and_then(|s| s.null_count_opt()))
-            .sum::<Option<u64>>()
-    });
+            .collect()
+    };
+    let nulls: u64 = null_counts("txn_id").into_iter().flatten().sum();
+    if nulls > 0 {
+        return Err(bad(format!(
+            "{nulls} rows have a null txn_id (the dedup key)"
+        )));
+    }
+    let event_time_nulls = null_counts("event_time");
+    let rows_without_event_time = (!event_time_nulls.is_empty())
+        .then(|| event_time_nulls.into_iter().sum::<Option<u64>>())
+        .flatten();
     Ok(InputFile {
         path: rel.clone(),
         size: meta.size,

@@ -108,6 +108,61 @@ pub struct RawRow {
     pub file: PathBuf,
 }
 
+/// A raw row of a transaction in EUR with status `ok` (the file fields left empty).
+pub fn ok_row(txn: &str, partner: &str, event: i64, ingest: i64, cents: i128) -> RawRow {
+    RawRow {
+        txn_id: txn.into(),
+        partner_id: partner.into(),
+        event_time: event,
+        ingest_time: ingest,
+        amount: cents,
+        currency: "EUR".into(),
+        status: "ok".into(),
+        ingest_date: String::new(),
+        file: Default::default(),
+    }
+}
+
+/// Copies a directory tree (a lake, to crash a run on a copy of it).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The newest commit file of the Delta table at `table`, as text.
+pub fn last_commit(table: &Path) -> String {
+    let last = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .max()
+        .unwrap();
+    std::fs::read_to_string(last).unwrap()
+}
+
+/// Runs a Python script (with deltalake-python, which scripts/test installs) and returns its
+/// stdout; fails the test when it fails.
+pub fn python(script: &str) -> Vec<u8> {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python3 (deltalake-python: scripts/test installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// Writes one record batch as a Parquet file.
 pub fn write_parquet(path: &Path, batch: RecordBatch) {
     let f = std::fs::File::create(path).unwrap();

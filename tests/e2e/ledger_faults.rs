@@ -2,6 +2,7 @@
 //! partners, transactions spanning two days, stale runs, files landing mid-run, crashes at
 //! each commit window, unreachable stores, and file statistics other engines read.
 
+use crate::harness::ok_row as row;
 use crate::harness::*;
 use crate::ledger::{
     conflict_rows, delta_versions, expected_conflicts, expected_ledger, ledger_rows, run_ledger,
@@ -11,20 +12,6 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const DAY_US: i64 = 86_400_000_000;
-
-fn row(txn: &str, partner: &str, event: i64, ingest: i64, cents: i128) -> RawRow {
-    RawRow {
-        txn_id: txn.into(),
-        partner_id: partner.into(),
-        event_time: event,
-        ingest_time: ingest,
-        amount: cents,
-        currency: "EUR".into(),
-        status: "ok".into(),
-        ingest_date: String::new(),
-        file: Default::default(),
-    }
-}
 
 /// `runs` rows of `day`, oldest first: (outcome, ledger_rows, rows_without_event_time).
 fn runs_of(dir: &Path, day: &str) -> Vec<Vec<String>> {
@@ -191,13 +178,7 @@ fn events_arriving_the_evening_before_are_counted_and_rows_without_event_time_re
     assert_eq!(m["rows_without_event_time"], 2);
     assert_eq!(runs_of(dir.path(), "2026-11-05").last().unwrap()[2], "2");
     // The commit info says so too.
-    let log = std::fs::read_dir(lake.join("ledger/_delta_log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .max()
-        .unwrap();
-    let text = std::fs::read_to_string(log).unwrap();
+    let text = last_commit(&lake.join("ledger"));
     assert!(text.contains("\"rows_without_event_time\":2"), "{text}");
 }
 
@@ -410,7 +391,7 @@ fn a_crash_at_every_ledger_failpoint_then_a_rerun_is_exact() {
     run_ledger(base.path(), day, &[]);
     for &point in points {
         let dir = tempdir();
-        copy_tree(base.path(), dir.path());
+        copy_dir(base.path(), dir.path());
         let lake = dir.path().join("lake");
         // Something new for the run to commit.
         let at = micros("2026-11-02T09:00:00Z");
@@ -449,32 +430,12 @@ fn a_crash_at_every_ledger_failpoint_then_a_rerun_is_exact() {
             "{point}"
         );
         // The conflicts commit names the ledger version it belongs to.
-        let log = lake.join("ledger_conflicts/_delta_log");
-        let last = std::fs::read_dir(&log)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .max()
-            .unwrap();
-        let text = std::fs::read_to_string(last).unwrap();
+        let text = last_commit(&lake.join("ledger_conflicts"));
         assert!(
             text.contains(&format!("\"ledger_version\":{}", m["version"])),
             "{point}: {text}"
         );
     }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    let ok = Command::new("cp")
-        .args([
-            "-a",
-            &format!("{}/.", from.display()),
-            &to.display().to_string(),
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 /// An S3 outage in the middle of the footer check is the store's fault, not a file's: the
@@ -556,16 +517,7 @@ fn other_readers_see_min_max_and_null_counts_of_the_ledger_files() {
          print(json.dumps({{c: [str(v) for v in a.column(c).to_pylist()] for c in cols}}))\n",
         table.display()
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "deltalake-python (scripts/test installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&python(&script)).unwrap();
     for c in [
         "partner_id",
         "txn_id",

@@ -55,15 +55,8 @@ fn read_totals(dir: &Path, table: &str) -> Totals {
 
 fn row(txn: &str, partner: &str, event: i64, ingest: i64, cents: i128, status: &str) -> RawRow {
     RawRow {
-        txn_id: txn.into(),
-        partner_id: partner.into(),
-        event_time: event,
-        ingest_time: ingest,
-        amount: cents,
-        currency: "EUR".into(),
         status: status.into(),
-        ingest_date: String::new(),
-        file: Default::default(),
+        ..ok_row(txn, partner, event, ingest, cents)
     }
 }
 
@@ -224,19 +217,6 @@ fn next_rand(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 #[test]

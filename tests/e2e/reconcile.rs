@@ -351,15 +351,7 @@ fn an_old_live_view_without_currencies_is_refused_with_the_fix() {
          deltalake.write_deltalake('{}', t)\n",
         lake.join("live_view").display()
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "deltalake-python (scripts/test installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python(&script);
     let err = tally_fails(dir.path(), &["live", "--once"], 1);
     assert!(
         err.contains("across currencies") && err.contains("delete live_view/"),

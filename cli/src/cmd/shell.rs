@@ -8,7 +8,7 @@ use crate::args::OutputFormat;
 use crate::args::ShellArgs;
 use crate::cmd::sql::access;
 use crate::context::Context;
-use crate::output::{print_table, write_stream};
+use crate::output::print_table;
 use anyhow::Result;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
@@ -87,23 +87,17 @@ fn run_statements(rt: &Runtime, session: &TallySession, sql: &str, args: &ShellA
     let work = async {
         let mut rows = 0;
         for stmt in query::parse(sql)? {
-            let df = query::plan(session, stmt, access(args.allow_write)).await?;
-            let task = std::sync::Arc::new(df.task_ctx());
-            let plan = df.create_physical_plan().await?;
-            let ran = async {
-                let stream = tally_engine::datafusion::physical_plan::execute_stream(
-                    std::sync::Arc::clone(&plan),
-                    task,
-                )?;
-                let stdout = std::io::stdout();
-                let mut out = stdout.lock();
-                write_stream(stream, OutputFormat::Table, args.max_rows, &mut out).await
-            }
-            .await;
-            match ran {
-                Ok(n) => rows += n,
-                Err(e) => return Err(crate::cmd::sql::name_bad_file(session, &plan, e).await),
-            }
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            rows += crate::cmd::sql::run_statement(
+                session,
+                stmt,
+                access(args.allow_write),
+                OutputFormat::Table,
+                args.max_rows,
+                &mut out,
+            )
+            .await?;
         }
         anyhow::Ok(rows)
     };

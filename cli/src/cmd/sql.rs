@@ -29,26 +29,48 @@ pub async fn run(ctx: &Context, args: &SqlArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     for stmt in statements {
-        let df = query::plan(&session, stmt, access(args.allow_write)).await?;
-        let task = std::sync::Arc::new(df.task_ctx());
-        let plan = df.create_physical_plan().await?;
-        let ran = async {
-            let stream = tally_engine::datafusion::physical_plan::execute_stream(
-                std::sync::Arc::clone(&plan),
-                task,
-            )?;
-            write_stream(stream, args.format, args.max_rows, &mut out).await
-        }
-        .await;
-        if let Err(e) = ran {
-            return Err(name_bad_file(&session, &plan, e).await);
-        }
+        run_statement(
+            &session,
+            stmt,
+            access(args.allow_write),
+            args.format,
+            args.max_rows,
+            &mut out,
+        )
+        .await?;
     }
     Ok(())
 }
 
+/// Plans and runs one statement, writing its rows to `out` (shared with `tally shell`); a
+/// failure in the Parquet reader names the raw file of the plan's scans at fault.
+pub async fn run_statement(
+    session: &tally_engine::session::TallySession,
+    stmt: tally_engine::datafusion::sql::parser::Statement,
+    access: Access,
+    format: crate::args::OutputFormat,
+    max_rows: usize,
+    out: &mut dyn std::io::Write,
+) -> Result<u64> {
+    let df = query::plan(session, stmt, access).await?;
+    let task = std::sync::Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let ran = async {
+        let stream = tally_engine::datafusion::physical_plan::execute_stream(
+            std::sync::Arc::clone(&plan),
+            task,
+        )?;
+        write_stream(stream, format, max_rows, out).await
+    }
+    .await;
+    match ran {
+        Ok(rows) => Ok(rows),
+        Err(e) => Err(name_bad_file(session, &plan, e).await),
+    }
+}
+
 /// A query that failed inside the Parquet reader: name the raw file at fault if one is.
-pub async fn name_bad_file(
+async fn name_bad_file(
     session: &tally_engine::session::TallySession,
     plan: &std::sync::Arc<dyn tally_engine::datafusion::physical_plan::ExecutionPlan>,
     e: anyhow::Error,

@@ -19,7 +19,6 @@ use crate::schema::{self, EVENT_DATE};
 use arrow::array::RecordBatch;
 use deltalake::DeltaTable;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// The version of the ledger's rules beyond its SQL text (which is hashed on its own). Bump
 /// it when a change in Rust alters what a day contains — a fixed dedup rule then rebuilds
@@ -102,7 +101,7 @@ pub async fn write_conflicts(
     )?;
     let mut rows = 0u64;
     for b in batches {
-        let b = schema::conform(&b, &Arc::clone(&schema::LEDGER_CONFLICTS))?;
+        let b = schema::conform(&b, &schema::LEDGER_CONFLICTS)?;
         rows += b.num_rows() as u64;
         writer.write(&b).await?;
     }

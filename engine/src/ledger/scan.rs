@@ -11,7 +11,7 @@
 use crate::schema::{self, INGEST_DATE};
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -33,22 +33,24 @@ use std::sync::Arc;
 pub struct CheckedFiles {
     store_url: ObjectStoreUrl,
     files: Vec<(ObjectMeta, NaiveDate)>,
-    schema: SchemaRef,
+    /// The file columns and the `ingest_date` partition column.
+    table_schema: TableSchema,
 }
 
 impl CheckedFiles {
     /// The table over `files` in the store registered under `store_url`.
     pub fn new(store_url: ObjectStoreUrl, files: Vec<(ObjectMeta, NaiveDate)>) -> Self {
-        let mut fields: Vec<Field> = schema::RAW_PAYMENTS
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new(INGEST_DATE, DataType::Date32, false));
+        let table_schema = TableSchema::builder(Arc::clone(&schema::RAW_PAYMENTS))
+            .with_table_partition_cols(vec![Arc::new(Field::new(
+                INGEST_DATE,
+                DataType::Date32,
+                false,
+            ))])
+            .build();
         Self {
             store_url,
             files,
-            schema: Arc::new(Schema::new(fields)),
+            table_schema,
         }
     }
 }
@@ -56,7 +58,7 @@ impl CheckedFiles {
 #[async_trait]
 impl TableProvider for CheckedFiles {
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        Arc::clone(self.table_schema.table_schema())
     }
 
     fn table_type(&self) -> TableType {
@@ -80,20 +82,13 @@ impl TableProvider for CheckedFiles {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if self.files.is_empty() {
             let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => Arc::clone(&self.schema),
+                Some(p) => Arc::new(self.schema().project(p)?),
+                None => self.schema(),
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
-        let table_schema = TableSchema::builder(Arc::clone(&schema::RAW_PAYMENTS))
-            .with_table_partition_cols(vec![Arc::new(Field::new(
-                INGEST_DATE,
-                DataType::Date32,
-                false,
-            ))])
-            .build();
-        let source = format.file_source(table_schema);
+        let source = format.file_source(self.table_schema.clone());
         let files: Vec<PartitionedFile> = self
             .files
             .iter()
