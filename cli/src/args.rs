@@ -23,6 +23,7 @@ impl Cli {
             Command::Sql(a) => a.memory_limit,
             Command::Ledger(a) => a.plan.memory_limit,
             Command::Backfill(a) => a.plan.memory_limit,
+            Command::Serve(a) => a.memory_limit,
             _ => None,
         }
     }
@@ -64,6 +65,27 @@ pub enum Command {
     Trace(TraceArgs),
     /// Make a sample lake with realistic traffic and show what tally does with it.
     Demo(DemoArgs),
+    /// Serve the lake read-only to BI tools (Arrow Flight SQL, Postgres wire) and monitoring (HTTP).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// HTTP endpoint (health, metrics), HOST:PORT or off; port 0 picks a free port.
+    #[arg(long, default_value = tally_engine::serve::DEFAULT_HTTP)]
+    pub http: String,
+    /// Arrow Flight SQL endpoint (ADBC, JDBC), HOST:PORT or off.
+    #[arg(long, default_value = tally_engine::serve::DEFAULT_FLIGHT_SQL)]
+    pub flight_sql: String,
+    /// Postgres wire endpoint (psql, psycopg, Grafana, Metabase), HOST:PORT or off.
+    #[arg(long, default_value = tally_engine::serve::DEFAULT_PG)]
+    pub pg: String,
+    /// Memory for all running queries together, e.g. 2GiB; operators spill beyond it.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+    /// A query running longer is stopped, e.g. 30s or 5m.
+    #[arg(long, default_value = "300s")]
+    pub query_timeout: humantime::Duration,
 }
 
 /// How a ledger day's plan runs (shared by `ledger` and `backfill`).

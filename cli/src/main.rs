@@ -46,6 +46,16 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// A command line that cannot run as given: exit 2, as clap does for a bad flag.
+fn is_usage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<tally_engine::TallyError>(),
+            Some(tally_engine::TallyError::Usage { .. })
+        )
+    })
+}
+
 fn init_logging(verbose: u8) {
     // delta-rs logs a missing table as an ERROR and a retried concurrent commit as a WARN;
     // both are normal for tally (tables are created on first use, days commit concurrently).
@@ -78,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(a) => return rt.block_on(cmd::reconcile::run(&ctx, a)),
         Command::Trace(a) => rt.block_on(cmd::trace::run(&ctx, a))?,
         Command::Demo(a) => rt.block_on(cmd::demo::run(&ctx, a))?,
+        Command::Serve(a) => rt.block_on(cmd::serve::run(&ctx, a))?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -97,6 +108,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if is_usage(&e) => {
+            eprintln!("error: {}", one_line_chain(&e));
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {}", one_line_chain(&e));
             ExitCode::from(1)

@@ -55,6 +55,18 @@ pub enum TallyError {
     #[error("{statement} is not allowed: tally sql is read-only (pass --allow-write to change tables; raw data is never writable)")]
     ReadOnly { statement: String },
 
+    /// A statement refused by `tally serve`, which never changes a table.
+    #[error("{statement} is not allowed: tally serve is read-only (change tables with tally sql --allow-write or the jobs; raw data is never writable)")]
+    ServeReadOnly { statement: String },
+
+    /// A served query that ran past `--query-timeout` and was stopped.
+    #[error("query stopped after {seconds} s (--query-timeout)")]
+    QueryTimeout { seconds: u64 },
+
+    /// A command line that cannot run as given (the CLI exits 2, as for a bad flag).
+    #[error("{message}")]
+    Usage { message: String },
+
     /// A raw file that cannot be read or does not match the raw schema.
     #[error("bad raw file {file}: {message}")]
     BadRawFile { file: String, message: String },
@@ -114,6 +126,9 @@ impl TallyError {
             | TallyError::TableNotFound { .. }
             | TallyError::TableOpen { .. }
             | TallyError::ReadOnly { .. }
+            | TallyError::ServeReadOnly { .. }
+            | TallyError::QueryTimeout { .. }
+            | TallyError::Usage { .. }
             | TallyError::BadRawFile { .. }
             | TallyError::BadInput { .. }
             | TallyError::Refused { .. }

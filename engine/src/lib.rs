@@ -19,6 +19,7 @@
 //! - [`runs`]: the `runs` table, the ledger's run log;
 //! - [`reconcile`]: the ledger against the live view, per partner, with a verdict;
 //! - [`trace`]: every copy of one transaction and why the winner won;
+//! - [`serve`]: `tally serve`, the lake read-only over Flight SQL, the Postgres wire and HTTP;
 //! - [`jobs_sql`]: the jobs' SQL texts from `sql/`;
 //! - [`generate`]: the realistic raw-lake generator;
 //! - [`progress`]: how long jobs report progress;
@@ -46,6 +47,7 @@ pub mod raw_table;
 pub mod reconcile;
 pub mod runs;
 pub mod schema;
+pub mod serve;
 pub mod session;
 pub mod trace;
 

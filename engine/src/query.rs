@@ -27,7 +27,7 @@ pub fn parse(sql: &str) -> Result<Vec<DFStatement>> {
 }
 
 /// The leading keywords of a statement, for messages (`INSERT INTO`, `COPY`, …).
-fn statement_name(stmt: &DFStatement) -> String {
+pub fn statement_name(stmt: &DFStatement) -> String {
     let text = stmt.to_string();
     let words: Vec<&str> = text.split_whitespace().take(3).collect();
     let n = match words.first().map(|w| w.to_ascii_uppercase()).as_deref() {

@@ -11,13 +11,15 @@ use crate::lake::{layout, location_to_url, one_line, Lake};
 use crate::raw_table::RawPaymentsTable;
 use crate::schema;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Knobs for a session that differ between commands.
@@ -72,10 +74,58 @@ pub struct TallySession {
     tables: Vec<TableInfo>,
 }
 
+/// Tables a long-running process (`tally serve`) opens once and brings up to date before each
+/// session: a Delta table reads only the log entries committed since (its log tail), and a
+/// configured Parquet directory keeps the schema inferred from its footers. Every session built
+/// from the cache shares one runtime, so one memory pool bounds all concurrent queries.
+pub struct TableCache {
+    runtime: Arc<RuntimeEnv>,
+    delta: HashMap<String, deltalake::DeltaTable>,
+    parquet: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+impl TableCache {
+    /// An empty cache whose sessions share one runtime (memory pool) built from `opts`.
+    pub fn new(opts: &SessionOptions) -> Result<Self> {
+        Ok(Self {
+            runtime: new_runtime(opts)?,
+            delta: HashMap::new(),
+            parquet: HashMap::new(),
+        })
+    }
+
+    /// The runtime every session from this cache runs on.
+    pub fn runtime(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
+    }
+}
+
 impl TallySession {
     /// Builds a session over `lake`: object store, UDFs, the lake's tables and the configured ones.
     pub async fn open(lake: &Lake, config: &Config, opts: &SessionOptions) -> Result<Self> {
-        let ctx = new_context(opts)?;
+        let ctx = new_context(opts, new_runtime(opts)?)?;
+        Self::open_on(ctx, lake, config, None).await
+    }
+
+    /// Builds a session whose tables come from `cache`, brought up to date first: the session
+    /// sees every commit made before this call, and keeps that one snapshot of each table for
+    /// as long as it lives (a query on it reads one consistent version).
+    pub async fn open_cached(
+        lake: &Lake,
+        config: &Config,
+        opts: &SessionOptions,
+        cache: &mut TableCache,
+    ) -> Result<Self> {
+        let ctx = new_context(opts, Arc::clone(&cache.runtime))?;
+        Self::open_on(ctx, lake, config, Some(cache)).await
+    }
+
+    async fn open_on(
+        ctx: SessionContext,
+        lake: &Lake,
+        config: &Config,
+        mut cache: Option<&mut TableCache>,
+    ) -> Result<Self> {
         ctx.register_object_store(&lake.store_url(), lake.store());
         tally_udfs::register_all(&ctx);
         let top = lake.top_level_dirs().await?;
@@ -98,7 +148,9 @@ impl TallySession {
         ] {
             if top.iter().any(|d| d == name) {
                 let url = lake.url_of(name)?;
-                session.register_delta_if_present(name, url).await?;
+                session
+                    .register_delta_if_present(name, url, cache.as_deref_mut())
+                    .await?;
             }
         }
         for (name, table) in &config.tables {
@@ -109,8 +161,16 @@ impl TallySession {
             }
             let url = location_to_url(&table.location)?;
             match table.format {
-                TableFormat::Parquet => session.register_parquet_dir(name, url).await?,
-                TableFormat::Delta => session.register_delta(name, url).await?,
+                TableFormat::Parquet => {
+                    session
+                        .register_parquet_dir(name, url, cache.as_deref_mut())
+                        .await?
+                }
+                TableFormat::Delta => {
+                    session
+                        .register_delta(name, url, cache.as_deref_mut())
+                        .await?
+                }
             }
         }
         Ok(session)
@@ -162,7 +222,7 @@ impl TallySession {
             return Ok(());
         }
         if parts.iter().any(|p| p == "_delta_log") {
-            return self.register_delta("raw_payments", url).await;
+            return self.register_delta("raw_payments", url, None).await;
         }
         // Data files only, by the rule tally's own listing follows.
         let data_files = crate::raw_files::data_file_pattern()?;
@@ -186,27 +246,71 @@ impl TallySession {
     }
 
     /// Registers a Delta table if the location holds one; absent otherwise.
-    async fn register_delta_if_present(&mut self, name: &str, url: url::Url) -> Result<()> {
-        match self.open_delta(name, &url).await {
+    async fn register_delta_if_present(
+        &mut self,
+        name: &str,
+        url: url::Url,
+        cache: Option<&mut TableCache>,
+    ) -> Result<()> {
+        match self.open_delta(name, &url, cache).await {
             Ok(table) => self.register_opened_delta(name, &url, table).await,
             Err(TallyError::Delta(deltalake::DeltaTableError::NotATable(_))) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    async fn register_delta(&mut self, name: &str, url: url::Url) -> Result<()> {
-        let table = self.open_delta(name, &url).await.map_err(|e| match e {
-            TallyError::Delta(deltalake::DeltaTableError::NotATable(_)) => TallyError::TableOpen {
-                name: name.into(),
-                location: url.to_string(),
-                message: "not a Delta table (no _delta_log)".into(),
-            },
-            other => other,
-        })?;
+    async fn register_delta(
+        &mut self,
+        name: &str,
+        url: url::Url,
+        cache: Option<&mut TableCache>,
+    ) -> Result<()> {
+        let table = self
+            .open_delta(name, &url, cache)
+            .await
+            .map_err(|e| match e {
+                TallyError::Delta(deltalake::DeltaTableError::NotATable(_)) => {
+                    TallyError::TableOpen {
+                        name: name.into(),
+                        location: url.to_string(),
+                        message: "not a Delta table (no _delta_log)".into(),
+                    }
+                }
+                other => other,
+            })?;
         self.register_opened_delta(name, &url, table).await
     }
 
-    async fn open_delta(&self, name: &str, url: &url::Url) -> Result<deltalake::DeltaTable> {
+    async fn open_delta(
+        &self,
+        name: &str,
+        url: &url::Url,
+        cache: Option<&mut TableCache>,
+    ) -> Result<deltalake::DeltaTable> {
+        let Some(cache) = cache else {
+            return self.open_delta_uncached(name, url).await;
+        };
+        if let Some(table) = cache.delta.get_mut(url.as_str()) {
+            table
+                .update_incremental(None)
+                .await
+                .map_err(|e| TallyError::TableOpen {
+                    name: name.into(),
+                    location: url.to_string(),
+                    message: one_line(&e.to_string()),
+                })?;
+            return Ok(table.clone());
+        }
+        let table = self.open_delta_uncached(name, url).await?;
+        cache.delta.insert(url.to_string(), table.clone());
+        Ok(table)
+    }
+
+    async fn open_delta_uncached(
+        &self,
+        name: &str,
+        url: &url::Url,
+    ) -> Result<deltalake::DeltaTable> {
         crate::delta::open(&self.lake, url)
             .await
             .map_err(|e| match e {
@@ -248,8 +352,35 @@ impl TallySession {
         Ok(())
     }
 
-    async fn register_parquet_dir(&mut self, name: &str, url: url::Url) -> Result<()> {
-        let table_url = listing_url(&url)?;
+    async fn register_parquet_dir(
+        &mut self,
+        name: &str,
+        url: url::Url,
+        cache: Option<&mut TableCache>,
+    ) -> Result<()> {
+        let cached = cache.as_ref().and_then(|c| c.parquet.get(name).cloned());
+        let table = match cached {
+            Some(table) => table,
+            None => {
+                let table = self.open_parquet_dir(name, &url).await?;
+                if let Some(cache) = cache {
+                    cache.parquet.insert(name.to_string(), Arc::clone(&table));
+                }
+                table
+            }
+        };
+        self.ctx.register_table(name, table)?;
+        self.tables.push(TableInfo {
+            name: name.into(),
+            format: "parquet",
+            location: url.to_string(),
+            detail: String::new(),
+        });
+        Ok(())
+    }
+
+    async fn open_parquet_dir(&self, name: &str, url: &url::Url) -> Result<Arc<dyn TableProvider>> {
+        let table_url = listing_url(url)?;
         let options =
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let state = self.ctx.state();
@@ -257,7 +388,7 @@ impl TallySession {
         let partition_cols = options
             .infer_partitions(&state, &table_url)
             .await
-            .map_err(|e| self.table_open_error(name, &url, e))?
+            .map_err(|e| self.table_open_error(name, url, e))?
             .into_iter()
             .map(|c| (c, DataType::Utf8))
             .collect();
@@ -266,16 +397,8 @@ impl TallySession {
             .with_listing_options(options)
             .infer_schema(&state)
             .await
-            .map_err(|e| self.table_open_error(name, &url, e))?;
-        let table = ListingTable::try_new(config)?;
-        self.ctx.register_table(name, Arc::new(table))?;
-        self.tables.push(TableInfo {
-            name: name.into(),
-            format: "parquet",
-            location: url.to_string(),
-            detail: String::new(),
-        });
-        Ok(())
+            .map_err(|e| self.table_open_error(name, url, e))?;
+        Ok(Arc::new(ListingTable::try_new(config)?))
     }
 
     fn table_open_error(
@@ -296,8 +419,17 @@ fn listing_url(url: &url::Url) -> Result<ListingTableUrl> {
     Ok(ListingTableUrl::parse(url.as_str())?)
 }
 
-/// A context with tally's defaults: information_schema on, memory pool when limited.
-fn new_context(opts: &SessionOptions) -> Result<SessionContext> {
+/// The runtime of a session: a fair spilling memory pool when limited.
+fn new_runtime(opts: &SessionOptions) -> Result<Arc<RuntimeEnv>> {
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(limit) = opts.memory_limit {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+    }
+    Ok(runtime.build_arc()?)
+}
+
+/// A context with tally's defaults (information_schema on) on `runtime`.
+fn new_context(opts: &SessionOptions, runtime: Arc<RuntimeEnv>) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
         .with_create_default_catalog_and_schema(true);
@@ -311,11 +443,6 @@ fn new_context(opts: &SessionOptions) -> Result<SessionContext> {
     config.options_mut().execution.parquet.pushdown_filters = true;
     config.options_mut().execution.parquet.reorder_filters = true;
     apply_env_overrides(&mut config)?;
-    let mut runtime = RuntimeEnvBuilder::new();
-    if let Some(limit) = opts.memory_limit {
-        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-    }
-    let runtime = runtime.build_arc()?;
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 

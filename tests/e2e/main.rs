@@ -16,5 +16,6 @@ mod ledger_faults;
 mod live;
 mod reconcile;
 mod s3;
+mod serve;
 mod sql;
 mod trace;

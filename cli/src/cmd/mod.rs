@@ -6,6 +6,7 @@ pub mod generate;
 pub mod ledger;
 pub mod live;
 pub mod reconcile;
+pub mod serve;
 pub mod shell;
 pub mod sql;
 pub mod tables;

@@ -1,0 +1,717 @@
+//! `tally serve` through clients tally did not write: the ADBC Flight SQL driver (Python
+//! `adbc-driver-flightsql`), psycopg (Postgres extended protocol) and psql. Expected ledger
+//! figures come from the raw files (the oracle in `ledger.rs`), not from tally.
+
+use crate::harness::*;
+use crate::ledger::expected_ledger;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DAY: &str = "2026-11-01";
+const NEXT_DAY: &str = "2026-11-02";
+
+/// A running `tally serve` on free loopback ports; killed when dropped.
+struct Server {
+    child: Child,
+    http: String,
+    flight: String,
+    pg: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stdout_rest: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(dir: &Path, token: Option<&str>, extra: &[&str]) -> Server {
+        let mut cmd = tally_cmd(dir);
+        cmd.args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--flight-sql",
+            "127.0.0.1:0",
+            "--pg",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some(t) = token {
+            cmd.env("TALLY_TOKEN", t);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = std::sync::Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            sink.lock().unwrap().push_str(&s);
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut addrs = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while addrs.len() < 3 {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 || Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve ended before listening: {}", stderr.lock().unwrap());
+            }
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(parts.len(), 3, "unexpected line {line:?}");
+            assert_eq!(parts[0], "listening");
+            addrs.insert(parts[1].to_string(), parts[2].to_string());
+        }
+        let stdout_rest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&stdout_rest);
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            sink.lock().unwrap().push_str(&s);
+        });
+        Server {
+            child,
+            http: addrs["http"].clone(),
+            flight: addrs["flight-sql"].clone(),
+            pg: addrs["pg"].clone(),
+            stderr,
+            stdout_rest,
+        }
+    }
+
+    fn pg_port(&self) -> &str {
+        self.pg.rsplit(':').next().unwrap()
+    }
+
+    /// SIGTERM, then the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "{}{}",
+            self.stdout_rest.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A lake with two generated days and the first day's ledger built.
+fn lake_with_ledger(dir: &Path) {
+    generate(dir, 2, 3000, 21);
+    tally_ok(dir, &["ledger", "--date", DAY]);
+}
+
+/// Per-partner sums of `day`'s ledger, in cents, computed from the raw files.
+fn expected_sums(dir: &Path, day: &str) -> BTreeMap<String, (i128, u64)> {
+    let raw = read_raw(&dir.join("lake"));
+    let mut sums: BTreeMap<String, (i128, u64)> = BTreeMap::new();
+    for row in expected_ledger(&raw, day, 3).values() {
+        let e = sums.entry(row[1].clone()).or_default();
+        e.0 += parse_cents(&row[3]);
+        e.1 += 1;
+    }
+    sums
+}
+
+fn parse_cents(s: &str) -> i128 {
+    let neg = s.starts_with('-');
+    let (int, frac) = s.trim_start_matches('-').split_once('.').unwrap();
+    let c = int.parse::<i128>().unwrap() * 100 + frac.parse::<i128>().unwrap();
+    if neg {
+        -c
+    } else {
+        c
+    }
+}
+
+fn sums_from_lines(out: &str) -> BTreeMap<String, (i128, u64)> {
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].to_string(), (parse_cents(f[1]), f[2].parse().unwrap()))
+        })
+        .collect()
+}
+
+fn per_partner_sql(day: &str) -> String {
+    format!(
+        "SELECT partner_id, sum(amount) AS total, count(*) AS n FROM ledger \
+         WHERE event_date = DATE '{day}' GROUP BY partner_id ORDER BY partner_id"
+    )
+}
+
+/// Runs `body` with an ADBC Flight SQL connection `conn` in Python; returns stdout.
+fn adbc(server: &Server, auth: &str, body: &str) -> String {
+    let script = format!(
+        "import adbc_driver_flightsql.dbapi as f, adbc_driver_flightsql as fs, sys, json\n\
+         kw = {auth}\n\
+         conn = f.connect('grpc://{}', **kw)\n\
+         {body}\n",
+        server.flight
+    );
+    String::from_utf8(python(&script)).unwrap()
+}
+
+/// Runs `body` with a psycopg connection `conn`; returns stdout.
+fn psycopg(server: &Server, password: Option<&str>, body: &str) -> String {
+    let script = format!(
+        "import psycopg, sys, json\n\
+         conn = psycopg.connect(host='127.0.0.1', port={}, user='analyst', dbname='tally', password={:?}, autocommit=True)\n\
+         {body}\n",
+        server.pg_port(),
+        password.unwrap_or("")
+    );
+    String::from_utf8(python(&script)).unwrap()
+}
+
+const NO_AUTH: &str = "{}";
+
+fn print_rows_py(sql: &str) -> String {
+    format!(
+        "cur = conn.cursor()\ncur.execute({sql:?})\nfor r in cur.fetchall():\n    print('\\t'.join(str(v) for v in r))"
+    )
+}
+
+#[test]
+fn ledger_sums_are_exact_through_flight_sql_and_the_postgres_wire() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let want = expected_sums(dir.path(), DAY);
+    assert!(want.len() > 2, "the day has several partners");
+    let server = Server::start(dir.path(), None, &[]);
+
+    let got = sums_from_lines(&adbc(
+        &server,
+        NO_AUTH,
+        &print_rows_py(&per_partner_sql(DAY)),
+    ));
+    assert_eq!(got, want, "Flight SQL");
+    let got = sums_from_lines(&psycopg(
+        &server,
+        None,
+        &print_rows_py(&per_partner_sql(DAY)),
+    ));
+    assert_eq!(got, want, "Postgres wire");
+
+    // SPEC types on each wire: Decimal128(18,2), Timestamp(us, UTC), Date32, Int64, Utf8.
+    let types = adbc(
+        &server,
+        NO_AUTH,
+        "cur = conn.cursor()\ncur.execute('SELECT amount, event_time, event_date, copies, txn_id FROM ledger LIMIT 1')\nprint(cur.fetch_arrow_table().schema)",
+    );
+    for t in [
+        "amount: decimal128(18, 2)",
+        "event_time: timestamp[us, tz=UTC]",
+        "event_date: date32",
+        "copies: int64",
+        "txn_id: string",
+    ] {
+        assert!(types.contains(t), "{t} missing in {types}");
+    }
+    let oids = psycopg(
+        &server,
+        None,
+        "cur = conn.cursor()\ncur.execute('SELECT amount, event_time, event_date, copies, txn_id FROM ledger LIMIT 1')\nprint([d.type_code for d in cur.description])\nr = cur.fetchone()\nprint(type(r[0]).__name__, type(r[1]).__name__, r[1].tzinfo is not None)",
+    );
+    // numeric, timestamptz, date, int8, text.
+    assert!(oids.contains("[1700, 1184, 1082, 20, 25]"), "{oids}");
+    assert!(oids.contains("Decimal datetime True"), "{oids}");
+}
+
+#[test]
+fn prepared_statements_bind_parameters_on_both_wires() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let raw = read_raw(&dir.path().join("lake"));
+    let ledger = expected_ledger(&raw, DAY, 3);
+    let (txn, row) = ledger.iter().nth(17).unwrap();
+    let server = Server::start(dir.path(), None, &[]);
+
+    let flight = adbc(
+        &server,
+        NO_AUTH,
+        &format!(
+            "cur = conn.cursor()\n\
+             cur.execute('SELECT partner_id, amount FROM ledger WHERE txn_id = ?', parameters=({txn:?},))\n\
+             print(cur.fetchall())\n\
+             cur.execute('SELECT count(*) FROM ledger WHERE amount > ? AND event_date = ?', parameters=(0, '{DAY}'))\n\
+             print(cur.fetchall())"
+        ),
+    );
+    let amount = &row[3];
+    assert!(
+        flight.contains(&format!("[('{}', Decimal('{amount}'))]", row[1])),
+        "{flight}"
+    );
+    let positive = ledger.values().filter(|r| parse_cents(&r[3]) > 0).count();
+    assert!(flight.contains(&format!("[({positive},)]")), "{flight}");
+
+    // psycopg binds $1 server-side; the sixth run of one statement uses a named prepared
+    // statement (prepare_threshold = 5), which must still answer.
+    let pg = psycopg(
+        &server,
+        None,
+        &format!(
+            "cur = conn.cursor()\n\
+             for _ in range(7):\n\
+             \x20   cur.execute('SELECT partner_id, amount FROM ledger WHERE txn_id = %s', ({txn:?},))\n\
+             \x20   r = cur.fetchall()\n\
+             print(r)"
+        ),
+    );
+    assert!(
+        pg.contains(&format!("[('{}', Decimal('{amount}'))]", row[1])),
+        "{pg}"
+    );
+}
+
+#[test]
+fn metadata_calls_list_the_lake_tables() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let server = Server::start(dir.path(), None, &[]);
+
+    let out = adbc(
+        &server,
+        NO_AUTH,
+        "print(conn.adbc_get_table_types())\n\
+         objs = conn.adbc_get_objects(depth='all').read_all().to_pylist()\n\
+         for c in objs:\n\
+         \x20   for s in c['catalog_db_schemas']:\n\
+         \x20       for t in s['db_schema_tables']:\n\
+         \x20           print('table', c['catalog_name'], s['db_schema_name'], t['table_name'], t['table_type'], ','.join(col['column_name'] for col in (t['table_columns'] or [])))\n\
+         print('schema', conn.adbc_get_table_schema('ledger'))\n\
+         info = conn.adbc_get_info()\n\
+         print('vendor', info.get('vendor_name'))",
+    );
+    assert!(out.contains("'TABLE'"), "{out}");
+    assert!(
+        out.contains(
+            "table datafusion public ledger TABLE txn_id,partner_id,event_time,event_date,amount"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("table datafusion public raw_payments"),
+        "{out}"
+    );
+    assert!(out.contains("amount: decimal128(18, 2)"), "{out}");
+    assert!(out.contains("vendor tally"), "{out}");
+
+    // psql's \dt and \d, as a person would type them.
+    let psql = |cmd: &str| {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                server.pg_port(),
+                "-U",
+                "analyst",
+                "-d",
+                "tally",
+                "-c",
+                cmd,
+            ])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dt = psql("\\dt");
+    assert!(dt.contains("ledger"), "{dt}");
+    assert!(dt.contains("raw_payments"), "{dt}");
+    let d = psql("\\d ledger");
+    assert!(d.contains("amount"), "{d}");
+    assert!(d.contains("numeric"), "{d}");
+    assert!(d.contains("txn_id"), "{d}");
+    // The information_schema a table browser reads.
+    let cols = psycopg(
+        &server,
+        None,
+        &print_rows_py(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'ledger' ORDER BY ordinal_position",
+        ),
+    );
+    assert!(cols.starts_with("txn_id\npartner_id\n"), "{cols}");
+}
+
+#[test]
+fn a_commit_by_another_process_is_visible_without_a_restart() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let server = Server::start(dir.path(), None, &[]);
+    let count_sql = format!("SELECT count(*) FROM ledger WHERE event_date = DATE '{NEXT_DAY}'");
+    let py = print_rows_py(&count_sql);
+    // A prepared statement made before the commit must see it too.
+    let before = psycopg(
+        &server,
+        None,
+        &format!(
+            "import time\ncur = conn.cursor()\nq = {count_sql:?}\n\
+             for _ in range(6):\n\
+             \x20   cur.execute(q, prepare=True)\n\
+             print(cur.fetchone()[0])\n\
+             sys.stdout.flush()\n"
+        ),
+    );
+    assert_eq!(before.trim(), "0");
+    assert_eq!(adbc(&server, NO_AUTH, &py).trim(), "0");
+
+    tally_ok(dir.path(), &["ledger", "--date", NEXT_DAY]);
+    let want: u64 = expected_sums(dir.path(), NEXT_DAY)
+        .values()
+        .map(|v| v.1)
+        .sum();
+    assert!(want > 0);
+    assert_eq!(
+        adbc(&server, NO_AUTH, &py).trim(),
+        want.to_string(),
+        "Flight SQL"
+    );
+    assert_eq!(psycopg(&server, None, &py).trim(), want.to_string(), "pg");
+}
+
+#[test]
+fn writes_are_refused_on_every_path_and_the_tables_stay_as_they_were() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let ledger_dir = dir.path().join("lake/ledger");
+    let before = last_commit(&ledger_dir);
+    let server = Server::start(dir.path(), None, &[]);
+    let attempts = [
+        "INSERT INTO ledger SELECT * FROM ledger",
+        "DELETE FROM ledger",
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/tmp'",
+        "COPY (SELECT 1) TO '/tmp/tally-serve-copy.parquet'",
+        "DROP TABLE ledger",
+        "SET datafusion.execution.batch_size = 1",
+    ];
+    for sql in attempts {
+        let flight = adbc(
+            &server,
+            NO_AUTH,
+            &format!(
+                "cur = conn.cursor()\n\
+                 try:\n\
+                 \x20   cur.execute({sql:?}); cur.fetchall(); print('ran')\n\
+                 except Exception as e:\n\
+                 \x20   print('refused', e)"
+            ),
+        );
+        assert!(
+            flight.starts_with("refused"),
+            "Flight SQL ran {sql}: {flight}"
+        );
+        assert!(flight.contains("read-only"), "{sql}: {flight}");
+        for prepare in ["False", "True"] {
+            let pg = psycopg(
+                &server,
+                None,
+                &format!(
+                    "cur = conn.cursor()\n\
+                     try:\n\
+                     \x20   cur.execute({sql:?}, prepare={prepare}); print('ran')\n\
+                     except psycopg.Error as e:\n\
+                     \x20   print('refused', e.sqlstate, e)"
+                ),
+            );
+            assert!(pg.starts_with("refused 25006"), "pg ran {sql}: {pg}");
+        }
+    }
+    assert!(!Path::new("/tmp/tally-serve-copy.parquet").exists());
+    assert_eq!(last_commit(&ledger_dir), before, "the ledger is unchanged");
+    // The server still answers, with the settings it had.
+    let n = psycopg(&server, None, &print_rows_py("SELECT count(*) FROM ledger"));
+    assert!(n.trim().parse::<u64>().unwrap() > 0);
+}
+
+#[test]
+fn the_token_is_required_on_every_endpoint_and_never_printed() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let token = "tok-3c8f1e2a9b";
+    let server = Server::start(dir.path(), Some(token), &[]);
+    let q = print_rows_py("SELECT count(*) FROM ledger");
+
+    // Without or with a wrong token the driver's first call (its handshake) is refused.
+    let refused = |kw: &str| {
+        let script = format!(
+            "import adbc_driver_flightsql.dbapi as f\n\
+             try:\n\
+             \x20   c = f.connect('grpc://{}', **{kw})\n\
+             \x20   cur = c.cursor(); cur.execute('SELECT 1'); cur.fetchall(); print('ran')\n\
+             except Exception as e:\n\
+             \x20   print('refused', e)",
+            server.flight
+        );
+        String::from_utf8(python(&script)).unwrap()
+    };
+    let missing = refused(NO_AUTH);
+    assert!(missing.starts_with("refused"), "{missing}");
+    assert!(missing.contains("UNAUTHENTICATED"), "{missing}");
+    let wrong = refused("{'db_kwargs': {'adbc.flight.sql.authorization_header': 'Bearer nope'}}");
+    assert!(wrong.starts_with("refused"), "{wrong}");
+    assert!(wrong.contains("UNAUTHENTICATED"), "{wrong}");
+    let wrong = refused("{'db_kwargs': {'username': 'x', 'password': 'nope'}}");
+    assert!(wrong.starts_with("refused"), "{wrong}");
+    let bearer = adbc(
+        &server,
+        &format!("{{'db_kwargs': {{'adbc.flight.sql.authorization_header': 'Bearer {token}'}}}}"),
+        &q,
+    );
+    assert!(bearer.trim().parse::<u64>().unwrap() > 0, "{bearer}");
+    let basic = adbc(
+        &server,
+        &format!("{{'db_kwargs': {{'username': 'bi-tool', 'password': '{token}'}}}}"),
+        &q,
+    );
+    assert_eq!(basic, bearer, "basic auth answered with a bearer token");
+
+    let script = format!(
+        "import psycopg\ntry:\n    psycopg.connect(host='127.0.0.1', port={}, user='x', dbname='tally', password='nope')\nexcept psycopg.OperationalError as e:\n    print('refused', e)",
+        server.pg_port()
+    );
+    let refused = String::from_utf8(python(&script)).unwrap();
+    assert!(refused.starts_with("refused"), "{refused}");
+    assert!(
+        refused.contains("28P01") || refused.to_lowercase().contains("password"),
+        "{refused}"
+    );
+    let right = psycopg(&server, Some(token), &q);
+    assert_eq!(right, bearer);
+
+    let http = |path: &str, auth: Option<&str>| -> u16 {
+        let mut args = vec![
+            "-s".to_string(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+        ];
+        if let Some(a) = auth {
+            args.push("-H".into());
+            args.push(format!("Authorization: {a}"));
+        }
+        args.push(format!("http://{}{path}", server.http));
+        let out = Command::new("curl").args(&args).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().parse().unwrap()
+    };
+    assert_eq!(http("/health", None), 200);
+    assert_eq!(http("/metrics", None), 401);
+    assert_eq!(http("/metrics", Some("Bearer nope")), 401);
+    assert_eq!(http("/metrics", Some(&format!("Bearer {token}"))), 200);
+
+    let logs = server.logs();
+    let code = server.terminate();
+    assert_eq!(code, Some(0));
+    assert!(
+        !logs.contains(token),
+        "the token appeared in the server output"
+    );
+}
+
+#[test]
+fn sixteen_concurrent_clients_get_exact_answers() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let want = expected_sums(dir.path(), DAY);
+    let server = Server::start(dir.path(), None, &["--memory-limit", "512MiB"]);
+    let sql = per_partner_sql(DAY);
+    let script = format!(
+        "import threading, psycopg, adbc_driver_flightsql.dbapi as f\n\
+         out = {{}}\n\
+         def pg(i):\n\
+         \x20   with psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally', autocommit=True) as c:\n\
+         \x20       for _ in range(5):\n\
+         \x20           out[('pg', i)] = c.execute({sql:?}).fetchall()\n\
+         def fl(i):\n\
+         \x20   with f.connect('grpc://{flight}') as c:\n\
+         \x20       cur = c.cursor()\n\
+         \x20       for _ in range(5):\n\
+         \x20           cur.execute({sql:?}); out[('fl', i)] = cur.fetchall()\n\
+         ts = [threading.Thread(target=pg if i % 2 else fl, args=(i,)) for i in range(16)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         answers = set(repr(v) for v in out.values())\n\
+         print(len(out), len(answers))\n\
+         for r in next(iter(out.values())):\n\
+         \x20   print('\\t'.join(str(v) for v in r))",
+        port = server.pg_port(),
+        flight = server.flight,
+    );
+    let out = String::from_utf8(python(&script)).unwrap();
+    let (head, rows) = out.split_once('\n').unwrap();
+    assert_eq!(
+        head, "16 1",
+        "every client got an answer, all the same: {out}"
+    );
+    assert_eq!(sums_from_lines(rows), want);
+}
+
+fn reserved_bytes(server: &Server) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{}/metrics", server.http)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("tally_serve_memory_reserved_bytes "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|v| v.parse::<f64>().unwrap() as u64)
+        .unwrap_or_else(|| panic!("no memory gauge in {text}"))
+}
+
+fn counter(server: &Server, endpoint: &str, outcome: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{}/metrics", server.http)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let prefix =
+        format!("tally_serve_queries_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|v| v.parse::<u64>().unwrap())
+        .unwrap_or(0)
+}
+
+/// A query that holds memory for a long time: a distinct count over billions of values.
+const HEAVY: &str = "SELECT count(DISTINCT value % 1000000007) FROM range(0, 4000000000)";
+
+#[test]
+fn a_cancelled_or_timed_out_query_stops_and_frees_its_memory() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let server = Server::start(
+        dir.path(),
+        None,
+        &["--memory-limit", "1GiB", "--query-timeout", "4s"],
+    );
+    // Postgres CancelRequest while the plan runs.
+    let script = format!(
+        "import threading, time, psycopg, urllib.request\n\
+         conn = psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally', autocommit=True)\n\
+         def cancel():\n\
+         \x20   for _ in range(100):\n\
+         \x20       text = urllib.request.urlopen('http://{http}/metrics').read().decode()\n\
+         \x20       line = [l for l in text.splitlines() if l.startswith('tally_serve_memory_reserved_bytes ')][0]\n\
+         \x20       if float(line.split()[1]) > 0:\n\
+         \x20           print('reserved while running', flush=True)\n\
+         \x20           break\n\
+         \x20       time.sleep(0.05)\n\
+         \x20   conn.cancel()\n\
+         threading.Thread(target=cancel).start()\n\
+         t = time.time()\n\
+         try:\n\
+         \x20   conn.execute({HEAVY:?}).fetchall(); print('finished')\n\
+         except psycopg.errors.QueryCanceled as e:\n\
+         \x20   print('cancelled', round(time.time() - t, 1), e.sqlstate)\n",
+        port = server.pg_port(),
+        http = server.http,
+    );
+    let out = String::from_utf8(python(&script)).unwrap();
+    assert!(out.contains("reserved while running"), "{out}");
+    assert!(out.contains("cancelled"), "{out}");
+    assert!(out.contains("57014"), "{out}");
+    wait_until_freed(&server);
+    assert_eq!(counter(&server, "pg", "cancelled"), 1);
+
+    // Flight SQL: the query timeout stops it.
+    let flight = adbc(
+        &server,
+        NO_AUTH,
+        &format!(
+            "import time\ncur = conn.cursor()\nt = time.time()\n\
+             try:\n\
+             \x20   cur.execute({HEAVY:?}); cur.fetchall(); print('finished')\n\
+             except Exception as e:\n\
+             \x20   print('stopped', round(time.time() - t, 1), e)"
+        ),
+    );
+    assert!(flight.starts_with("stopped"), "{flight}");
+    assert!(flight.contains("query-timeout"), "{flight}");
+    wait_until_freed(&server);
+    assert_eq!(counter(&server, "flight-sql", "timeout"), 1);
+
+    // The server is still up and answers.
+    let n = psycopg(&server, None, &print_rows_py("SELECT count(*) FROM ledger"));
+    assert!(n.trim().parse::<u64>().unwrap() > 0);
+    assert!(counter(&server, "pg", "ok") >= 1);
+}
+
+fn wait_until_freed(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reserved = reserved_bytes(server);
+        if reserved == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{reserved} bytes still reserved after the query stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sigterm_stops_the_server_with_exit_0() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let server = Server::start(dir.path(), None, &[]);
+    let n = adbc(
+        &server,
+        NO_AUTH,
+        &print_rows_py("SELECT count(*) FROM ledger"),
+    );
+    assert!(n.trim().parse::<u64>().unwrap() > 0);
+    assert_eq!(server.terminate(), Some(0));
+}
+
+#[test]
+fn a_network_address_without_a_token_is_refused() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let err = tally_fails(
+        dir.path(),
+        &[
+            "serve",
+            "--http",
+            "off",
+            "--flight-sql",
+            "off",
+            "--pg",
+            "0.0.0.0:0",
+        ],
+        2,
+    );
+    assert!(err.contains("TALLY_TOKEN"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
