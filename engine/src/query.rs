@@ -28,6 +28,13 @@ pub fn parse(sql: &str) -> Result<Vec<DFStatement>> {
 
 /// The leading keywords of a statement, for messages (`INSERT INTO`, `COPY`, …).
 pub fn statement_name(stmt: &DFStatement) -> String {
+    if let DFStatement::Statement(s) = stmt {
+        if let SqlStatement::Query(q) = s.as_ref() {
+            if creates_table(q) {
+                return "SELECT INTO".into();
+            }
+        }
+    }
     let text = stmt.to_string();
     let words: Vec<&str> = text.split_whitespace().take(3).collect();
     let n = match words.first().map(|w| w.to_ascii_uppercase()).as_deref() {
@@ -42,6 +49,8 @@ pub fn statement_name(stmt: &DFStatement) -> String {
 pub fn is_read_only(stmt: &DFStatement) -> bool {
     match stmt {
         DFStatement::Statement(s) => match s.as_ref() {
+            // `SELECT … INTO t` creates a table.
+            SqlStatement::Query(q) if creates_table(q) => false,
             SqlStatement::Query(_)
             | SqlStatement::ShowTables { .. }
             | SqlStatement::ShowColumns { .. }
@@ -63,6 +72,20 @@ pub fn is_read_only(stmt: &DFStatement) -> bool {
             false
         }
     }
+}
+
+/// True for `SELECT … INTO`, anywhere in a query's set operations.
+fn creates_table(query: &datafusion::sql::sqlparser::ast::Query) -> bool {
+    use datafusion::sql::sqlparser::ast::SetExpr;
+    fn walk(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Select(select) => select.into.is_some(),
+            SetExpr::Query(q) => walk(&q.body),
+            SetExpr::SetOperation { left, right, .. } => walk(left) || walk(right),
+            _ => false,
+        }
+    }
+    walk(&query.body)
 }
 
 /// Plans one statement under `access`; the returned DataFrame runs when executed.
@@ -153,6 +176,7 @@ mod tests {
             ("DELETE FROM t", "DELETE FROM"),
             ("SET datafusion.execution.batch_size = 1", "SET"),
             ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", "EXPLAIN"),
+            ("SELECT * INTO t2 FROM t", "SELECT INTO"),
         ] {
             let s = one(sql);
             assert!(!is_read_only(&s), "{sql}");

@@ -72,6 +72,8 @@ pub struct TallySession {
     ctx: SessionContext,
     lake: Lake,
     tables: Vec<TableInfo>,
+    /// The lake's top-level folders when the session was opened (tables that exist).
+    top_dirs: Vec<String>,
 }
 
 /// Tables a long-running process (`tally serve`) opens once and brings up to date before each
@@ -87,8 +89,16 @@ pub struct TableCache {
 impl TableCache {
     /// An empty cache whose sessions share one runtime (memory pool) built from `opts`.
     pub fn new(opts: &SessionOptions) -> Result<Self> {
+        // DataFusion caches directory listings forever by default; a long-lived process must
+        // list again per query to see the raw files that landed since.
+        let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_list_files_cache_limit(0);
+        let mut runtime = RuntimeEnvBuilder::new().with_cache_manager(caches);
+        if let Some(limit) = opts.memory_limit {
+            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
+        }
         Ok(Self {
-            runtime: new_runtime(opts)?,
+            runtime: runtime.build_arc()?,
             delta: HashMap::new(),
             parquet: HashMap::new(),
         })
@@ -97,6 +107,37 @@ impl TableCache {
     /// The runtime every session from this cache runs on.
     pub fn runtime(&self) -> &Arc<RuntimeEnv> {
         &self.runtime
+    }
+
+    /// True when `session` (built from this cache) still shows the lake as it is: no table has
+    /// appeared and no Delta table has a commit past the version the session reads. One listing
+    /// of the lake root and one HEAD per Delta table (of its next commit file), in parallel: a
+    /// server's query pays this instead of opening a new session.
+    pub async fn is_current(&self, session: &TallySession) -> Result<bool> {
+        let mut top = session.lake.top_level_dirs().await?;
+        top.sort();
+        if top != session.top_dirs {
+            return Ok(false);
+        }
+        use object_store::ObjectStoreExt;
+        let checks = self.delta.values().map(|table| async move {
+            let Some(version) = table.version() else {
+                return Ok(false);
+            };
+            let next =
+                object_store::path::Path::from(format!("_delta_log/{:020}.json", version + 1));
+            match table.log_store().object_store(None).head(&next).await {
+                Ok(_) => Ok(false),
+                Err(object_store::Error::NotFound { .. }) => Ok(true),
+                Err(e) => Err(TallyError::Storage(e)),
+            }
+        });
+        for current in futures::future::join_all(checks).await {
+            if !current? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -134,9 +175,14 @@ impl TallySession {
             ctx,
             lake: lake.clone(),
             tables: Vec::new(),
+            top_dirs: {
+                let mut sorted = top.clone();
+                sorted.sort();
+                sorted
+            },
         };
         if top.iter().any(|d| d == "raw") {
-            session.register_raw_payments().await?;
+            session.register_raw_payments(cache.as_deref_mut()).await?;
         }
         for name in [
             layout::LEDGER,
@@ -215,14 +261,14 @@ impl TallySession {
             .ok_or_else(|| TallyError::TableNotFound { name: name.into() })
     }
 
-    async fn register_raw_payments(&mut self) -> Result<()> {
+    async fn register_raw_payments(&mut self, cache: Option<&mut TableCache>) -> Result<()> {
         let url = self.lake.url_of(layout::RAW_PAYMENTS)?;
         let parts = self.lake.list_dirs(layout::RAW_PAYMENTS).await?;
         if parts.is_empty() {
             return Ok(());
         }
         if parts.iter().any(|p| p == "_delta_log") {
-            return self.register_delta("raw_payments", url, None).await;
+            return self.register_delta("raw_payments", url, cache).await;
         }
         // Data files only, by the rule tally's own listing follows.
         let data_files = crate::raw_files::data_file_pattern()?;

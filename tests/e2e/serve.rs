@@ -19,8 +19,7 @@ struct Server {
     http: String,
     flight: String,
     pg: String,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-    stdout_rest: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<String>>,
 }
 
 impl Server {
@@ -42,13 +41,11 @@ impl Server {
             cmd.env("TALLY_TOKEN", t);
         }
         let mut child = cmd.spawn().unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err = child.stderr.take().unwrap();
-        let sink = std::sync::Arc::clone(&stderr);
-        std::thread::spawn(move || {
+        let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = err.read_to_string(&mut s);
-            sink.lock().unwrap().push_str(&s);
+            s
         });
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut addrs = BTreeMap::new();
@@ -57,27 +54,24 @@ impl Server {
             let mut line = String::new();
             if out.read_line(&mut line).unwrap() == 0 || Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("serve ended before listening: {}", stderr.lock().unwrap());
+                panic!("serve ended before listening: {}", stderr.join().unwrap());
             }
             let parts: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(parts.len(), 3, "unexpected line {line:?}");
             assert_eq!(parts[0], "listening");
             addrs.insert(parts[1].to_string(), parts[2].to_string());
         }
-        let stdout_rest = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = std::sync::Arc::clone(&stdout_rest);
-        std::thread::spawn(move || {
+        let stdout = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = out.read_to_string(&mut s);
-            sink.lock().unwrap().push_str(&s);
+            s
         });
         Server {
             child,
             http: addrs["http"].clone(),
             flight: addrs["flight-sql"].clone(),
             pg: addrs["pg"].clone(),
-            stderr,
-            stdout_rest,
+            readers: vec![stdout, stderr],
         }
     }
 
@@ -85,26 +79,24 @@ impl Server {
         self.pg.rsplit(':').next().unwrap()
     }
 
-    /// SIGTERM, then the exit code.
-    fn terminate(mut self) -> Option<i32> {
+    /// SIGTERM; the exit code and everything the server printed (stdout, then stderr).
+    fn terminate(mut self) -> (Option<i32>, String) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let code = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
+                break status.code();
             }
             assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "{}{}",
-            self.stdout_rest.lock().unwrap(),
-            self.stderr.lock().unwrap()
-        )
+        };
+        let logs = std::mem::take(&mut self.readers)
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+            .join("");
+        (code, logs)
     }
 }
 
@@ -365,37 +357,68 @@ fn metadata_calls_list_the_lake_tables() {
 #[test]
 fn a_commit_by_another_process_is_visible_without_a_restart() {
     let dir = tempdir();
-    lake_with_ledger(dir.path());
+    generate(dir.path(), 2, 3000, 21);
+    // The server starts before the ledger exists.
     let server = Server::start(dir.path(), None, &[]);
-    let count_sql = format!("SELECT count(*) FROM ledger WHERE event_date = DATE '{NEXT_DAY}'");
-    let py = print_rows_py(&count_sql);
-    // A prepared statement made before the commit must see it too.
-    let before = psycopg(
+    let missing = psycopg(
         &server,
         None,
-        &format!(
-            "import time\ncur = conn.cursor()\nq = {count_sql:?}\n\
-             for _ in range(6):\n\
-             \x20   cur.execute(q, prepare=True)\n\
-             print(cur.fetchone()[0])\n\
-             sys.stdout.flush()\n"
-        ),
+        "try:\n    conn.execute('SELECT count(*) FROM ledger').fetchall(); print('ran')\nexcept psycopg.Error as e:\n    print('error', e.sqlstate)",
     );
-    assert_eq!(before.trim(), "0");
-    assert_eq!(adbc(&server, NO_AUTH, &py).trim(), "0");
+    assert_eq!(missing.trim(), "error 42P01");
 
-    tally_ok(dir.path(), &["ledger", "--date", NEXT_DAY]);
+    // Created by another process: found by the next query, through Parse (extended protocol).
+    tally_ok(dir.path(), &["ledger", "--date", DAY]);
+    let day_count: u64 = expected_sums(dir.path(), DAY).values().map(|v| v.1).sum();
+    let got = psycopg(
+        &server,
+        None,
+        &format!("print(conn.execute('SELECT count(*) FROM ledger WHERE event_date = %s', ['{DAY}']).fetchone()[0])"),
+    );
+    assert_eq!(got.trim(), day_count.to_string());
+
+    // A statement prepared (named, server-side) before a commit sees the commit when run
+    // again on the same connection; the commit is made by `tally ledger` in between.
+    let count_sql = format!("SELECT count(*) FROM ledger WHERE event_date = DATE '{NEXT_DAY}'");
+    let script = format!(
+        "import subprocess, os\n\
+         cur = conn.cursor()\n\
+         for _ in range(6):\n\
+         \x20   cur.execute({count_sql:?}, prepare=True)\n\
+         \x20   before = cur.fetchone()[0]\n\
+         env = {{k: v for k, v in os.environ.items() if not k.startswith(('TALLY_', 'AWS_', 'DATAFUSION_'))}}\n\
+         subprocess.run([{bin:?}, 'ledger', '--date', '{NEXT_DAY}'], cwd={cwd:?}, env=env, check=True, capture_output=True)\n\
+         cur.execute({count_sql:?}, prepare=True)\n\
+         print(before, cur.fetchone()[0])",
+        bin = tally_bin(),
+        cwd = dir.path().to_str().unwrap(),
+    );
     let want: u64 = expected_sums(dir.path(), NEXT_DAY)
         .values()
         .map(|v| v.1)
         .sum();
     assert!(want > 0);
+    assert_eq!(psycopg(&server, None, &script).trim(), format!("0 {want}"));
+    let py = print_rows_py(&count_sql);
     assert_eq!(
         adbc(&server, NO_AUTH, &py).trim(),
         want.to_string(),
         "Flight SQL"
     );
-    assert_eq!(psycopg(&server, None, &py).trim(), want.to_string(), "pg");
+
+    // A raw file landing after the start is read too (file listings are not cached).
+    let raw_sql = "SELECT count(*) FROM raw_payments WHERE txn_id = 'late-landed-1'";
+    assert_eq!(adbc(&server, NO_AUTH, &print_rows_py(raw_sql)).trim(), "0");
+    assert_eq!(psycopg(&server, None, &print_rows_py(raw_sql)).trim(), "0");
+    let at = micros("2026-11-01T12:00:00Z");
+    write_raw(
+        &dir.path().join("lake"),
+        DAY,
+        "landed-after-start.parquet",
+        &[ok_row("late-landed-1", "p-late", at, at + 1_000_000, 1234)],
+    );
+    assert_eq!(adbc(&server, NO_AUTH, &print_rows_py(raw_sql)).trim(), "1");
+    assert_eq!(psycopg(&server, None, &print_rows_py(raw_sql)).trim(), "1");
 }
 
 #[test]
@@ -412,6 +435,10 @@ fn writes_are_refused_on_every_path_and_the_tables_stay_as_they_were() {
         "COPY (SELECT 1) TO '/tmp/tally-serve-copy.parquet'",
         "DROP TABLE ledger",
         "SET datafusion.execution.batch_size = 1",
+        "SELECT * INTO copy_of_ledger FROM ledger",
+        "EXPLAIN ANALYZE INSERT INTO ledger SELECT * FROM ledger",
+        "CREATE VIEW v AS SELECT 1",
+        "PREPARE p AS SELECT 1",
     ];
     for sql in attempts {
         let flight = adbc(
@@ -447,7 +474,16 @@ fn writes_are_refused_on_every_path_and_the_tables_stay_as_they_were() {
     }
     assert!(!Path::new("/tmp/tally-serve-copy.parquet").exists());
     assert_eq!(last_commit(&ledger_dir), before, "the ledger is unchanged");
-    // The server still answers, with the settings it had.
+    // The server still answers, with the settings it had and no new table.
+    let settings = print_rows_py(
+        "SELECT value FROM information_schema.df_settings WHERE name = 'datafusion.execution.batch_size'",
+    );
+    assert_eq!(psycopg(&server, None, &settings).trim(), "8192");
+    assert_eq!(adbc(&server, NO_AUTH, &settings).trim(), "8192");
+    let tables = print_rows_py(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('x', 'v', 'copy_of_ledger')",
+    );
+    assert_eq!(psycopg(&server, None, &tables).trim(), "0");
     let n = psycopg(&server, None, &print_rows_py("SELECT count(*) FROM ledger"));
     assert!(n.trim().parse::<u64>().unwrap() > 0);
 }
@@ -457,7 +493,8 @@ fn the_token_is_required_on_every_endpoint_and_never_printed() {
     let dir = tempdir();
     lake_with_ledger(dir.path());
     let token = "tok-3c8f1e2a9b";
-    let server = Server::start(dir.path(), Some(token), &[]);
+    // -vv: every log line the server writes, to show none of them has the token.
+    let server = Server::start(dir.path(), Some(token), &["-vv"]);
     let q = print_rows_py("SELECT count(*) FROM ledger");
 
     // Without or with a wrong token the driver's first call (its handshake) is refused.
@@ -528,9 +565,12 @@ fn the_token_is_required_on_every_endpoint_and_never_printed() {
     assert_eq!(http("/metrics", Some("Bearer nope")), 401);
     assert_eq!(http("/metrics", Some(&format!("Bearer {token}"))), 200);
 
-    let logs = server.logs();
-    let code = server.terminate();
+    let (code, logs) = server.terminate();
     assert_eq!(code, Some(0));
+    assert!(
+        logs.contains("shutting down"),
+        "the output was captured: {logs}"
+    );
     assert!(
         !logs.contains(token),
         "the token appeared in the server output"
@@ -643,6 +683,23 @@ fn a_cancelled_or_timed_out_query_stops_and_frees_its_memory() {
     wait_until_freed(&server);
     assert_eq!(counter(&server, "pg", "cancelled"), 1);
 
+    // Postgres statement_timeout (shorter than the server's) stops it too.
+    let pg_timeout = psycopg(
+        &server,
+        None,
+        &format!(
+            "conn.execute(\"SET statement_timeout = '1s'\")\n\
+             try:\n\
+             \x20   conn.execute({HEAVY:?}).fetchall(); print('finished')\n\
+             except psycopg.errors.QueryCanceled as e:\n\
+             \x20   print('stopped', e)"
+        ),
+    );
+    assert!(pg_timeout.contains("stopped"), "{pg_timeout}");
+    assert!(pg_timeout.contains("statement timeout"), "{pg_timeout}");
+    wait_until_freed(&server);
+    assert_eq!(counter(&server, "pg", "timeout"), 1);
+
     // Flight SQL: the query timeout stops it.
     let flight = adbc(
         &server,
@@ -692,7 +749,7 @@ fn sigterm_stops_the_server_with_exit_0() {
         &print_rows_py("SELECT count(*) FROM ledger"),
     );
     assert!(n.trim().parse::<u64>().unwrap() > 0);
-    assert_eq!(server.terminate(), Some(0));
+    assert_eq!(server.terminate().0, Some(0));
 }
 
 #[test]

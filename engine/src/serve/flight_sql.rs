@@ -5,8 +5,8 @@
 //! handle carries its SQL plus the parameter row bound by the last `DoPut` (as Arrow IPC), so
 //! any request can be answered without server-side sessions to leak or expire. `GetFlightInfo`
 //! plans the statement (refusing writes and reporting SQL errors before any row moves) and
-//! returns the plan's wire schema; `DoGet` plans it again on a fresh snapshot and streams rows
-//! cast to that same schema, which ADBC checks.
+//! returns the plan's wire schema; `DoGet` plans it again on a fresh snapshot (tally's tables
+//! keep their schemas across commits, so the two schemas agree) and streams rows in it.
 
 use super::metrics::{Endpoint, Outcome};
 use super::statement::{self, Planned};
@@ -204,12 +204,10 @@ impl FlightSql {
     /// client never reaches DoGet); a success does not, since DoGet counts the run.
     async fn plan(&self, handle: &Handle) -> Result<Planned, Status> {
         let mut record = self.shared.metrics.start(Endpoint::FlightSql);
-        let params = handle.params()?;
-        let planned = async {
-            let session = self.shared.catalog.session().await?;
-            statement::plan(&session, &handle.sql, params).await
-        }
-        .await;
+        let params = handle
+            .params()
+            .inspect_err(|_| record.finish(Outcome::Error))?;
+        let planned = self.plan_fresh(&handle.sql, params).await;
         match planned {
             Ok(planned) => {
                 record.discard();
@@ -222,14 +220,27 @@ impl FlightSql {
         }
     }
 
+    /// Refreshes (within the query timeout: a stalled store must not hang the call) and plans.
+    async fn plan_fresh(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> crate::Result<Planned> {
+        let timeout = self.shared.query_timeout;
+        let session = tokio::time::timeout(timeout, self.shared.catalog.session())
+            .await
+            .map_err(|_| TallyError::QueryTimeout {
+                seconds: timeout.as_secs(),
+            })??;
+        statement::plan(&session, sql, params).await
+    }
+
     async fn run(&self, handle: Handle) -> Result<Response<DoGetStream>, Status> {
         let mut record = self.shared.metrics.start(Endpoint::FlightSql);
-        let params = handle.params()?;
-        let planned = async {
-            let session = self.shared.catalog.session().await?;
-            statement::plan(&session, &handle.sql, params).await
-        }
-        .await;
+        let params = handle
+            .params()
+            .inspect_err(|_| record.finish(Outcome::Error))?;
+        let planned = self.plan_fresh(&handle.sql, params).await;
         let planned = match planned {
             Ok(p) => p,
             Err(e) => {
@@ -476,15 +487,19 @@ impl FlightSqlService for FlightSql {
         let data = request
             .into_inner()
             .map_err(|status| FlightError::Tonic(Box::new(status)));
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
-            .try_collect()
-            .await
-            .map_err(Status::from)?;
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        if rows > 1 {
-            return Err(Status::invalid_argument(format!(
-                "got {rows} parameter rows: a query binds one row of parameters"
-            )));
+        // Read until the first non-empty batch; more than one row is refused without reading
+        // the rest (a client streaming a huge DoPut cannot fill the server's memory).
+        let mut stream = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        let mut rows = 0usize;
+        while let Some(batch) = stream.try_next().await.map_err(Status::from)? {
+            rows += batch.num_rows();
+            if rows > 1 {
+                return Err(Status::invalid_argument(
+                    "more than one parameter row: a query binds one row of parameters",
+                ));
+            }
+            batches.push(batch);
         }
         handle.params = match batches.iter().find(|b| b.num_rows() == 1) {
             Some(batch) => Some(encode_params(batch)?),

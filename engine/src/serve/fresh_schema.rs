@@ -4,8 +4,8 @@
 //! clients keep plans in it (named prepared statements, which psycopg and JDBC switch to after
 //! a few runs). A plain table provider would pin those plans to the snapshot of the moment they
 //! were parsed. [`FreshSchema`] hands out [`FreshTable`]s instead: each resolves to the table
-//! of the newest refresh when the plan is executed (`scan`), so a prepared statement run again
-//! reads the commits made since.
+//! of the query's pinned session ([`PINNED`], the newest refresh when it started) when the plan
+//! is executed (`scan`), so a prepared statement run again reads the commits made since.
 
 use super::catalog::FreshCatalog;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -16,6 +16,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use std::sync::Arc;
 
 const SCHEMA: &str = "public";
+
+tokio::task_local! {
+    /// The session one query runs on: every table it scans resolves in this one snapshot,
+    /// even when another connection refreshes while it plans.
+    pub static PINNED: Arc<crate::session::TallySession>;
+}
 
 /// `datafusion.public` of the served lake, always at its newest refresh.
 #[derive(Debug)]
@@ -32,7 +38,10 @@ impl FreshSchema {
 
 /// The newest session's `public` schema.
 fn newest_schema(catalog: &FreshCatalog) -> Option<Arc<dyn SchemaProvider>> {
-    let session = catalog.newest()?;
+    let session = PINNED
+        .try_with(Arc::clone)
+        .ok()
+        .or_else(|| catalog.newest())?;
     session
         .ctx()
         .catalog("datafusion")

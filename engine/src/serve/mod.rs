@@ -132,6 +132,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     check_exposure(&opts)?;
+    // rustls is built with both ring (pgwire) and aws-lc-rs (the S3 client) here; without a
+    // process default, code that builds a TLS config without naming a provider panics.
+    let _ = datafusion_postgres::pgwire::tokio::tokio_rustls::rustls::crypto::aws_lc_rs::default_provider()
+        .install_default();
     let session_opts = SessionOptions {
         memory_limit: opts.memory_limit,
         ..Default::default()

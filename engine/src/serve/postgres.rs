@@ -14,11 +14,12 @@
 //!   crate only races the planning step);
 //! - **SQLSTATE codes** for DataFusion errors instead of one generic XX000.
 
-use super::fresh_schema::FreshSchema;
+use super::fresh_schema::{FreshSchema, PINNED};
 use super::metrics::{Endpoint, Outcome, QueryRecord};
 use super::Shared;
 use crate::error::{Result, TallyError};
 use crate::query;
+use crate::session::TallySession;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
@@ -37,11 +38,15 @@ use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler,
 };
 use pgwire::api::cancel::CancelHandler;
+use pgwire::api::portal::Format;
 use pgwire::api::portal::Portal;
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{DescribePortalResponse, DescribeStatementResponse, Response};
-use pgwire::api::stmt::StoredStatement;
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
+use pgwire::api::Type;
 use pgwire::api::{
     ClientInfo, ClientPortalStore, ErrorHandler, PgWireConnectionState, PgWireServerHandlers,
     PidSecretKeyGenerator, RandomPidSecretKeyGenerator, METADATA_USER,
@@ -146,6 +151,10 @@ impl Handlers {
         params.is_superuser = false;
         Ok(Self {
             queries: Arc::new(Guarded {
+                parser: Arc::new(FreshParser {
+                    inner: inner.query_parser(),
+                    shared: Arc::clone(&shared),
+                }),
                 inner,
                 shared: Arc::clone(&shared),
             }),
@@ -279,6 +288,7 @@ impl QueryHook for ReadOnlyHook {
 /// around, every query.
 struct Guarded {
     inner: Arc<DfSessionService>,
+    parser: Arc<FreshParser>,
     shared: Arc<Shared>,
 }
 
@@ -286,23 +296,14 @@ struct Guarded {
 const STATEMENT_TIMEOUT_MS: &str = "statement_timeout_ms";
 
 impl Guarded {
-    /// Refreshes the tables and arms a new cancel token; returns the token and the deadline
-    /// (the server's timeout, or the client's `statement_timeout` when shorter).
+    /// Arms a new cancel token and the deadline (the server's timeout, or the client's
+    /// `statement_timeout` when shorter), then refreshes the tables within both; returns the
+    /// session the query is pinned to.
     async fn begin<C: ClientInfo>(
         &self,
         client: &C,
         record: &mut Option<QueryRecord>,
-    ) -> PgWireResult<(CancellationToken, Instant, Duration)> {
-        if let Err(e) = self.shared.catalog.session().await {
-            if let Some(mut r) = record.take() {
-                r.finish(Outcome::Error);
-            }
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "ERROR".into(),
-                "58030".into(),
-                crate::lake::one_line(&e.to_string()),
-            ))));
-        }
+    ) -> PgWireResult<(Arc<TallySession>, CancellationToken, Instant, Duration)> {
         let mut timeout = self.shared.query_timeout;
         if let Some(ms) = client
             .metadata()
@@ -317,7 +318,85 @@ impl Guarded {
             .get::<Connection>()
             .map(|c| c.arm())
             .unwrap_or_default();
-        Ok((token, Instant::now() + timeout, timeout))
+        let deadline = Instant::now() + timeout;
+        let refresh = async {
+            self.shared
+                .catalog
+                .session()
+                .await
+                .map_err(|e| refresh_error(&e))
+        };
+        match race(refresh, &token, deadline, timeout).await {
+            Ok(session) => Ok((session, token, deadline, timeout)),
+            Err(e) => {
+                if let Some(mut r) = record.take() {
+                    r.finish(outcome_of(&e));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn refresh_error(e: &TallyError) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        "58030".into(),
+        crate::lake::one_line(&e.to_string()),
+    )))
+}
+
+/// datafusion-postgres's parser (it plans at Parse, the extended protocol's first step) on a
+/// refreshed, pinned session: a table created since the last query is found, and a refused or
+/// failing Parse is counted.
+struct FreshParser {
+    inner: Arc<datafusion_postgres::Parser>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl QueryParser for FreshParser {
+    type Statement = <datafusion_postgres::Parser as QueryParser>::Statement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let refreshed =
+            tokio::time::timeout(self.shared.query_timeout, self.shared.catalog.session())
+                .await
+                .map_err(|_| timeout_error(self.shared.query_timeout))?
+                .map_err(|e| refresh_error(&e));
+        let parsed = match refreshed {
+            Ok(session) => {
+                PINNED
+                    .scope(session, self.inner.parse_sql(client, sql, types))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &parsed {
+            let mut record = self.shared.metrics.start(Endpoint::Pg);
+            record.finish(outcome_of(e));
+        }
+        parsed
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
     }
 }
 
@@ -471,8 +550,11 @@ impl SimpleQueryHandler for Guarded {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut record = Some(self.shared.metrics.start(Endpoint::Pg));
-        let (token, deadline, timeout) = self.begin(client, &mut record).await?;
-        let work = SimpleQueryHandler::do_query(self.inner.as_ref(), client, query);
+        let (session, token, deadline, timeout) = self.begin(client, &mut record).await?;
+        let work = PINNED.scope(
+            session,
+            SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
+        );
         match race(work, &token, deadline, timeout).await {
             Ok(responses) => Ok(finish_responses(
                 responses, token, deadline, timeout, record,
@@ -490,10 +572,10 @@ impl SimpleQueryHandler for Guarded {
 #[async_trait::async_trait]
 impl ExtendedQueryHandler for Guarded {
     type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
-    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+    type QueryParser = FreshParser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
-        self.inner.query_parser()
+        Arc::clone(&self.parser)
     }
 
     async fn do_describe_statement<C>(
@@ -537,8 +619,11 @@ impl ExtendedQueryHandler for Guarded {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut record = Some(self.shared.metrics.start(Endpoint::Pg));
-        let (token, deadline, timeout) = self.begin(client, &mut record).await?;
-        let work = ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows);
+        let (session, token, deadline, timeout) = self.begin(client, &mut record).await?;
+        let work = PINNED.scope(
+            session,
+            ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+        );
         match race(work, &token, deadline, timeout).await {
             Ok(response) => {
                 let response = bound(response, token, deadline, timeout, &mut record);
