@@ -183,6 +183,32 @@ def main():
         wall = time.perf_counter() - t
         qps16 = len(done) / wall
         qps_cli = 1 / statistics.median(res["agg tally sql"])
+
+        # The same with point lookups (a dashboard's many small queries).
+        looked = []
+
+        def lookup_client(i):
+            mine = ids[i::16] or ids[:1]
+            if i % 2:
+                with psycopg.connect(host="127.0.0.1", port=port, user="c", dbname="tally", autocommit=True) as c:
+                    for txn in mine:
+                        c.execute(LOOKUP.format(p="%s"), (txn,)).fetchall()
+                        looked.append(1)
+            else:
+                with flight.connect(f"grpc://{addrs['flight-sql']}") as c:
+                    k = c.cursor()
+                    for txn in mine:
+                        k.execute(LOOKUP.format(p="?"), parameters=(txn,))
+                        k.fetchall()
+                        looked.append(1)
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=lookup_client, args=(i,)) for i in range(16)]
+        [th.start() for th in threads]
+        [th.join() for th in threads]
+        lwall = time.perf_counter() - t
+        lqps16 = len(looked) / lwall
+        lqps_cli = 1 / statistics.median(res["lookup tally sql"])
         hwm = vm_hwm_mib(proc.pid)
     finally:
         proc.terminate()
@@ -202,6 +228,8 @@ def main():
         f"Postgres wire / DuckDB = {statistics.median(res['agg pg']) / statistics.median(res['agg duckdb']):.2f} (target ≤ 1.2)",
         f"- 16 concurrent clients: {len(done)} aggregates in {wall:.1f} s = {qps16:.2f} queries/s; one fresh `tally sql` "
         f"per query: {qps_cli:.2f} queries/s; ratio {qps16 / qps_cli:.1f}× (target ≥ 10×)",
+        f"- 16 concurrent clients, point lookups: {len(looked)} in {lwall:.1f} s = {lqps16:.1f} queries/s; one fresh "
+        f"`tally sql` per lookup: {lqps_cli:.1f} queries/s; ratio {lqps16 / lqps_cli:.1f}×",
         f"- server peak RSS (VmHWM) over the whole run: {hwm:.0f} MiB (target ≤ 2048 + 512 MiB)",
         f"- point lookup p95: Flight SQL {pct(res['lookup flight'], 0.95) * 1000:.1f} ms, Postgres wire "
         f"{pct(res['lookup pg'], 0.95) * 1000:.1f} ms (target ≤ 50 ms)",

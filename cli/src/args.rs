@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// A query running longer is stopped, e.g. 30s or 5m.
     #[arg(long, default_value = "300s")]
     pub query_timeout: humantime::Duration,
+    /// Also run the live micro-batch loop (`tally live`, with its options below) in this process.
+    #[arg(long)]
+    pub live: bool,
+    #[command(flatten)]
+    pub live_args: LiveArgs,
 }
 
 /// How a ledger day's plan runs (shared by `ledger` and `backfill`).

@@ -57,8 +57,10 @@ impl Server {
                 panic!("serve ended before listening: {}", stderr.join().unwrap());
             }
             let parts: Vec<&str> = line.split_whitespace().collect();
+            if parts.first() != Some(&"listening") {
+                continue; // `--live` prints its batches on the same stdout
+            }
             assert_eq!(parts.len(), 3, "unexpected line {line:?}");
-            assert_eq!(parts[0], "listening");
             addrs.insert(parts[1].to_string(), parts[2].to_string());
         }
         let stdout = std::thread::spawn(move || {
@@ -771,4 +773,25 @@ fn a_network_address_without_a_token_is_refused() {
     );
     assert!(err.contains("TALLY_TOKEN"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn serve_live_ingests_and_serves_in_one_process() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2000, 5);
+    let server = Server::start(dir.path(), None, &["--live", "--interval", "200ms"]);
+    let script = "import time\n\
+        for _ in range(150):\n\
+        \x20   try:\n\
+        \x20       n = conn.execute('SELECT sum(events) FROM live_view').fetchone()[0]\n\
+        \x20   except psycopg.Error:\n\
+        \x20       n = None\n\
+        \x20   if n:\n\
+        \x20       break\n\
+        \x20   time.sleep(0.2)\n\
+        print(n)";
+    let events: u64 = psycopg(&server, None, script).trim().parse().unwrap();
+    assert!(events > 0, "the live view filled while serving");
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
 }

@@ -13,6 +13,31 @@ use tally_engine::live::{BatchMetrics, LiveJob, LiveSummary};
 use tokio::sync::watch;
 
 pub async fn run(ctx: &Context, args: &LiveArgs) -> Result<ExitCode> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("live: stopping after the current batch");
+        let _ = tx.send(true);
+    });
+    let summary = run_loop(ctx, args, rx).await?;
+    if args.once && !summary.quarantined.is_empty() {
+        eprintln!(
+            "error: quarantined {} raw file(s), skipped so the view does not stall: {}",
+            summary.quarantined.len(),
+            summary.quarantined.join("; ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The live loop with `args` over `tally.toml`'s settings, until `stop` is raised (or once);
+/// prints a line per batch and the summary. Shared with `tally serve --live`.
+pub async fn run_loop(
+    ctx: &Context,
+    args: &LiveArgs,
+    stop: watch::Receiver<bool>,
+) -> Result<LiveSummary> {
     let mut cfg = ctx.config.live.clone();
     if let Some(d) = args.interval {
         cfg.interval = d.into();
@@ -35,28 +60,14 @@ pub async fn run(ctx: &Context, args: &LiveArgs) -> Result<ExitCode> {
     if let Some(n) = args.start_lookback_days {
         cfg.start_lookback_days = n;
     }
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::warn!("live: stopping after the current batch");
-        let _ = tx.send(true);
-    });
     let format = args.format;
     let summary = LiveJob::new(&ctx.lake, &cfg)
         .once(args.once)
-        .with_shutdown(rx)
+        .with_shutdown(stop)
         .run(|m| print_batch(m, format))
         .await?;
     print_summary(&summary, format);
-    if args.once && !summary.quarantined.is_empty() {
-        eprintln!(
-            "error: quarantined {} raw file(s), skipped so the view does not stall: {}",
-            summary.quarantined.len(),
-            summary.quarantined.join("; ")
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(summary)
 }
 
 /// Completes on SIGTERM or Ctrl-C.
