@@ -9,6 +9,7 @@
 //! - [`raw_files`]: checking raw Parquet files from their footers;
 //! - [`raw_table`]: `raw_payments`, pruned by arrival day from event-time filters;
 //! - [`delta`]: opening the lake's Delta tables with the lake's storage settings;
+//! - [`delta_files`]: a Delta snapshot read as plain Parquet files (the server's fast path);
 //! - [`delta_stats`]: per-file column statistics for Delta `add` actions;
 //! - [`failpoint`]: named crash points between durable steps, for tests;
 //! - [`query`]: ad-hoc SQL with the read-only guard;
@@ -32,6 +33,7 @@ pub mod config;
 pub mod day;
 pub mod day_lock;
 pub mod delta;
+pub mod delta_files;
 pub mod delta_stats;
 pub mod error;
 pub mod failpoint;

@@ -74,6 +74,9 @@ pub struct TallySession {
     tables: Vec<TableInfo>,
     /// The lake's top-level folders when the session was opened (tables that exist).
     top_dirs: Vec<String>,
+    /// Read Delta tables as plain Parquet scans where their protocol allows (see
+    /// [`crate::delta_files`]): the server's sessions, where the cost per query counts.
+    plain_delta_scans: bool,
 }
 
 /// Tables a long-running process (`tally serve`) opens once and brings up to date before each
@@ -180,6 +183,7 @@ impl TallySession {
                 sorted.sort();
                 sorted
             },
+            plain_delta_scans: cache.is_some(),
         };
         if top.iter().any(|d| d == "raw") {
             session.register_raw_payments(cache.as_deref_mut()).await?;
@@ -376,7 +380,20 @@ impl TallySession {
         table: deltalake::DeltaTable,
     ) -> Result<()> {
         table.update_datafusion_session(&self.ctx.state())?;
-        let provider = table.table_provider().await?;
+        let mut provider: Arc<dyn TableProvider> = table.table_provider().await?;
+        if self.plain_delta_scans {
+            if let Some(plain) = crate::delta_files::DeltaFiles::try_new(&table, provider.schema())
+            {
+                // Its file paths are relative to the table root: the store delta-rs scopes
+                // to it, under the URL delta-rs names it by.
+                let log_store = table.log_store();
+                self.ctx.runtime_env().register_object_store(
+                    log_store.object_store_url().as_ref(),
+                    log_store.object_store(None),
+                );
+                provider = Arc::new(plain);
+            }
+        }
         let mut detail = table
             .version()
             .map(|v| format!("version {v}"))
