@@ -9,7 +9,7 @@
 //! skipped with the snapshot's per-file statistics and partition values (delta-rs's
 //! `PruningStatistics`), row groups and pages by DataFusion's Parquet pruning and bloom filters.
 
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -48,6 +48,19 @@ impl DeltaFiles {
     /// `None` when the table's protocol asks readers for more than plain files.
     pub fn try_new(table: &DeltaTable, schema: SchemaRef) -> Option<Self> {
         let snapshot = table.snapshot().ok()?;
+        // Strings as views, as DataFusion's Parquet reader yields them: no copy into `Utf8`,
+        // and group keys hash and compare as views.
+        let schema = Arc::new(Schema::new_with_metadata(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    DataType::Utf8 => f.as_ref().clone().with_data_type(DataType::Utf8View),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+            schema.metadata().clone(),
+        ));
         if snapshot.protocol().min_reader_version() > 1 {
             return None;
         }

@@ -56,6 +56,42 @@ const SCHEMA: &str = "public";
 #[derive(Clone)]
 pub struct FlightSql {
     shared: Arc<Shared>,
+    plans: Arc<PlanCache>,
+}
+
+/// Plans made to answer GetFlightInfo, kept for the DoGet that follows it (clients ask at
+/// once): the query is planned once, on the snapshot of its first call. A ticket whose plan is
+/// gone (expired, evicted, another server) is planned again.
+#[derive(Default)]
+struct PlanCache {
+    next: std::sync::atomic::AtomicU64,
+    plans: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant, Planned)>>,
+}
+
+/// Plans waiting for their DoGet, at most.
+const PLANS_KEPT: usize = 64;
+/// How long a plan waits for its DoGet.
+const PLAN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl PlanCache {
+    fn put(&self, planned: Planned) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.retain(|(_, at, _)| at.elapsed() < PLAN_WAIT);
+            if plans.len() >= PLANS_KEPT {
+                plans.pop_front();
+            }
+            plans.push_back((id, std::time::Instant::now(), planned));
+        }
+        id
+    }
+
+    fn take(&self, id: u64) -> Option<Planned> {
+        let mut plans = self.plans.lock().ok()?;
+        let i = plans.iter().position(|(p, _, _)| *p == id)?;
+        let (_, at, planned) = plans.remove(i)?;
+        (at.elapsed() < PLAN_WAIT).then_some(planned)
+    }
 }
 
 /// The gRPC service with the token check in front of every call.
@@ -79,7 +115,8 @@ pub fn service(
             ))
         }
     };
-    FlightServiceServer::with_interceptor(FlightSql { shared }, check)
+    let plans = Arc::new(PlanCache::default());
+    FlightServiceServer::with_interceptor(FlightSql { shared, plans }, check)
 }
 
 /// What a ticket or prepared-statement handle carries.
@@ -89,6 +126,9 @@ struct Handle {
     /// One parameter row as an Arrow IPC stream, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     params: Option<String>,
+    /// In a ticket: the plan GetFlightInfo made, waiting in the [`PlanCache`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plan: Option<u64>,
 }
 
 impl Handle {
@@ -235,12 +275,33 @@ impl FlightSql {
         statement::plan(&session, sql, params).await
     }
 
+    /// Plans for a FlightInfo; its ticket names the plan, kept for the DoGet.
+    async fn info(
+        &self,
+        mut handle: Handle,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let planned = self.plan(&handle).await?;
+        let schema = Arc::clone(&planned.wire_schema);
+        handle.plan = Some(self.plans.put(planned));
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.encode()?.into(),
+        };
+        info_for(&schema, ticket.as_any().encode_to_vec(), descriptor)
+    }
+
     async fn run(&self, handle: Handle) -> Result<Response<DoGetStream>, Status> {
         let mut record = self.shared.metrics.start(Endpoint::FlightSql);
-        let params = handle
-            .params()
-            .inspect_err(|_| record.finish(Outcome::Error))?;
-        let planned = self.plan_fresh(&handle.sql, params).await;
+        let kept = handle.plan.and_then(|id| self.plans.take(id));
+        let planned = match kept {
+            Some(planned) => Ok(planned),
+            None => {
+                let params = handle
+                    .params()
+                    .inspect_err(|_| record.finish(Outcome::Error))?;
+                self.plan_fresh(&handle.sql, params).await
+            }
+        };
         let planned = match planned {
             Ok(p) => p,
             Err(e) => {
@@ -408,16 +469,9 @@ impl FlightSqlService for FlightSql {
         let handle = Handle {
             sql: query.query,
             params: None,
+            plan: None,
         };
-        let planned = self.plan(&handle).await?;
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.encode()?.into(),
-        };
-        info_for(
-            &planned.wire_schema,
-            ticket.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.info(handle, request.into_inner()).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -426,15 +480,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = Handle::decode(&cmd.prepared_statement_handle)?;
-        let planned = self.plan(&handle).await?;
-        let ticket = TicketStatementQuery {
-            statement_handle: cmd.prepared_statement_handle,
-        };
-        info_for(
-            &planned.wire_schema,
-            ticket.as_any().encode_to_vec(),
-            request.into_inner(),
-        )
+        self.info(handle, request.into_inner()).await
     }
 
     async fn do_get_statement(
@@ -462,6 +508,7 @@ impl FlightSqlService for FlightSql {
         let handle = Handle {
             sql: query.query,
             params: None,
+            plan: None,
         };
         let planned = self.plan(&handle).await?;
         let params = statement::parameter_types(&planned).map_err(|e| status_of(&e))?;
