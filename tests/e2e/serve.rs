@@ -795,3 +795,45 @@ fn serve_live_ingests_and_serves_in_one_process() {
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn the_postgres_jdbc_driver_browses_and_queries_with_prepared_statements() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let want = expected_sums(dir.path(), DAY);
+    let (rows, total): (u64, i128) = want.values().fold((0, 0), |a, v| (a.0 + v.1, a.1 + v.0));
+    let token = "jdbc-tok-77";
+    let server = Server::start(dir.path(), Some(token), &[]);
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/e2e/clients/JdbcCheck.java"
+    );
+    let out = Command::new("java")
+        .args([
+            "-cp",
+            "/usr/share/java/postgresql.jar",
+            source,
+            server.pg_port(),
+            token,
+            DAY,
+        ])
+        .output()
+        .expect("java (scripts/test installs a JRE and Debian's pgjdbc)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "JdbcCheck: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("table ledger\n"), "{stdout}");
+    assert!(stdout.contains("table raw_payments\n"), "{stdout}");
+    assert!(stdout.contains("column amount numeric\n"), "{stdout}");
+    assert!(
+        stdout.contains("column event_time timestamptz\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("sum {rows} {}\n", cents(total))),
+        "{stdout}"
+    );
+}
