@@ -31,6 +31,10 @@ pub struct SessionOptions {
     pub target_partitions: Option<usize>,
     /// Rows per batch (default: DataFusion's 8192). `DATAFUSION_EXECUTION_BATCH_SIZE` wins.
     pub batch_size: Option<usize>,
+    /// List table folders on every query instead of caching the listing for the life of the
+    /// session (DataFusion's default): long-lived sessions (`tally shell`, the server) must see
+    /// raw files that land while they run.
+    pub fresh_listings: bool,
 }
 
 /// Rows per batch of a ledger run without a memory limit.
@@ -50,6 +54,7 @@ impl SessionOptions {
             memory_limit,
             target_partitions: Some(buckets.max(1) as usize),
             batch_size: memory_limit.is_none().then_some(LEDGER_BATCH_ROWS),
+            fresh_listings: false,
         }
     }
 }
@@ -92,16 +97,12 @@ pub struct TableCache {
 impl TableCache {
     /// An empty cache whose sessions share one runtime (memory pool) built from `opts`.
     pub fn new(opts: &SessionOptions) -> Result<Self> {
-        // DataFusion caches directory listings forever by default; a long-lived process must
-        // list again per query to see the raw files that landed since.
-        let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
-            .with_list_files_cache_limit(0);
-        let mut runtime = RuntimeEnvBuilder::new().with_cache_manager(caches);
-        if let Some(limit) = opts.memory_limit {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
-        }
+        let opts = SessionOptions {
+            fresh_listings: true,
+            ..opts.clone()
+        };
         Ok(Self {
-            runtime: runtime.build_arc()?,
+            runtime: new_runtime(&opts)?,
             delta: HashMap::new(),
             parquet: HashMap::new(),
         })
@@ -485,6 +486,13 @@ fn listing_url(url: &url::Url) -> Result<ListingTableUrl> {
 /// The runtime of a session: a fair spilling memory pool when limited.
 fn new_runtime(opts: &SessionOptions) -> Result<Arc<RuntimeEnv>> {
     let mut runtime = RuntimeEnvBuilder::new();
+    if opts.fresh_listings {
+        // DataFusion caches folder listings with no expiry by default.
+        runtime = runtime.with_cache_manager(
+            datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+                .with_list_files_cache_limit(0),
+        );
+    }
     if let Some(limit) = opts.memory_limit {
         runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(limit)));
     }

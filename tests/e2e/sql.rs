@@ -408,3 +408,68 @@ fn only_the_failing_scans_files_are_checked_to_name_the_bad_one() {
         "{err}"
     );
 }
+
+/// A shell stays open for hours: a raw file landing while it is open is read by the next query
+/// (DataFusion would otherwise keep the folder listing of the first query).
+#[test]
+fn the_shell_sees_raw_files_that_land_while_it_is_open() {
+    use std::io::{BufRead, Write};
+    let dir = tempdir();
+    generate(dir.path(), 1, 500, 9);
+    let mut child = tally_cmd(dir.path())
+        .args(["shell"])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let query = b"SELECT count(*) AS landed FROM raw_payments WHERE txn_id = 'shell-late-1';\n";
+    let answer = |lines: &std::sync::mpsc::Receiver<String>| -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = lines
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the shell answered");
+            let done = line.contains("row in");
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    };
+    stdin.write_all(query).unwrap();
+    stdin.flush().unwrap();
+    let first = answer(&rx);
+    assert!(first.iter().any(|l| l.contains(" 0 ")), "{first:?}");
+    let at = micros("2026-11-01T12:00:00Z");
+    let day = std::fs::read_dir(dir.path().join("lake/raw/payments"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .min()
+        .unwrap();
+    write_raw(
+        &dir.path().join("lake"),
+        day.trim_start_matches("ingest_date="),
+        "landed-while-open.parquet",
+        &[ok_row("shell-late-1", "p-late", at, at + 1_000_000, 100)],
+    );
+    stdin.write_all(query).unwrap();
+    stdin.flush().unwrap();
+    let second = answer(&rx);
+    assert!(second.iter().any(|l| l.contains(" 1 ")), "{second:?}");
+    stdin.write_all(b"\\q\n").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

@@ -29,7 +29,12 @@ Statements end with `;` and may span lines. Commands:
 Ctrl-C cancels a running query, or clears the statement being typed.";
 
 pub fn run(rt: &Runtime, ctx: &Context, args: &ShellArgs) -> Result<()> {
-    let session = rt.block_on(ctx.session(&SessionOptions::default()))?;
+    // A shell lives long: it sees raw files that land while it is open.
+    let opts = SessionOptions {
+        fresh_listings: true,
+        ..Default::default()
+    };
+    let session = rt.block_on(ctx.session(&opts))?;
     let mut editor = DefaultEditor::new()?;
     let history =
         std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".tally_history"));
