@@ -80,12 +80,28 @@ pub struct ServeArgs {
     /// Postgres wire endpoint (psql, psycopg, Grafana, Metabase), HOST:PORT or off.
     #[arg(long, default_value = tally_engine::serve::DEFAULT_PG)]
     pub pg: String,
-    /// Memory for all running queries together, e.g. 2GiB; operators spill beyond it.
+    /// Memory for all running queries together, e.g. 2GiB; operators spill beyond it
+    /// [default: a quarter of this machine's memory]
     #[arg(long, value_parser = parse_bytes)]
     pub memory_limit: Option<usize>,
-    /// A query running longer is stopped, e.g. 30s or 5m.
+    /// A query running longer is stopped, e.g. 30s or 5m (time queued counts).
     #[arg(long, default_value = "300s")]
     pub query_timeout: humantime::Duration,
+    /// Queries running at once; more wait in a queue within --query-timeout [default: 2 per core]
+    #[arg(long)]
+    pub max_concurrent_queries: Option<usize>,
+    /// Open Postgres connections; more are refused (SQLSTATE 53300).
+    #[arg(long, default_value_t = tally_engine::serve::admission::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// PEM certificate chain: every endpoint serves TLS (Postgres by SSLRequest).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Allow a non-loopback address without TLS (the token then crosses the network in clear).
+    #[arg(long)]
+    pub insecure: bool,
     /// Also run the live micro-batch loop (`tally live`, with its options below) in this process.
     #[arg(long)]
     pub live: bool,
@@ -209,6 +225,20 @@ pub struct LiveArgs {
     /// One line per batch for people, or one JSON object per line.
     #[arg(long, value_enum, default_value = "table")]
     pub format: SummaryFormat,
+    /// Serve Prometheus /metrics (and /health) on HOST:PORT (port 0 picks one; `tally serve
+    /// --live` serves them on its --http address instead)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// POST alerts as JSON to this URL when a partner's error rate in a minute reaches
+    /// --alert-error-rate [default: tally.toml's [alerts] webhook]
+    #[arg(long, value_name = "URL")]
+    pub alert_webhook: Option<String>,
+    /// The error rate (0..1] of one minute of one partner that fires an alert, e.g. 0.05
+    #[arg(long, value_name = "RATE")]
+    pub alert_error_rate: Option<f64>,
+    /// Fewest events a minute needs to fire or resolve an alert [default: 20]
+    #[arg(long, value_name = "N")]
+    pub alert_min_events: Option<u64>,
 }
 
 #[derive(Debug, Args)]

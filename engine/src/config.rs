@@ -28,6 +28,8 @@ pub struct Config {
     pub live: LiveConfig,
     /// Settings of `tally reconcile`.
     pub reconcile: ReconcileConfig,
+    /// Per-partner error-rate alerts of the live mode.
+    pub alerts: AlertsConfig,
 }
 
 /// S3 connection settings. Secrets are redacted from `Debug` output and never logged.
@@ -169,6 +171,56 @@ impl Default for LiveConfig {
             compact_every: 60,
             start_lookback_days: 2,
         }
+    }
+}
+
+/// The live mode's alert rule (`[alerts]`): a partner whose error rate in one minute of event
+/// time reaches `error_rate`, over at least `min_events` events, fires an alert to `webhook`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Where alerts are POSTed as JSON; without one they are still evaluated, shown on the
+    /// dashboard and recorded in `alerts`.
+    pub webhook: Option<String>,
+    /// The error rate (0..1] that fires an alert; no rule without it.
+    pub error_rate: Option<f64>,
+    /// A minute with fewer events neither fires nor resolves (too little to judge).
+    pub min_events: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            error_rate: None,
+            min_events: 20,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Checks the combination: a webhook needs a rule, and a rate must be in (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if let Some(r) = self.error_rate {
+            if !(r > 0.0 && r <= 1.0) {
+                return Err(TallyError::Usage {
+                    message: format!("--alert-error-rate {r} is not in (0, 1], e.g. 0.05 for 5%"),
+                });
+            }
+        } else if self.webhook.is_some() {
+            return Err(TallyError::Usage {
+                message: "--alert-webhook needs --alert-error-rate (or error_rate under [alerts] in tally.toml)".into(),
+            });
+        }
+        if let Some(w) = &self.webhook {
+            let ok = url::Url::parse(w).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(TallyError::Usage {
+                    message: format!("--alert-webhook {w:?} is not an http(s) URL"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -51,6 +51,10 @@ pub enum TallyError {
         message: String,
     },
 
+    /// A lake table a server could not open; only queries naming it fail.
+    #[error("table {name} cannot be read: {message}")]
+    Unreadable { name: String, message: String },
+
     /// A statement refused because the session is read-only.
     #[error("{statement} is not allowed: tally sql is read-only (pass --allow-write to change tables; raw data is never writable)")]
     ReadOnly { statement: String },
@@ -134,6 +138,7 @@ impl TallyError {
             | TallyError::Refused { .. }
             | TallyError::InvalidArgument { .. } => ErrorKind::User,
             TallyError::Lake { .. }
+            | TallyError::Unreadable { .. }
             | TallyError::Busy { .. }
             | TallyError::Storage(_)
             | TallyError::Io(_) => ErrorKind::External,

@@ -32,6 +32,8 @@ pub mod layout {
     pub const RECONCILIATIONS: &str = "reconciliations";
     /// Ledger run log (Delta).
     pub const RUNS: &str = "runs";
+    /// Alerts the live mode sent (Delta).
+    pub const ALERTS: &str = "alerts";
 }
 
 /// A resolved lake root with its object store.

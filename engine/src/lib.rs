@@ -20,6 +20,7 @@
 //! - [`runs`]: the `runs` table, the ledger's run log;
 //! - [`reconcile`]: the ledger against the live view, per partner, with a verdict;
 //! - [`trace`]: every copy of one transaction and why the winner won;
+//! - [`ops`]: the live loop's Prometheus series and per-partner error-rate alerts;
 //! - [`serve`]: `tally serve`, the lake read-only over Flight SQL, the Postgres wire and HTTP;
 //! - [`jobs_sql`]: the jobs' SQL texts from `sql/`;
 //! - [`generate`]: the realistic raw-lake generator;
@@ -42,6 +43,7 @@ pub mod jobs_sql;
 pub mod lake;
 pub mod ledger;
 pub mod live;
+pub mod ops;
 pub mod progress;
 pub mod query;
 pub mod raw_files;
@@ -52,6 +54,7 @@ pub mod schema;
 pub mod serve;
 pub mod session;
 pub mod trace;
+pub mod unreadable;
 
 pub use arrow;
 pub use datafusion;

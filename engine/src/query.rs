@@ -1,14 +1,19 @@
 //! Ad-hoc SQL for analysts: parsing, the read-only guard, and planning.
 //!
-//! `tally sql` and `tally shell` are read-only unless `--allow-write` is given: statements are
-//! classified before planning (so the refusal names the statement), and DataFusion's own
-//! `SQLOptions` check the resulting plan as a second line of defence. Raw data is never
-//! writable either way: `raw_payments` has no insert path.
+//! `tally sql` and `tally shell` are read-only unless `--allow-write` is given. The decision
+//! that counts is made on the logical plan that will execute ([`write_in_plan`]), after
+//! DataFusion's own parser and planner: a separate parse of the text can disagree with
+//! DataFusion's (sqlparser reads `EXPLAIN (ANALYZE) COPY …` as a non-analyzing EXPLAIN, which
+//! DataFusion then runs). Statements are also classified before planning, so that a
+//! multi-statement text with a write runs none of it and refusals name the statement. Raw
+//! data is never writable either way: `raw_payments` has no insert path.
 
 use crate::error::{Result, TallyError};
 use crate::session::TallySession;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
@@ -60,9 +65,10 @@ pub fn is_read_only(stmt: &DFStatement) -> bool {
             SqlStatement::Explain {
                 statement, analyze, ..
             } => {
-                // EXPLAIN ANALYZE executes its statement; plain EXPLAIN of a write is harmless.
-                let inner = DFStatement::Statement(statement.clone());
-                !*analyze || is_read_only(&inner)
+                // Every EXPLAIN of a write is refused, whatever its options say: sqlparser
+                // leaves `analyze` false for `EXPLAIN (ANALYZE) …`, which DataFusion runs.
+                let _ = analyze;
+                is_read_only(&DFStatement::Statement(statement.clone()))
             }
             _ => false,
         },
@@ -88,26 +94,73 @@ fn creates_table(query: &datafusion::sql::sqlparser::ast::Query) -> bool {
     walk(&query.body)
 }
 
+/// The first node of `plan` that would change something (DDL, DML, `COPY`, `SET`, `PREPARE`,
+/// …), by name, looking inside `EXPLAIN`/`EXPLAIN ANALYZE` and subqueries; `None` for a plan
+/// that only reads. This is the read-only decision every path makes on what it will execute.
+pub fn write_in_plan(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        let name = match node {
+            LogicalPlan::Ddl(ddl) => Some(words(ddl.name())),
+            LogicalPlan::Dml(dml) => Some(dml.op.to_string().to_ascii_uppercase()),
+            LogicalPlan::Copy(_) => Some("COPY".to_string()),
+            LogicalPlan::Statement(stmt) => Some(words(stmt.name())),
+            _ => None,
+        };
+        Ok(match name {
+            Some(name) => {
+                found = Some(name);
+                TreeNodeRecursion::Stop
+            }
+            None => TreeNodeRecursion::Continue,
+        })
+    });
+    found
+}
+
+/// `CreateExternalTable` → `CREATE EXTERNAL TABLE`, as the statement is written.
+fn words(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 /// Plans one statement under `access`; the returned DataFrame runs when executed.
 pub async fn plan(session: &TallySession, stmt: DFStatement, access: Access) -> Result<DataFrame> {
-    let options = match access {
-        Access::ReadOnly => {
-            if !is_read_only(&stmt) {
-                return Err(TallyError::ReadOnly {
-                    statement: statement_name(&stmt),
-                });
-            }
-            SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false)
-        }
-        Access::AllowWrite => SQLOptions::new(),
-    };
+    if access == Access::ReadOnly && !is_read_only(&stmt) {
+        return Err(TallyError::ReadOnly {
+            statement: statement_name(&stmt),
+        });
+    }
     let state = session.ctx().state();
     let plan = state.statement_to_plan(stmt).await?;
-    options.verify_plan(&plan)?;
+    if access == Access::ReadOnly {
+        if let Some(statement) = write_in_plan(&plan) {
+            return Err(TallyError::ReadOnly { statement });
+        }
+        // DataFusion's own check as a second line.
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)?;
+    }
     Ok(session.ctx().execute_logical_plan(plan).await?)
+}
+
+/// Refuses a multi-statement text with any write before one statement of it runs.
+pub fn check_all_read_only(statements: &[DFStatement]) -> Result<()> {
+    match statements.iter().find(|s| !is_read_only(s)) {
+        Some(s) => Err(TallyError::ReadOnly {
+            statement: statement_name(s),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The raw files a physical plan scans: after a query failed in the Parquet reader, the only
@@ -176,11 +229,57 @@ mod tests {
             ("DELETE FROM t", "DELETE FROM"),
             ("SET datafusion.execution.batch_size = 1", "SET"),
             ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", "EXPLAIN"),
+            ("EXPLAIN INSERT INTO t VALUES (1)", "EXPLAIN"),
+            (
+                "EXPLAIN (ANALYZE) COPY (SELECT 1) TO '/tmp/x.csv'",
+                "EXPLAIN",
+            ),
+            (
+                "EXPLAIN (ANALYZE true) COPY (SELECT 1) TO '/tmp/x.csv'",
+                "EXPLAIN",
+            ),
             ("SELECT * INTO t2 FROM t", "SELECT INTO"),
         ] {
             let s = one(sql);
             assert!(!is_read_only(&s), "{sql}");
             assert_eq!(statement_name(&s), name, "{sql}");
+        }
+    }
+
+    /// Every spelling of a write, as DataFusion itself parses and plans it, is found in the
+    /// plan (the text check is only the first line).
+    #[tokio::test]
+    async fn writes_are_found_in_the_plan() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.sql("CREATE TABLE t (a INT)").await.unwrap();
+        for (sql, name) in [
+            (
+                "EXPLAIN ANALYZE COPY (SELECT 1) TO '/tmp/never.csv'",
+                "COPY",
+            ),
+            (
+                "EXPLAIN (ANALYZE) COPY (SELECT 1) TO '/tmp/never.csv'",
+                "COPY",
+            ),
+            ("EXPLAIN COPY (SELECT 1) TO '/tmp/never.csv'", "COPY"),
+            ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", "INSERT INTO"),
+            ("CREATE VIEW v AS SELECT 1", "CREATE VIEW"),
+            (
+                "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/tmp/x.csv'",
+                "CREATE EXTERNAL TABLE",
+            ),
+            ("SET datafusion.execution.batch_size = 1", "SET VARIABLE"),
+        ] {
+            let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+            assert_eq!(write_in_plan(&plan).as_deref(), Some(name), "{sql}: {plan}");
+        }
+        for sql in [
+            "SELECT * FROM t",
+            "EXPLAIN SELECT 1",
+            "EXPLAIN ANALYZE SELECT * FROM t",
+        ] {
+            let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+            assert_eq!(write_in_plan(&plan), None, "{sql}");
         }
     }
 }

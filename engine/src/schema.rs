@@ -192,6 +192,28 @@ pub static RECONCILIATIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `alerts`: one row per alert the live mode sent (or recorded, without a webhook).
+pub static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
+        Field::new("partner_id", DataType::Utf8, false),
+        Field::new("window_start", timestamp_type(), false),
+        Field::new("events", DataType::Int64, false),
+        Field::new("errors", DataType::Int64, false),
+        // A ratio of counts, never an amount.
+        Field::new("error_rate", DataType::Float64, false),
+        Field::new("threshold", DataType::Float64, false),
+        Field::new("detected_at", timestamp_type(), false),
+        // `delivered`, `refused` (a 4xx), `pending` (not accepted when its loop stopped; a
+        // restart sends it again and appends its outcome) or `no_webhook`.
+        Field::new("delivery", DataType::Utf8, false),
+        // Null unless delivered.
+        Field::new("delivered_at", timestamp_type(), true),
+        Field::new("attempts", DataType::Int64, false),
+    ]))
+});
+
 /// The raw columns the live mode reads, as plain strings.
 pub static LIVE_INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
     let keep = [

@@ -82,6 +82,8 @@ pub struct TallySession {
     /// Read Delta tables as plain Parquet scans where their protocol allows (see
     /// [`crate::delta_files`]): the server's sessions, where the cost per query counts.
     plain_delta_scans: bool,
+    /// Tables a server's session could not open, with why (see [`crate::unreadable`]).
+    unreadable: std::collections::BTreeMap<String, String>,
 }
 
 /// Tables a long-running process (`tally serve`) opens once and brings up to date before each
@@ -118,6 +120,9 @@ impl TableCache {
     /// of the lake root and one HEAD per Delta table (of its next commit file), in parallel: a
     /// server's query pays this instead of opening a new session.
     pub async fn is_current(&self, session: &TallySession) -> Result<bool> {
+        if !session.unreadable.is_empty() {
+            return Ok(false); // try again: a repaired table comes back
+        }
         let mut top = session.lake.top_level_dirs().await?;
         top.sort();
         if top != session.top_dirs {
@@ -185,9 +190,14 @@ impl TallySession {
                 sorted
             },
             plain_delta_scans: cache.is_some(),
+            unreadable: Default::default(),
         };
+        // A server (the cached path) keeps serving the other tables when one cannot be
+        // opened; a one-shot command fails on it.
+        let serving = cache.is_some();
         if top.iter().any(|d| d == "raw") {
-            session.register_raw_payments(cache.as_deref_mut()).await?;
+            let opened = session.register_raw_payments(cache.as_deref_mut()).await;
+            session.keep_unreadable(serving, crate::lake::layout::RAW_PAYMENTS, opened)?;
         }
         for name in [
             layout::LEDGER,
@@ -196,12 +206,14 @@ impl TallySession {
             layout::LIVE_LATE,
             layout::RECONCILIATIONS,
             layout::RUNS,
+            layout::ALERTS,
         ] {
             if top.iter().any(|d| d == name) {
                 let url = lake.url_of(name)?;
-                session
+                let opened = session
                     .register_delta_if_present(name, url, cache.as_deref_mut())
-                    .await?;
+                    .await;
+                session.keep_unreadable(serving, name, opened)?;
             }
         }
         for (name, table) in &config.tables {
@@ -211,20 +223,51 @@ impl TallySession {
                 });
             }
             let url = location_to_url(&table.location)?;
-            match table.format {
+            let opened = match table.format {
                 TableFormat::Parquet => {
                     session
                         .register_parquet_dir(name, url, cache.as_deref_mut())
-                        .await?
+                        .await
                 }
                 TableFormat::Delta => {
                     session
                         .register_delta(name, url, cache.as_deref_mut())
-                        .await?
+                        .await
                 }
-            }
+            };
+            session.keep_unreadable(serving, name, opened)?;
+        }
+        if !session.unreadable.is_empty() {
+            let catalog = session
+                .ctx
+                .catalog("datafusion")
+                .ok_or_else(|| TallyError::Internal("no default catalog".into()))?;
+            let inner = catalog
+                .schema("public")
+                .ok_or_else(|| TallyError::Internal("no default schema".into()))?;
+            let wrapped = crate::unreadable::WithUnreadable::new(inner, session.unreadable.clone());
+            catalog.register_schema("public", Arc::new(wrapped))?;
         }
         Ok(session)
+    }
+
+    /// On a server, records a table that failed to open (logged once per session) instead of
+    /// failing the session; elsewhere passes the error on.
+    fn keep_unreadable(&mut self, serving: bool, name: &str, opened: Result<()>) -> Result<()> {
+        match opened {
+            Err(e) if serving && !matches!(e, TallyError::Config { .. }) => {
+                let message = one_line(&e.to_string());
+                tracing::warn!(table = name, error = %message, "table cannot be read; serving the others");
+                self.unreadable.insert(name.to_string(), message);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Tables this session could not open, with why (servers only; empty elsewhere).
+    pub fn unreadable(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.unreadable
     }
 
     /// The DataFusion context (for running SQL or DataFrames).

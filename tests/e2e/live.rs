@@ -7,12 +7,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const MINUTE: i64 = 60_000_000;
+pub(crate) const MINUTE: i64 = 60_000_000;
 
 /// (window_start µs, partner, currency) → (events, errors, amount in cents).
-type Totals = BTreeMap<(i64, String, String), (u64, u64, i128)>;
+pub(crate) type Totals = BTreeMap<(i64, String, String), (u64, u64, i128)>;
 
-fn expected(rows: &[RawRow]) -> Totals {
+pub(crate) fn expected(rows: &[RawRow]) -> Totals {
     let mut t = Totals::new();
     for r in rows {
         let e = t
@@ -30,7 +30,7 @@ fn expected(rows: &[RawRow]) -> Totals {
 }
 
 /// A live table read back through `tally sql` (the per-key view).
-fn read_totals(dir: &Path, table: &str) -> Totals {
+pub(crate) fn read_totals(dir: &Path, table: &str) -> Totals {
     let lake = dir.join("lake");
     if !lake.join(table).join("_delta_log").is_dir() {
         return Totals::new();
@@ -53,7 +53,14 @@ fn read_totals(dir: &Path, table: &str) -> Totals {
         .collect()
 }
 
-fn row(txn: &str, partner: &str, event: i64, ingest: i64, cents: i128, status: &str) -> RawRow {
+pub(crate) fn row(
+    txn: &str,
+    partner: &str,
+    event: i64,
+    ingest: i64,
+    cents: i128,
+    status: &str,
+) -> RawRow {
     RawRow {
         status: status.into(),
         ..ok_row(txn, partner, event, ingest, cents)
@@ -61,7 +68,7 @@ fn row(txn: &str, partner: &str, event: i64, ingest: i64, cents: i128, status: &
 }
 
 /// `n` distinct transactions from `start`, one every `step` µs, over 5 partners, ~7% errors.
-fn traffic(prefix: &str, start: i64, step: i64, n: usize) -> Vec<RawRow> {
+pub(crate) fn traffic(prefix: &str, start: i64, step: i64, n: usize) -> Vec<RawRow> {
     (0..n)
         .map(|i| {
             let t = start + i as i64 * step;

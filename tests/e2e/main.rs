@@ -14,6 +14,7 @@ mod lease_race;
 mod ledger;
 mod ledger_faults;
 mod live;
+mod ops;
 mod reconcile;
 mod s3;
 mod serve;

@@ -278,6 +278,30 @@ fn prepared_statements_bind_parameters_on_both_wires() {
         pg.contains(&format!("[('{}', Decimal('{amount}'))]", row[1])),
         "{pg}"
     );
+
+    // A numeric parameter is compared exactly: the amount matches, the amount plus half a
+    // cent is refused (binding rounded it onto the amount before), never rounded.
+    let exact = psycopg(
+        &server,
+        None,
+        &format!(
+            "from decimal import Decimal\n\
+             cur = conn.cursor()\n\
+             q = 'SELECT count(*) FROM ledger WHERE txn_id = %s AND amount = %s'\n\
+             cur.execute(q, ({txn:?}, Decimal('{amount}'))); print(cur.fetchall()[0][0])\n\
+             cur.execute(q, ({txn:?}, Decimal('{amount}000'))); print(cur.fetchall()[0][0])\n\
+             for off in ['0.005', '-0.005', '0.0001']:\n\
+             \x20   try:\n\
+             \x20       cur.execute(q, ({txn:?}, Decimal('{amount}') + Decimal(off))); print('ran', cur.fetchall())\n\
+             \x20   except psycopg.Error as e:\n\
+             \x20       print('refused', e.sqlstate)"
+        ),
+    );
+    assert_eq!(
+        exact.lines().collect::<Vec<_>>(),
+        ["1", "1", "refused 22003", "refused 22003", "refused 22003"],
+        "{exact}"
+    );
 }
 
 #[test]
@@ -490,6 +514,322 @@ fn writes_are_refused_on_every_path_and_the_tables_stay_as_they_were() {
     assert!(n.trim().parse::<u64>().unwrap() > 0);
 }
 
+/// Every file under `dir` with its size and modification time.
+fn tree_state(dir: &Path) -> BTreeMap<std::path::PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.insert(e.path(), (meta.len(), meta.modified().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Runs `sql` with psql's simple protocol (one Query message, several statements allowed);
+/// returns (exit success, stdout + stderr).
+fn psql_simple(server: &Server, sql: &str) -> (bool, String) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", server.pg_port()])
+        .args(["-U", "analyst", "-d", "tally", "-X", "-A", "-t"])
+        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The spellings of a write a hostile client would try (a review found the first one ran on
+/// the simple protocol): on psql, psycopg (extended protocol, prepared or not) and ADBC, each
+/// is refused, no file appears at the target, and no file of the lake changes.
+#[test]
+fn hostile_spellings_of_a_write_are_refused_on_every_wire() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let lake = dir.path().join("lake");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let server = Server::start(dir.path(), None, &[]);
+    let before = tree_state(&lake);
+    let targets = [
+        outside.join("explain.csv"),
+        lake.join("raw/explain.parquet"),
+        lake.join("ledger/_delta_log/00000000000000000099.json"),
+    ];
+    let mut attempts = Vec::new();
+    for t in &targets {
+        let t = t.display();
+        attempts.push(format!("EXPLAIN (ANALYZE) COPY (SELECT 1 AS a) TO '{t}'"));
+        attempts.push(format!(
+            "EXPLAIN (ANALYZE true) COPY (SELECT 1 AS a) TO '{t}'"
+        ));
+        attempts.push(format!("EXPLAIN ANALYZE COPY (SELECT 1 AS a) TO '{t}'"));
+        attempts.push(format!("EXPLAIN COPY (SELECT 1 AS a) TO '{t}'"));
+        attempts.push(format!(
+            "explain (analyze, verbose) copy (select 1 as a) to '{t}'"
+        ));
+    }
+    attempts.push("EXPLAIN (ANALYZE) INSERT INTO ledger SELECT * FROM ledger".into());
+    attempts.push(format!(
+        "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '{}'",
+        outside.display()
+    ));
+    attempts.push("CREATE VIEW v AS SELECT * FROM ledger".into());
+    for sql in &attempts {
+        let (ok, out) = psql_simple(&server, sql);
+        assert!(!ok && out.contains("read-only"), "psql ran {sql}: {out}");
+        for prepare in ["False", "True"] {
+            let pg = psycopg(
+                &server,
+                None,
+                &format!(
+                    "cur = conn.cursor()\n\
+                     try:\n\
+                     \x20   cur.execute({sql:?}, prepare={prepare}); print('ran')\n\
+                     except psycopg.Error as e:\n\
+                     \x20   print('refused', e.sqlstate, e)"
+                ),
+            );
+            assert!(pg.starts_with("refused"), "psycopg ran {sql}: {pg}");
+        }
+        let flight = adbc(
+            &server,
+            NO_AUTH,
+            &format!(
+                "cur = conn.cursor()\n\
+                 try:\n\
+                 \x20   cur.execute({sql:?}); cur.fetchall(); print('ran')\n\
+                 except Exception as e:\n\
+                 \x20   print('refused', e)"
+            ),
+        );
+        assert!(
+            flight.starts_with("refused"),
+            "Flight SQL ran {sql}: {flight}"
+        );
+    }
+    // A simple-protocol text with one write runs none of its statements, and a cursor over a
+    // write is refused.
+    for sql in [
+        format!(
+            "SELECT 1; COPY (SELECT 1 AS a) TO '{}'",
+            targets[0].display()
+        ),
+        "BEGIN; SELECT count(*) FROM ledger; INSERT INTO ledger SELECT * FROM ledger; COMMIT"
+            .to_string(),
+        "BEGIN; DECLARE c CURSOR FOR SELECT * INTO copy_of_ledger FROM ledger; FETCH 1 FROM c"
+            .to_string(),
+    ] {
+        let (ok, out) = psql_simple(&server, &sql);
+        assert!(!ok && out.contains("read-only"), "psql ran {sql}: {out}");
+        assert!(
+            !out.lines().any(|l| l.trim() == "1"),
+            "a statement ran: {out}"
+        );
+    }
+    for t in &targets {
+        assert!(!t.exists(), "{} was written", t.display());
+    }
+    assert!(!outside.join("ext.csv").exists());
+    assert_eq!(tree_state(&lake), before, "a file of the lake changed");
+    // Reads still run on the simple protocol, with rows.
+    let (ok, out) = psql_simple(&server, "SELECT 40 + 2; SELECT count(*) > 0 FROM ledger");
+    assert!(ok, "{out}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["42", "t"]);
+}
+
+/// A table whose Delta log cannot be read fails only the queries that name it, with its name;
+/// the other tables and catalog browsing go on, and the table comes back once repaired.
+#[test]
+fn one_unreadable_table_does_not_break_the_catalog() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let server = Server::start(dir.path(), None, &[]);
+    let log = dir.path().join("lake/ledger/_delta_log");
+    let version = std::fs::read_dir(&log)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".json")?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap();
+    let torn = log.join(format!("{:020}.json", version + 1));
+    std::fs::write(&torn, "{\"add\": {\"path\": tor").unwrap();
+
+    let (ok, out) = psql_simple(&server, "SELECT count(*) FROM ledger");
+    assert!(
+        !ok && out.contains("ledger") && out.contains("cannot be read"),
+        "{out}"
+    );
+    let flight = adbc(
+        &server,
+        NO_AUTH,
+        "cur = conn.cursor()\ntry:\n    cur.execute('SELECT count(*) FROM ledger'); print(cur.fetchall())\nexcept Exception as e:\n    print('failed', e)",
+    );
+    assert!(
+        flight.starts_with("failed") && flight.contains("ledger"),
+        "{flight}"
+    );
+    // The rest of the lake is served.
+    let (ok, out) = psql_simple(&server, "SELECT count(*) > 0 FROM runs");
+    assert!(ok && out.trim() == "t", "{out}");
+    assert_eq!(
+        adbc(
+            &server,
+            NO_AUTH,
+            &print_rows_py("SELECT count(*) > 0 FROM runs")
+        )
+        .trim(),
+        "True"
+    );
+    let (ok, out) = psql_simple(&server, "\\dt");
+    assert!(ok && out.contains("runs"), "{out}");
+
+    std::fs::remove_file(&torn).unwrap();
+    let (ok, out) = psql_simple(&server, "SELECT count(*) > 0 FROM ledger");
+    assert!(ok && out.trim() == "t", "repaired table not back: {out}");
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, made with the openssl command line;
+/// returns (cert, key) paths.
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// With --tls-cert/--tls-key every endpoint speaks TLS, verified against the certificate by
+/// clients tally did not write: psql (sslmode=verify-full), ADBC (grpc+tls) and curl (https).
+#[test]
+fn tls_on_every_endpoint_with_a_certificate_the_clients_verify() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let (cert, key) = self_signed(dir.path());
+    let token = "tls-test-token";
+    let server = Server::start(
+        dir.path(),
+        Some(token),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let want = psql_simple_tls(
+        &server,
+        &cert,
+        token,
+        "verify-full",
+        "SELECT count(*) FROM ledger",
+    );
+    assert!(want.0, "psql over TLS: {}", want.1);
+    let n: u64 = want.1.trim().parse().unwrap();
+    assert!(n > 0);
+    // psql's own report of the connection: TLS it is.
+    let info = psql_simple_tls(&server, &cert, token, "require", "\\conninfo");
+    assert!(info.0 && info.1.contains("SSL connection"), "{}", info.1);
+
+    let script = format!(
+        "import adbc_driver_flightsql.dbapi as f\n\
+         conn = f.connect('grpc+tls://{}', db_kwargs={{'adbc.flight.sql.client_option.tls_root_certs': open({:?}).read(), 'username': 'x', 'password': {token:?}}})\n\
+         cur = conn.cursor(); cur.execute('SELECT count(*) FROM ledger'); print(cur.fetchall()[0][0])",
+        server.flight.replace("127.0.0.1", "localhost"),
+        cert.to_str().unwrap()
+    );
+    let flight = String::from_utf8(python(&script)).unwrap();
+    assert_eq!(flight.trim(), n.to_string());
+    // The plain-text wire is not answered on the TLS Flight SQL port.
+    let plain = format!(
+        "import adbc_driver_flightsql.dbapi as f\n\
+         try:\n\
+         \x20   conn = f.connect('grpc://{}', db_kwargs={{'username': 'x', 'password': {token:?}}})\n\
+         \x20   cur = conn.cursor(); cur.execute('SELECT 1'); print('ran')\n\
+         except Exception as e:\n\
+         \x20   print('failed')",
+        server.flight
+    );
+    assert_eq!(String::from_utf8(python(&plain)).unwrap().trim(), "failed");
+
+    let port = server.http.rsplit(':').next().unwrap();
+    let https = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&cert)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("https://localhost:{port}/metrics"))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&https.stdout);
+    assert!(
+        https.status.success() && body.contains("tally_serve_queries"),
+        "{body}"
+    );
+}
+
+/// psql with `sslmode` against `cert` as the root; (success, output).
+fn psql_simple_tls(
+    server: &Server,
+    cert: &Path,
+    password: &str,
+    mode: &str,
+    sql: &str,
+) -> (bool, String) {
+    let conn = format!(
+        "host=localhost port={} user=analyst dbname=tally sslmode={mode} sslrootcert={}",
+        server.pg_port(),
+        cert.display()
+    );
+    let out = Command::new("psql")
+        .args([
+            conn.as_str(),
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 #[test]
 fn the_token_is_required_on_every_endpoint_and_never_printed() {
     let dir = tempdir();
@@ -563,9 +903,23 @@ fn the_token_is_required_on_every_endpoint_and_never_printed() {
         String::from_utf8(out.stdout).unwrap().parse().unwrap()
     };
     assert_eq!(http("/health", None), 200);
-    assert_eq!(http("/metrics", None), 401);
-    assert_eq!(http("/metrics", Some("Bearer nope")), 401);
-    assert_eq!(http("/metrics", Some(&format!("Bearer {token}"))), 200);
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("wall-screen:{token}"))
+    );
+    for path in [
+        "/",
+        "/assets/dashboard.js",
+        "/api/live",
+        "/api/status",
+        "/metrics",
+    ] {
+        assert_eq!(http(path, None), 401, "{path}");
+        assert_eq!(http(path, Some("Bearer nope")), 401, "{path}");
+        assert_eq!(http(path, Some(&format!("Bearer {token}"))), 200, "{path}");
+        assert_eq!(http(path, Some(&basic)), 200, "{path}");
+    }
 
     let (code, logs) = server.terminate();
     assert_eq!(code, Some(0));
@@ -794,6 +1148,48 @@ fn serve_live_ingests_and_serves_in_one_process() {
     assert!(events > 0, "the live view filled while serving");
     let (code, _) = server.terminate();
     assert_eq!(code, Some(0));
+}
+
+/// SIGTERM while files land and clients query: the loop finishes its batch, writes its
+/// checkpoint and prints its summary before the server exits; a `tally live --once` after it
+/// then applies only what was left, and the totals are exact.
+#[test]
+fn sigterm_under_load_stops_serve_live_after_its_batch() {
+    use crate::live::{expected, read_totals, traffic};
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let rows = traffic("s", micros("2026-11-20T10:00:00Z"), 50_000, 12_000);
+    let chunks: Vec<&[RawRow]> = rows.chunks(300).collect();
+    for (i, chunk) in chunks[..10].iter().enumerate() {
+        write_raw(&lake, "2026-11-20", &format!("f{i:03}.parquet"), chunk);
+    }
+    let server = Server::start(
+        dir.path(),
+        None,
+        &[
+            "--live",
+            "--interval",
+            "100ms",
+            "--max-files-per-batch",
+            "3",
+        ],
+    );
+    for (i, chunk) in chunks.iter().enumerate().skip(10) {
+        write_raw(&lake, "2026-11-20", &format!("f{i:03}.parquet"), chunk);
+        if i % 5 == 0 {
+            let _ = psycopg(
+                &server,
+                None,
+                &print_rows_py("SELECT count(*) FROM live_view"),
+            );
+        }
+    }
+    let (code, logs) = server.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("live: "), "no live summary at exit: {logs}");
+    // Whatever the loop had not reached is applied now, and nothing twice.
+    tally_ok(dir.path(), &["live", "--once"]);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&rows));
 }
 
 #[test]

@@ -9,7 +9,10 @@ use crate::context::Context;
 use anyhow::Result;
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tally_engine::live::{BatchMetrics, LiveJob, LiveSummary};
+use tally_engine::ops::{metrics_server, LiveOps};
+use tally_engine::serve::{self, auth::Token};
 use tokio::sync::watch;
 
 pub async fn run(ctx: &Context, args: &LiveArgs) -> Result<ExitCode> {
@@ -19,7 +22,34 @@ pub async fn run(ctx: &Context, args: &LiveArgs) -> Result<ExitCode> {
         tracing::warn!("live: stopping after the current batch");
         let _ = tx.send(true);
     });
-    let summary = run_loop(ctx, args, rx).await?;
+    let ops = start_ops(ctx, args).await?;
+    let metrics = match args.metrics.as_deref() {
+        Some(addr) => match serve::parse_addr("--metrics", addr)? {
+            Some(addr) => {
+                let token = Token::new(std::env::var("TALLY_TOKEN").ok());
+                let listener = metrics_server::bind(addr, &token).await?;
+                // stderr: stdout carries one batch per line (JSON with --format json).
+                eprintln!("listening metrics {}", listener.local_addr()?);
+                let mut stop = rx.clone();
+                Some(tokio::spawn(metrics_server::run(
+                    Arc::clone(&ops),
+                    listener,
+                    token,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => None,
+        },
+        None => None,
+    };
+    let summary = run_loop(ctx, args, rx, &ops).await;
+    ops.shutdown().await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    let summary = summary?;
     if args.once && !summary.quarantined.is_empty() {
         eprintln!(
             "error: quarantined {} raw file(s), skipped so the view does not stall: {}",
@@ -31,12 +61,30 @@ pub async fn run(ctx: &Context, args: &LiveArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The metrics and alert rule of the loop: `[alerts]` of `tally.toml` under the flags.
+pub async fn start_ops(ctx: &Context, args: &LiveArgs) -> Result<Arc<LiveOps>> {
+    let mut alerts = ctx.config.alerts.clone();
+    if let Some(w) = &args.alert_webhook {
+        alerts.webhook = Some(w.clone());
+    }
+    if let Some(r) = args.alert_error_rate {
+        alerts.error_rate = Some(r);
+    }
+    if let Some(n) = args.alert_min_events {
+        alerts.min_events = n;
+    }
+    let grace = args.grace.map(Into::into).unwrap_or(ctx.config.live.grace);
+    Ok(LiveOps::start(&ctx.lake, &alerts, grace).await?)
+}
+
 /// The live loop with `args` over `tally.toml`'s settings, until `stop` is raised (or once);
-/// prints a line per batch and the summary. Shared with `tally serve --live`.
+/// reports each batch to `ops`, prints a line per batch and the summary. Shared with `tally
+/// serve --live`.
 pub async fn run_loop(
     ctx: &Context,
     args: &LiveArgs,
     stop: watch::Receiver<bool>,
+    ops: &LiveOps,
 ) -> Result<LiveSummary> {
     let mut cfg = ctx.config.live.clone();
     if let Some(d) = args.interval {
@@ -64,7 +112,10 @@ pub async fn run_loop(
     let summary = LiveJob::new(&ctx.lake, &cfg)
         .once(args.once)
         .with_shutdown(stop)
-        .run(|m| print_batch(m, format))
+        .run(|m| {
+            ops.on_batch(m);
+            print_batch(m, format);
+        })
         .await?;
     print_summary(&summary, format);
     Ok(summary)

@@ -91,7 +91,11 @@ fn run_statements(rt: &Runtime, session: &TallySession, sql: &str, args: &ShellA
     let started = Instant::now();
     let work = async {
         let mut rows = 0;
-        for stmt in query::parse(sql)? {
+        let statements = query::parse(sql)?;
+        if !args.allow_write {
+            query::check_all_read_only(&statements)?;
+        }
+        for stmt in statements {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             rows += crate::cmd::sql::run_statement(

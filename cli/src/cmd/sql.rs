@@ -21,6 +21,10 @@ pub async fn run(ctx: &Context, args: &SqlArgs) -> Result<()> {
     if statements.is_empty() {
         anyhow::bail!("no SQL statement given");
     }
+    if !args.allow_write {
+        // A text with a write runs none of its statements.
+        query::check_all_read_only(&statements)?;
+    }
     let opts = SessionOptions {
         memory_limit: args.memory_limit,
         ..Default::default()

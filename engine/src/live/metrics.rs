@@ -41,6 +41,26 @@ pub struct BatchMetrics {
     pub committed_at_ms: i64,
     /// The batch was a redo of one interrupted by a crash.
     pub recovered: bool,
+    /// The newest `ingest_time` applied (µs): freshness is measured from it.
+    #[serde(skip)]
+    pub newest_ingest_us: Option<i64>,
+    /// What the batch added to `live_view`, per minute and partner (currencies summed): the
+    /// per-partner metrics and the alert rule read these; too many to log or store.
+    #[serde(skip)]
+    pub minutes: Vec<PartnerMinute>,
+}
+
+/// Events and errors one batch added to one (minute of event time, partner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerMinute {
+    /// Start of the minute (µs since the epoch, UTC).
+    pub window_start_us: i64,
+    /// The partner (`""` for rows without one).
+    pub partner_id: String,
+    /// Events applied.
+    pub events: u64,
+    /// Of those, events whose status is not `ok`.
+    pub errors: u64,
 }
 
 /// What a run did in total.

@@ -26,7 +26,7 @@ mod next_checkpoint;
 pub mod sink;
 mod step;
 
-pub use metrics::{BatchMetrics, LiveSummary};
+pub use metrics::{BatchMetrics, LiveSummary, PartnerMinute};
 
 use crate::config::LiveConfig;
 use crate::day_lock::Fence;

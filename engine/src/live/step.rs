@@ -4,11 +4,13 @@
 use super::batch::{self, FileRows};
 use super::checkpoint::{self, FileRecord};
 use super::dedup::minute_of;
-use super::{sink, BatchMetrics};
+use super::{sink, BatchMetrics, PartnerMinute};
 use crate::error::{Result, TallyError};
 use crate::lake::layout;
 use crate::schema;
-use std::collections::HashMap;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 impl super::Runner {
@@ -79,6 +81,8 @@ impl super::Runner {
             state_bytes: self.state.approx_bytes(),
             committed_at_ms: 0,
             recovered: false,
+            newest_ingest_us: routed.newest_ingest,
+            minutes: partner_minutes(&view_rows)?,
         };
         let metadata = HashMap::from([(
             "tally.live".to_string(),
@@ -123,7 +127,57 @@ impl super::Runner {
         checkpoint::prune(&self.lake, n).await;
         self.cp = cp;
         m.committed_at_ms = chrono::Utc::now().timestamp_millis();
+        // Landed (newest ingest_time applied) to visible, now that it is visible.
+        m.freshness_ms = routed.newest_ingest.map(|t| m.committed_at_ms - t / 1000);
         m.batch_ms = started.elapsed().as_millis() as u64;
         Ok(m)
     }
+}
+
+/// Sums a batch's `live_view` rows (`sql/live_window.sql`'s output) over currencies, per
+/// minute and partner.
+fn partner_minutes(view_rows: &[RecordBatch]) -> Result<Vec<PartnerMinute>> {
+    let mut sums: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    for b in view_rows {
+        let column = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| TallyError::Internal(format!("live window rows lack column {name}")))
+        };
+        let window = column("window_start")?
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| TallyError::Internal("window_start is not a timestamp".into()))?;
+        let partner =
+            arrow::compute::cast(column("partner_id")?, &arrow::datatypes::DataType::Utf8)?;
+        let partner = partner.as_string::<i32>();
+        let events = column("events")?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| TallyError::Internal("events is not Int64".into()))?;
+        let errors = column("errors")?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| TallyError::Internal("errors is not Int64".into()))?;
+        for i in 0..b.num_rows() {
+            if window.is_null(i) {
+                continue;
+            }
+            let p = if partner.is_null(i) {
+                ""
+            } else {
+                partner.value(i)
+            };
+            let e = sums.entry((window.value(i), p.to_string())).or_default();
+            e.0 += events.value(i).max(0) as u64;
+            e.1 += errors.value(i).max(0) as u64;
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(
+            |((window_start_us, partner_id), (events, errors))| PartnerMinute {
+                window_start_us,
+                partner_id,
+                events,
+                errors,
+            },
+        )
+        .collect())
 }

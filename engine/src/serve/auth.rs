@@ -87,6 +87,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// HTTP middleware: lets a request through when it carries the token (bearer or basic), and
+/// answers 401 with the schemes a browser or scraper can use otherwise. Shared by `tally
+/// serve`'s HTTP endpoint and `tally live --metrics`.
+pub async fn http_guard(
+    axum::extract::State(token): axum::extract::State<Token>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if token.accepts_header(presented) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"tally\", Bearer")],
+            "missing or wrong token\n",
+        )
+            .into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,35 +62,73 @@ pub struct FlightSql {
 /// Plans made to answer GetFlightInfo, kept for the DoGet that follows it (clients ask at
 /// once): the query is planned once, on the snapshot of its first call. A ticket whose plan is
 /// gone (expired, evicted, another server) is planned again.
+///
+/// A kept plan belongs to its caller: its id is 128 random bits (not guessable from another
+/// ticket), and it is handed out only to the connection that asked for it and for the same SQL
+/// and parameters. Any other redemption of the id plans the ticket's own SQL afresh, so a
+/// forged or replayed ticket never yields another caller's plan.
 #[derive(Default)]
 struct PlanCache {
-    next: std::sync::atomic::AtomicU64,
-    plans: std::sync::Mutex<std::collections::VecDeque<(u64, std::time::Instant, Planned)>>,
+    plans: std::sync::Mutex<std::collections::VecDeque<Kept>>,
+}
+
+struct Kept {
+    id: String,
+    at: std::time::Instant,
+    owner: Owner,
+    planned: Planned,
+}
+
+/// Who may redeem a kept plan: the connection that asked, for the statement it asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    peer: Option<std::net::SocketAddr>,
+    sql: String,
+    params: Option<String>,
+}
+
+impl Owner {
+    fn of<T>(handle: &Handle, request: &Request<T>) -> Self {
+        Owner {
+            peer: request.remote_addr(),
+            sql: handle.sql.clone(),
+            params: handle.params.clone(),
+        }
+    }
 }
 
 /// Plans waiting for their DoGet, at most.
 const PLANS_KEPT: usize = 64;
+/// Batches a DoPut of parameters may send (one row in all; clients send one or two).
+const PARAM_BATCHES: usize = 8;
 /// How long a plan waits for its DoGet.
 const PLAN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl PlanCache {
-    fn put(&self, planned: Planned) -> u64 {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn put(&self, owner: Owner, planned: Planned) -> String {
+        let id = format!("{:032x}", rand::random::<u128>());
         if let Ok(mut plans) = self.plans.lock() {
-            plans.retain(|(_, at, _)| at.elapsed() < PLAN_WAIT);
+            plans.retain(|k| k.at.elapsed() < PLAN_WAIT);
             if plans.len() >= PLANS_KEPT {
                 plans.pop_front();
             }
-            plans.push_back((id, std::time::Instant::now(), planned));
+            plans.push_back(Kept {
+                id: id.clone(),
+                at: std::time::Instant::now(),
+                owner,
+                planned,
+            });
         }
         id
     }
 
-    fn take(&self, id: u64) -> Option<Planned> {
+    /// The plan kept under `id` if `owner` is the one who asked for it; otherwise `None`,
+    /// leaving it for its owner.
+    fn take(&self, id: &str, owner: &Owner) -> Option<Planned> {
         let mut plans = self.plans.lock().ok()?;
-        let i = plans.iter().position(|(p, _, _)| *p == id)?;
-        let (_, at, planned) = plans.remove(i)?;
-        (at.elapsed() < PLAN_WAIT).then_some(planned)
+        let i = plans.iter().position(|k| k.id == id && &k.owner == owner)?;
+        let kept = plans.remove(i)?;
+        (kept.at.elapsed() < PLAN_WAIT).then_some(kept.planned)
     }
 }
 
@@ -128,7 +166,7 @@ struct Handle {
     params: Option<String>,
     /// In a ticket: the plan GetFlightInfo made, waiting in the [`PlanCache`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    plan: Option<u64>,
+    plan: Option<String>,
 }
 
 impl Handle {
@@ -279,20 +317,25 @@ impl FlightSql {
     async fn info(
         &self,
         mut handle: Handle,
-        descriptor: FlightDescriptor,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let owner = Owner::of(&handle, &request);
+        let descriptor = request.into_inner();
         let planned = self.plan(&handle).await?;
         let schema = Arc::clone(&planned.wire_schema);
-        handle.plan = Some(self.plans.put(planned));
+        handle.plan = Some(self.plans.put(owner, planned));
         let ticket = TicketStatementQuery {
             statement_handle: handle.encode()?.into(),
         };
         info_for(&schema, ticket.as_any().encode_to_vec(), descriptor)
     }
 
-    async fn run(&self, handle: Handle) -> Result<Response<DoGetStream>, Status> {
+    async fn run(&self, handle: Handle, owner: Owner) -> Result<Response<DoGetStream>, Status> {
         let mut record = self.shared.metrics.start(Endpoint::FlightSql);
-        let kept = handle.plan.and_then(|id| self.plans.take(id));
+        let kept = handle
+            .plan
+            .as_deref()
+            .and_then(|id| self.plans.take(id, &owner));
         let planned = match kept {
             Some(planned) => Ok(planned),
             None => {
@@ -309,8 +352,26 @@ impl FlightSql {
                 return Err(status_of(&e));
             }
         };
+        // Wait for a slot among the running queries; the wait counts toward the timeout.
+        let timeout = self.shared.query_timeout;
+        let queued = std::time::Instant::now();
+        match tokio::time::timeout(timeout, self.shared.admission.query()).await {
+            Ok(Ok(permit)) => record.hold(permit),
+            Ok(Err(e)) => {
+                record.finish(Outcome::of(&e));
+                return Err(status_of(&e));
+            }
+            Err(_) => {
+                let e = TallyError::QueryTimeout {
+                    seconds: timeout.as_secs(),
+                };
+                record.finish(Outcome::of(&e));
+                return Err(status_of(&e));
+            }
+        }
+        let left = timeout.saturating_sub(queued.elapsed());
         let schema = Arc::clone(&planned.wire_schema);
-        let rows = match statement::execute(planned, self.shared.query_timeout).await {
+        let rows = match statement::execute(planned, left).await {
             Ok(rows) => rows,
             Err(e) => {
                 record.finish(Outcome::of(&e));
@@ -329,11 +390,14 @@ impl FlightSql {
 
     /// Every table of a fresh session with its type and wire schema.
     async fn tables(&self) -> Result<Vec<(String, &'static str, Arc<Schema>)>, Status> {
-        let session = self
-            .shared
-            .catalog
-            .session()
+        let timeout = self.shared.query_timeout;
+        let session = tokio::time::timeout(timeout, self.shared.catalog.session())
             .await
+            .map_err(|_| {
+                status_of(&TallyError::QueryTimeout {
+                    seconds: timeout.as_secs(),
+                })
+            })?
             .map_err(|e| status_of(&e))?;
         let ctx = session.ctx();
         let Some(schema) = ctx.catalog(CATALOG).and_then(|c| c.schema(SCHEMA)) else {
@@ -471,7 +535,7 @@ impl FlightSqlService for FlightSql {
             params: None,
             plan: None,
         };
-        self.info(handle, request.into_inner()).await
+        self.info(handle, request).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -480,24 +544,27 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let handle = Handle::decode(&cmd.prepared_statement_handle)?;
-        self.info(handle, request.into_inner()).await
+        self.info(handle, request).await
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(Handle::decode(&ticket.statement_handle)?).await
+        let handle = Handle::decode(&ticket.statement_handle)?;
+        let owner = Owner::of(&handle, &request);
+        self.run(handle, owner).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.run(Handle::decode(&query.prepared_statement_handle)?)
-            .await
+        let handle = Handle::decode(&query.prepared_statement_handle)?;
+        let owner = Owner::of(&handle, &request);
+        self.run(handle, owner).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -537,6 +604,7 @@ impl FlightSqlService for FlightSql {
         // Read until the first non-empty batch; more than one row is refused without reading
         // the rest (a client streaming a huge DoPut cannot fill the server's memory).
         let mut stream = FlightRecordBatchStream::new_from_flight_data(data);
+        // Empty batches are bounded too: an endless stream of them would hold the call open.
         let mut batches: Vec<RecordBatch> = Vec::new();
         let mut rows = 0usize;
         while let Some(batch) = stream.try_next().await.map_err(Status::from)? {
@@ -545,6 +613,11 @@ impl FlightSqlService for FlightSql {
                 return Err(Status::invalid_argument(
                     "more than one parameter row: a query binds one row of parameters",
                 ));
+            }
+            if batches.len() >= PARAM_BATCHES {
+                return Err(Status::invalid_argument(format!(
+                    "more than {PARAM_BATCHES} parameter batches: a query binds one row of parameters"
+                )));
             }
             batches.push(batch);
         }
@@ -758,4 +831,51 @@ fn read_only(what: &str) -> Status {
         statement: what.to_string(),
     };
     status_of(&e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn planned(sql: &str) -> Planned {
+        let df = datafusion::prelude::SessionContext::new()
+            .sql(sql)
+            .await
+            .unwrap();
+        let wire_schema = statement::wire_schema(df.schema().as_arrow());
+        Planned { df, wire_schema }
+    }
+
+    fn owner(peer: &str, sql: &str) -> Owner {
+        Owner {
+            peer: Some(peer.parse().unwrap()),
+            sql: sql.into(),
+            params: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_plan_goes_only_to_its_caller_for_its_sql() {
+        let cache = PlanCache::default();
+        let a = owner("127.0.0.1:40000", "SELECT 1");
+        let id = cache.put(a.clone(), planned("SELECT 1").await);
+        let other = cache.put(a.clone(), planned("SELECT 1").await);
+        assert_eq!(id.len(), 32, "128 random bits");
+        assert_ne!(id, other);
+        // Another connection, or the same id with other SQL or parameters: not handed out.
+        assert!(cache
+            .take(&id, &owner("127.0.0.1:40001", "SELECT 1"))
+            .is_none());
+        assert!(cache
+            .take(&id, &owner("127.0.0.1:40000", "SELECT 2"))
+            .is_none());
+        let with_params = Owner {
+            params: Some("x".into()),
+            ..a.clone()
+        };
+        assert!(cache.take(&id, &with_params).is_none());
+        // The caller still gets it, once.
+        assert!(cache.take(&id, &a).is_some());
+        assert!(cache.take(&id, &a).is_none());
+    }
 }

@@ -141,6 +141,7 @@ impl ServeMetrics {
             endpoint,
             started: Instant::now(),
             done: false,
+            permit: None,
         }
     }
 }
@@ -151,15 +152,23 @@ pub struct QueryRecord {
     endpoint: Endpoint,
     started: Instant,
     done: bool,
+    /// The query's admission slot, held until it is counted (its last row, error or drop).
+    permit: Option<super::admission::QueryPermit>,
 }
 
 impl QueryRecord {
-    /// Counts the query with `outcome` (later calls do nothing).
+    /// Counts the query with `outcome` (later calls do nothing) and frees its slot.
     pub fn finish(&mut self, outcome: Outcome) {
         if !self.done {
             self.done = true;
             self.metrics.record(self.endpoint, outcome, self.started);
         }
+        self.permit = None;
+    }
+
+    /// Keeps the query's admission slot until the query is counted.
+    pub fn hold(&mut self, permit: super::admission::QueryPermit) {
+        self.permit = Some(permit);
     }
 
     /// Drops the record without counting (the work it tracked was not a query of its own).

@@ -6,16 +6,21 @@
 //! pool for all queries (`--memory-limit`), the query timeout, the token and the metrics.
 //! Module map: [`auth`] (the token), [`catalog`] (fresh snapshots), [`statement`] (planning
 //! and running one statement the same way on every wire), [`flight_sql`], [`postgres`],
-//! [`http`], [`metrics`].
+//! [`http`] (with [`dashboard`] and [`live_api`], the operations side), [`metrics`].
 
+pub mod admission;
 pub mod auth;
 pub mod catalog;
+pub mod dashboard;
 pub mod flight_sql;
 pub mod fresh_schema;
 pub mod http;
+pub mod live_api;
 pub mod metrics;
+pub mod pg_params;
 pub mod postgres;
 pub mod statement;
+pub mod tls;
 
 use crate::config::Config;
 use crate::error::{Result, TallyError};
@@ -51,12 +56,21 @@ pub struct ServeOptions {
     pub flight_sql: Option<SocketAddr>,
     /// Postgres wire endpoint (`None`: off).
     pub pg: Option<SocketAddr>,
-    /// One memory pool for every query of the server; operators spill beyond it.
+    /// One memory pool for every query of the server; operators spill beyond it. `None`:
+    /// [`default_memory_limit`].
     pub memory_limit: Option<usize>,
+    /// Queries running at once; more wait in a queue (within their timeout).
+    pub max_concurrent_queries: usize,
+    /// Open Postgres connections; more are refused with SQLSTATE 53300.
+    pub max_connections: usize,
     /// A query running longer is stopped.
     pub query_timeout: Duration,
     /// `TALLY_TOKEN`, if set.
     pub token: Token,
+    /// Serve every endpoint over TLS with this certificate and key.
+    pub tls: Option<tls::TlsFiles>,
+    /// Allow a non-loopback bind without TLS (`--insecure`).
+    pub insecure: bool,
 }
 
 /// State every endpoint shares.
@@ -65,7 +79,24 @@ pub struct Shared {
     pub(crate) token: Token,
     pub(crate) query_timeout: Duration,
     pub(crate) metrics: ServeMetrics,
+    pub(crate) admission: admission::Admission,
     pub(crate) registry: Registry,
+    /// The live loop running in this process (`serve --live`): its series and alerts.
+    pub(crate) ops: Option<Arc<crate::ops::LiveOps>>,
+    /// The live loop's last batch, from `live_view`'s log, when it runs elsewhere.
+    pub(crate) commits: live_api::CommitReader,
+}
+
+/// The memory pool a server gets without `--memory-limit`: a quarter of the machine's memory
+/// (2 GiB where that cannot be read), so a burst of queries cannot take the host down with it.
+pub fn default_memory_limit() -> usize {
+    const FALLBACK: usize = 2 << 30;
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+    });
+    total_kib.map_or(FALLBACK, |kib| kib.saturating_mul(1024) / 4)
 }
 
 /// Parses an endpoint address: `HOST:PORT` (port 0 picks a free one) or `off`.
@@ -88,25 +119,31 @@ pub fn parse_addr(what: &str, value: &str) -> Result<Option<SocketAddr>> {
         })
 }
 
-/// Without a token, only loopback addresses may be bound: an open lake on a network is a
-/// data leak, so this is refused before anything listens.
+/// Only loopback addresses may be bound without a token (an open lake on a network is a data
+/// leak) and without TLS (a token in clear text is a token given away, unless `--insecure`);
+/// refused before anything listens.
 fn check_exposure(opts: &ServeOptions) -> Result<()> {
-    if opts.token.is_required() {
-        return Ok(());
-    }
     for (name, addr) in [
         ("--http", opts.http),
         ("--flight-sql", opts.flight_sql),
         ("--pg", opts.pg),
     ] {
-        if let Some(addr) = addr {
-            if !addr.ip().is_loopback() {
-                return Err(TallyError::Usage {
-                    message: format!(
-                        "refusing to serve {name} {addr} without TALLY_TOKEN: set TALLY_TOKEN, or bind a loopback address such as 127.0.0.1"
-                    ),
-                });
-            }
+        let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) else {
+            continue;
+        };
+        if !opts.token.is_required() {
+            return Err(TallyError::Usage {
+                message: format!(
+                    "refusing to serve {name} {addr} without TALLY_TOKEN: set TALLY_TOKEN, or bind a loopback address such as 127.0.0.1"
+                ),
+            });
+        }
+        if opts.tls.is_none() && !opts.insecure {
+            return Err(TallyError::Usage {
+                message: format!(
+                    "refusing to serve {name} {addr} without TLS: the token would cross the network in clear text; give --tls-cert and --tls-key, or --insecure"
+                ),
+            });
         }
     }
     Ok(())
@@ -124,20 +161,42 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener> {
 /// Serves until `shutdown` completes, then stops accepting, gives running queries
 /// [`SHUTDOWN_GRACE`] to finish and cancels the rest. `listening` is called once per endpoint
 /// with its name (`http`, `flight-sql`, `pg`) and bound address, after it accepts connections.
+/// `ops` is the live loop running beside the server (`--live`), whose series `/metrics` adds
+/// and whose alerts the dashboard shows.
 pub async fn serve(
     lake: Lake,
     config: Config,
     opts: ServeOptions,
+    ops: Option<Arc<crate::ops::LiveOps>>,
     mut listening: impl FnMut(&str, SocketAddr),
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     check_exposure(&opts)?;
+    // Certificates are read now: a bad file fails the start, not the first client.
+    let tls_for = |alpn| {
+        opts.tls
+            .as_ref()
+            .map(|f| tls::acceptor(f, alpn))
+            .transpose()
+    };
+    let (http_tls, flight_tls, pg_tls) = (
+        tls_for(tls::Alpn::Http)?,
+        tls_for(tls::Alpn::Grpc)?,
+        tls_for(tls::Alpn::None)?,
+    );
     // rustls is built with both ring (pgwire) and aws-lc-rs (the S3 client) here; without a
     // process default, code that builds a TLS config without naming a provider panics.
     let _ = datafusion_postgres::pgwire::tokio::tokio_rustls::rustls::crypto::aws_lc_rs::default_provider()
         .install_default();
+    let memory_limit = opts.memory_limit.unwrap_or_else(default_memory_limit);
+    tracing::info!(
+        memory_limit_mib = memory_limit >> 20,
+        max_concurrent_queries = opts.max_concurrent_queries,
+        max_connections = opts.max_connections,
+        "query limits (--memory-limit, --max-concurrent-queries, --max-connections)"
+    );
     let session_opts = SessionOptions {
-        memory_limit: opts.memory_limit,
+        memory_limit: Some(memory_limit),
         ..Default::default()
     };
     let catalog = Arc::new(FreshCatalog::new(lake, config, session_opts)?);
@@ -145,12 +204,20 @@ pub async fn serve(
     catalog.session().await?;
     let mut registry = Registry::default();
     let metrics = ServeMetrics::register(&mut registry);
+    let admission = admission::Admission::register(
+        &mut registry,
+        opts.max_concurrent_queries,
+        opts.max_connections,
+    );
     let shared = Arc::new(Shared {
         catalog,
         token: opts.token.clone(),
         query_timeout: opts.query_timeout,
         metrics,
+        admission,
         registry,
+        ops,
+        commits: live_api::CommitReader::default(),
     });
 
     // Bind everything before serving anything: a taken port fails the start as a whole.
@@ -174,6 +241,7 @@ pub async fn serve(
         tasks.spawn(http::run(
             Arc::clone(&shared),
             listener,
+            http_tls,
             stopped(stop_rx.clone()),
         ));
         listening("http", addr);
@@ -181,18 +249,37 @@ pub async fn serve(
     if let Some(listener) = flight {
         let addr = listener.local_addr()?;
         let service = flight_sql::service(Arc::clone(&shared));
-        // No Nagle: a prepared statement is four small calls in a row, and delayed ACKs
-        // added ~90 ms to each point lookup.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-                .map_err(|e| TallyError::Internal(format!("flight-sql endpoint: {e}")))
-        });
+        let router = tonic::transport::Server::builder().add_service(service);
+        let failed =
+            |e: tonic::transport::Error| TallyError::Internal(format!("flight-sql endpoint: {e}"));
+        match flight_tls {
+            None => {
+                // No Nagle: a prepared statement is four small calls in a row, and delayed
+                // ACKs added ~90 ms to each point lookup.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop)
+                        .await
+                        .map_err(failed)
+                });
+            }
+            Some(acceptor) => {
+                let accepted = tls::accept_tls(listener, acceptor);
+                let incoming = futures::stream::unfold(accepted, |mut rx| async move {
+                    let (stream, _) = rx.recv().await?;
+                    Some((Ok::<_, std::io::Error>(stream), rx))
+                });
+                tasks.spawn(async move {
+                    router
+                        .serve_with_incoming_shutdown(incoming, stop)
+                        .await
+                        .map_err(failed)
+                });
+            }
+        }
         listening("flight-sql", addr);
     }
     if let Some(listener) = pg {
@@ -200,6 +287,7 @@ pub async fn serve(
         tasks.spawn(postgres::run(
             Arc::clone(&shared),
             listener,
+            pg_tls,
             stopped(stop_rx.clone()),
         ));
         listening("pg", addr);
@@ -243,13 +331,26 @@ mod tests {
     use super::*;
 
     fn opts(pg: &str, token: Option<&str>) -> ServeOptions {
+        opts_tls(pg, token, None, false)
+    }
+
+    fn opts_tls(
+        pg: &str,
+        token: Option<&str>,
+        tls: Option<tls::TlsFiles>,
+        insecure: bool,
+    ) -> ServeOptions {
         ServeOptions {
             http: None,
             flight_sql: None,
             pg: parse_addr("--pg", pg).unwrap(),
             memory_limit: None,
+            max_concurrent_queries: 4,
+            max_connections: 8,
             query_timeout: Duration::from_secs(1),
             token: Token::new(token.map(String::from)),
+            tls,
+            insecure,
         }
     }
 
@@ -259,8 +360,20 @@ mod tests {
         assert!(check_exposure(&opts("[::1]:0", None)).is_ok());
         let e = check_exposure(&opts("0.0.0.0:5433", None)).unwrap_err();
         assert!(e.to_string().contains("TALLY_TOKEN"), "{e}");
-        assert!(check_exposure(&opts("0.0.0.0:5433", Some("t"))).is_ok());
         assert!(check_exposure(&opts("off", None)).is_ok());
+    }
+
+    #[test]
+    fn a_network_address_needs_tls_too_unless_insecure() {
+        let e = check_exposure(&opts("0.0.0.0:5433", Some("t"))).unwrap_err();
+        assert!(e.to_string().contains("--tls-cert"), "{e}");
+        let files = tls::TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        };
+        assert!(check_exposure(&opts_tls("0.0.0.0:5433", Some("t"), Some(files), false)).is_ok());
+        assert!(check_exposure(&opts_tls("0.0.0.0:5433", Some("t"), None, true)).is_ok());
+        assert!(check_exposure(&opts_tls("0.0.0.0:5433", None, None, true)).is_err());
     }
 
     #[test]

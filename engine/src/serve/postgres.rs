@@ -71,6 +71,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(
     shared: Arc<Shared>,
     listener: TcpListener,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let handlers = Arc::new(Handlers::new(Arc::clone(&shared)).await?);
@@ -82,9 +83,14 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
                     let _ = socket.set_nodelay(true);
-                    let handlers = Arc::clone(&handlers);
+                    let Some(permit) = shared.admission.connection() else {
+                        connections.spawn(refuse_connection(socket, shared.admission.max_connections()));
+                        continue;
+                    };
+                    let (handlers, tls) = (Arc::clone(&handlers), tls.clone());
                     connections.spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await {
+                        let _permit = permit;
+                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!(error = %e, "pg connection ended with an error");
                         }
                     });
@@ -105,6 +111,46 @@ pub async fn run(
     .await;
     connections.abort_all();
     Ok(())
+}
+
+/// Answers a connection beyond `--max-connections` as Postgres does: after its startup
+/// message (declining SSL/GSS encryption first), a FATAL `too_many_connections` (53300).
+async fn refuse_connection(mut socket: tokio::net::TcpStream, max: usize) {
+    use pgwire::messages::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SSL_REQUEST: i32 = 80877103;
+    const GSSENC_REQUEST: i32 = 80877104;
+    let work = async {
+        loop {
+            let len = socket.read_i32().await?;
+            if !(8..=10_000).contains(&len) {
+                break;
+            }
+            let mut body = vec![0u8; (len - 4) as usize];
+            socket.read_exact(&mut body).await?;
+            let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            if code != SSL_REQUEST && code != GSSENC_REQUEST {
+                break;
+            }
+            socket.write_all(b"N").await?;
+        }
+        let info = ErrorInfo::new(
+            "FATAL".into(),
+            "53300".into(),
+            format!(
+                "sorry, too many clients already: tally serve has --max-connections {max} open"
+            ),
+        );
+        let mut buf = bytes::BytesMut::new();
+        pgwire::messages::response::ErrorResponse::from(info)
+            .encode(&mut buf)
+            .map_err(std::io::Error::other)?;
+        socket.write_all(&buf).await?;
+        socket.shutdown().await
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), work).await {
+        tracing::debug!(error = %e, "refused pg connection did not finish its startup");
+    }
 }
 
 /// The context the Postgres endpoint plans in: tally's settings, UDFs and runtime (one memory
@@ -143,6 +189,9 @@ impl Handlers {
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
+            // Last: everything the hooks above did not answer runs here, on a plan checked
+            // for writes, instead of the crate's unchecked `SessionContext::sql`.
+            Arc::new(CheckedPlanHook),
         ];
         let inner = Arc::new(DfSessionService::new_with_hooks(ctx, hooks));
         let cancels = Arc::new(Cancels::default());
@@ -233,6 +282,34 @@ fn refusal(stmt: &Statement) -> Option<String> {
     (!allowed).then(|| query::statement_name(&wrap(stmt)))
 }
 
+/// [`refusal`], and for `DECLARE … CURSOR FOR q` the decision on `q`'s plan as the cursor
+/// hook will plan it (DataFusion's parser on the same text).
+async fn refusal_planned(stmt: &Statement, ctx: &SessionContext) -> Option<String> {
+    if let Some(name) = refusal(stmt) {
+        return Some(name);
+    }
+    let Statement::Declare { stmts } = stmt else {
+        return None;
+    };
+    for q in stmts.iter().filter_map(|d| d.for_query.as_ref()) {
+        // A query that does not plan fails in the cursor hook the same way.
+        if let Ok(plan) = ctx.state().create_logical_plan(&q.to_string()).await {
+            if let Some(write) = query::write_in_plan(&plan) {
+                return Some(format!("DECLARE … CURSOR FOR {write}"));
+            }
+        }
+    }
+    None
+}
+
+/// Refuses a simple-protocol text in which any statement is a write, before one of them runs.
+fn refusal_in_text(sql: &str) -> Option<String> {
+    use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+    // A text that does not parse fails in the crate's handler with the parser's message.
+    let statements = PostgresCompatibilityParser::new().parse(sql).ok()?;
+    statements.iter().find_map(refusal)
+}
+
 fn wrap(stmt: &Statement) -> DFStatement {
     DFStatement::Statement(Box::new(stmt.clone()))
 }
@@ -246,7 +323,8 @@ fn read_only_error(statement: String) -> PgWireError {
     )))
 }
 
-/// Refuses writes on the simple and the extended path before anything plans them.
+/// Refuses writes on the simple and the extended path before anything plans them, by
+/// statement kind (so the refusal names it); the plan check comes after, on what will run.
 struct ReadOnlyHook;
 
 #[async_trait::async_trait]
@@ -254,19 +332,23 @@ impl QueryHook for ReadOnlyHook {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
+        ctx: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        refusal(statement).map(|s| Err(read_only_error(s)))
+        refusal_planned(statement, ctx)
+            .await
+            .map(|s| Err(read_only_error(s)))
     }
 
     async fn handle_extended_parse_query(
         &self,
         statement: &Statement,
-        _ctx: &SessionContext,
+        ctx: &SessionContext,
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<datafusion::logical_expr::LogicalPlan>> {
-        refusal(statement).map(|s| Err(read_only_error(s)))
+        refusal_planned(statement, ctx)
+            .await
+            .map(|s| Err(read_only_error(s)))
     }
 
     async fn handle_extended_query(
@@ -279,6 +361,66 @@ impl QueryHook for ReadOnlyHook {
     ) -> Option<PgWireResult<Response>> {
         refusal(statement).map(|s| Err(read_only_error(s)))
     }
+}
+
+/// Runs a simple-protocol statement the way the crate would (DataFusion's parser and planner
+/// on the statement's text), except that the plan is checked for writes before it executes:
+/// the plan checked is the plan that runs.
+struct CheckedPlanHook;
+
+#[async_trait::async_trait]
+impl QueryHook for CheckedPlanHook {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        ctx: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        Some(run_checked(statement, ctx, client).await)
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        _statement: &Statement,
+        _ctx: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<datafusion::logical_expr::LogicalPlan>> {
+        // The crate plans at Parse; `FreshParser` checks that plan, which is the one Execute runs.
+        None
+    }
+
+    async fn handle_extended_query(
+        &self,
+        _statement: &Statement,
+        _plan: &datafusion::logical_expr::LogicalPlan,
+        _params: &datafusion::common::ParamValues,
+        _ctx: &SessionContext,
+        _client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        None
+    }
+}
+
+async fn run_checked(
+    statement: &Statement,
+    ctx: &SessionContext,
+    client: &mut dyn HookClient,
+) -> PgWireResult<Response> {
+    use datafusion_postgres::arrow_pg::datatypes::df::encode_dataframe;
+    use pgwire::types::format::FormatOptions;
+    let api = |e: DataFusionError| PgWireError::ApiError(Box::new(e));
+    let plan = ctx
+        .state()
+        .create_logical_plan(&statement.to_string())
+        .await
+        .map_err(api)?;
+    if let Some(write) = query::write_in_plan(&plan) {
+        return Err(read_only_error(write));
+    }
+    let df = ctx.execute_logical_plan(plan).await.map_err(api)?;
+    let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+    let response = encode_dataframe(df, &Format::UnifiedText, Some(options)).await?;
+    Ok(Response::Query(response))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -319,15 +461,27 @@ impl Guarded {
             .map(|c| c.arm())
             .unwrap_or_default();
         let deadline = Instant::now() + timeout;
-        let refresh = async {
-            self.shared
+        // A fresh snapshot, then a slot among the running queries: both within the query's
+        // deadline and cancel, so a queued query can be cancelled or time out while it waits.
+        let admitted = async {
+            let session = self
+                .shared
                 .catalog
                 .session()
                 .await
-                .map_err(|e| refresh_error(&e))
+                .map_err(|e| refresh_error(&e))?;
+            let permit = self.shared.admission.query().await.map_err(|e| {
+                PgWireError::ApiError(Box::new(std::io::Error::other(e.to_string())))
+            })?;
+            Ok((session, permit))
         };
-        match race(refresh, &token, deadline, timeout).await {
-            Ok(session) => Ok((session, token, deadline, timeout)),
+        match race(admitted, &token, deadline, timeout).await {
+            Ok((session, permit)) => {
+                if let Some(r) = record.as_mut() {
+                    r.hold(permit);
+                }
+                Ok((session, token, deadline, timeout))
+            }
             Err(e) => {
                 if let Some(mut r) = record.take() {
                     r.finish(outcome_of(&e));
@@ -380,6 +534,14 @@ impl QueryParser for FreshParser {
             }
             Err(e) => Err(e),
         };
+        // The plan made here is the one Execute runs (with parameters bound): decide on it.
+        let parsed = parsed.and_then(|p| match &p {
+            Some((_, Some((_, plan)))) => match query::write_in_plan(plan) {
+                Some(write) => Err(read_only_error(write)),
+                None => Ok(p),
+            },
+            _ => Ok(p),
+        });
         if let Err(e) = &parsed {
             let mut record = self.shared.metrics.start(Endpoint::Pg);
             record.finish(outcome_of(e));
@@ -550,6 +712,13 @@ impl SimpleQueryHandler for Guarded {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut record = Some(self.shared.metrics.start(Endpoint::Pg));
+        if let Some(write) = refusal_in_text(query) {
+            let e = read_only_error(write);
+            if let Some(mut r) = record.take() {
+                r.finish(outcome_of(&e));
+            }
+            return Err(e);
+        }
         let (session, token, deadline, timeout) = self.begin(client, &mut record).await?;
         let work = PINNED.scope(
             session,
@@ -619,6 +788,14 @@ impl ExtendedQueryHandler for Guarded {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut record = Some(self.shared.metrics.start(Endpoint::Pg));
+        if let (_, Some((_, plan))) = &portal.statement.statement {
+            if let Err(e) = super::pg_params::check_exact(portal, plan) {
+                if let Some(mut r) = record.take() {
+                    r.finish(outcome_of(&e));
+                }
+                return Err(e);
+            }
+        }
         let (session, token, deadline, timeout) = self.begin(client, &mut record).await?;
         let work = PINNED.scope(
             session,
@@ -866,8 +1043,20 @@ mod tests {
             "SET datafusion.execution.batch_size = 1",
             "DELETE FROM ledger",
             "PREPARE p AS SELECT 1",
+            "EXPLAIN (ANALYZE) COPY (SELECT 1) TO '/tmp/x.csv'",
+            "EXPLAIN COPY (SELECT 1) TO '/tmp/x.csv'",
+            "CREATE VIEW v AS SELECT 1",
         ] {
             assert!(refusal(&one(sql)).is_some(), "{sql}");
         }
+    }
+
+    #[test]
+    fn a_text_with_one_write_is_refused_whole() {
+        assert!(refusal_in_text("SELECT 1; SELECT 2").is_none());
+        assert!(
+            refusal_in_text("SELECT 1; EXPLAIN (ANALYZE) COPY (SELECT 1) TO '/tmp/x'").is_some()
+        );
+        assert!(refusal_in_text("BEGIN; INSERT INTO t VALUES (1); COMMIT").is_some());
     }
 }

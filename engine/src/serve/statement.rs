@@ -67,12 +67,13 @@ pub async fn plan(
     params: Option<Vec<ScalarValue>>,
 ) -> Result<Planned> {
     let stmt = parse_one(sql)?;
-    if !query::is_read_only(&stmt) {
-        return Err(TallyError::ServeReadOnly {
-            statement: query::statement_name(&stmt),
-        });
-    }
-    let mut df = query::plan(session, stmt, Access::ReadOnly).await?;
+    // The read-only decision is made on the plan that will run (see `query::write_in_plan`).
+    let mut df = query::plan(session, stmt, Access::ReadOnly)
+        .await
+        .map_err(|e| match e {
+            TallyError::ReadOnly { statement } => TallyError::ServeReadOnly { statement },
+            other => other,
+        })?;
     if let Some(params) = params {
         df = df.with_param_values(params)?;
     }
