@@ -183,6 +183,38 @@ fn an_event_far_ahead_of_its_arrival_does_not_stall_the_view() {
     assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
 }
 
+/// One partner whose clock runs 50 minutes ahead (within the hour a row may be ahead of its
+/// landing) has its rows applied, but does not move the watermark past the landing time: the
+/// other partners' next, on-time rows are applied, not sent to `live_late`.
+#[test]
+fn a_partner_ahead_of_the_clock_does_not_send_the_others_late() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let start = micros("2026-11-20T10:00:00Z");
+    let mut first = traffic("a", start, 1_000_000, 300); // 10:00 .. 10:05
+    first.extend((0..50).map(|i| {
+        let landed = start + 5 * MINUTE;
+        row(
+            &format!("ahead-{i}"),
+            "fast",
+            landed + 50 * MINUTE + i,
+            landed,
+            250,
+            "ok",
+        )
+    }));
+    write_raw(&lake, "2026-11-20", "a.parquet", &first);
+    live_once(dir.path(), &[]);
+    let second = traffic("b", start + 5 * MINUTE, 1_000_000, 300); // 10:05 .. 10:10
+    write_raw(&lake, "2026-11-20", "b.parquet", &second);
+    let s = live_once(dir.path(), &[]);
+    assert_eq!(s["late"], 0, "{s}");
+    let mut all = first.clone();
+    all.extend(second);
+    assert_eq!(read_totals(dir.path(), "live_view"), expected(&all));
+    assert!(read_totals(dir.path(), "live_late").is_empty());
+}
+
 #[test]
 fn retries_within_the_ttl_collapse_and_late_rows_land_in_live_late() {
     let dir = tempdir();

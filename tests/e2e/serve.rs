@@ -970,6 +970,69 @@ fn sixteen_concurrent_clients_get_exact_answers() {
     assert_eq!(sums_from_lines(rows), want);
 }
 
+/// Beyond `--max-concurrent-queries` a burst waits in the queue (seen in /metrics) and every
+/// query is answered, on both wires; beyond `--max-connections` Postgres connections are
+/// refused with 53300 and counted.
+#[test]
+fn a_burst_beyond_the_query_cap_queues_and_every_query_is_answered() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 4000, 8);
+    let server = Server::start(
+        dir.path(),
+        None,
+        &["--max-concurrent-queries", "1", "--max-connections", "8"],
+    );
+    // A nested-loop join: a second or so of work for each query.
+    let sql = "SELECT count(*) FROM raw_payments a JOIN raw_payments b ON a.amount > b.amount";
+    let script = format!(
+        "import threading, time, urllib.request, psycopg, adbc_driver_flightsql.dbapi as f\n\
+         out = {{}}\n\
+         queued = []\n\
+         def pg(i):\n\
+         \x20   with psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally', autocommit=True) as c:\n\
+         \x20       out[('pg', i)] = c.execute({sql:?}).fetchall()\n\
+         def fl(i):\n\
+         \x20   with f.connect('grpc://{flight}') as c:\n\
+         \x20       cur = c.cursor(); cur.execute({sql:?}); out[('fl', i)] = cur.fetchall()\n\
+         def watch():\n\
+         \x20   while len(out) < 6:\n\
+         \x20       m = urllib.request.urlopen('http://{http}/metrics').read().decode()\n\
+         \x20       queued.extend(float(l.split()[1]) for l in m.splitlines() if l.startswith('tally_serve_queries_queued '))\n\
+         \x20       time.sleep(0.05)\n\
+         ts = [threading.Thread(target=pg if i % 2 else fl, args=(i,)) for i in range(6)]\n\
+         w = threading.Thread(target=watch); w.start()\n\
+         [t.start() for t in ts]; [t.join() for t in ts]; w.join()\n\
+         print(len(out), len(set(repr(v) for v in out.values())), int(max(queued)))",
+        port = server.pg_port(),
+        flight = server.flight,
+        http = server.http,
+    );
+    let out = String::from_utf8(python(&script)).unwrap();
+    let f: Vec<u64> = out.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(&f[..2], [6, 1], "every query answered, all alike: {out}");
+    assert!(f[2] >= 1, "no query ever waited in the queue: {out}");
+
+    // Eight connections open; the ninth is refused as Postgres refuses it.
+    let script = format!(
+        "import psycopg\n\
+         held = [psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally') for _ in range(8)]\n\
+         try:\n\
+         \x20   psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally'); print('connected')\n\
+         except psycopg.OperationalError as e:\n\
+         \x20   print('refused', 'too many clients' in str(e))\n\
+         held.pop().close()\n\
+         import time\n\
+         for _ in range(50):\n\
+         \x20   try:\n\
+         \x20       psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally').execute('SELECT 1'); print('after one closed: ok'); break\n\
+         \x20   except psycopg.OperationalError:\n\
+         \x20       time.sleep(0.1)",
+        port = server.pg_port(),
+    );
+    let out = String::from_utf8(python(&script)).unwrap();
+    assert_eq!(out.trim(), "refused True\nafter one closed: ok", "{out}");
+}
+
 fn reserved_bytes(server: &Server) -> u64 {
     let out = Command::new("curl")
         .args(["-s", &format!("http://{}/metrics", server.http)])

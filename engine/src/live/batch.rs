@@ -9,13 +9,17 @@
 //!   late events as possibly re-sent);
 //! - *applied* otherwise: `live_view`.
 //!
-//! A row without `txn_id` or `event_time`, or whose `event_time` is more than
+//! A row without `txn_id`, `event_time` or `ingest_time`, or whose `event_time` is more than
 //! [`MAX_EVENT_AHEAD_US`] after its own `ingest_time` (an event cannot happen after its copy
 //! landed, beyond clock skew), is a *bad row*: counted, not applied, and it does not move the
 //! watermark — one event stamped 2099 would otherwise make every later row late.
 //!
-//! The watermark is fixed for the whole batch (newest `event_time` of earlier batches minus
-//! the grace), so the order of files inside a batch cannot change the outcome of a row.
+//! The watermark is fixed for the whole batch (newest event time of earlier batches minus the
+//! grace), so the order of files inside a batch cannot change the outcome of a row. A row moves
+//! it at most to its own `ingest_time` plus [`WATERMARK_SKEW_US`]: a partner whose clock runs
+//! ahead (within the hour a row may be ahead) still has its rows applied, but cannot push the
+//! watermark past the time the data actually landed and so send every other partner's rows to
+//! `live_late`.
 
 use super::checkpoint::FileRecord;
 use super::dedup::{key_of, minute_of, DedupState};
@@ -36,6 +40,10 @@ use std::sync::Arc;
 /// How far an `event_time` may be ahead of its row's `ingest_time` (partner clock skew) before
 /// the row is bad: one hour.
 pub const MAX_EVENT_AHEAD_US: i64 = 3_600_000_000;
+
+/// How far ahead of its own `ingest_time` a row may move the watermark (µs): 5 s of clock skew
+/// between a partner and the lander.
+pub const WATERMARK_SKEW_US: i64 = 5_000_000;
 
 /// The event-time clock a batch runs with.
 #[derive(Debug, Clone, Copy, Default)]
@@ -143,10 +151,12 @@ pub struct Routed {
     pub late_rows: u64,
     /// Of those, rows older than the dedup horizon (not checked for copies).
     pub untracked_late_rows: u64,
-    /// Rows without an `event_time` or `txn_id` (cannot be windowed), or with an `event_time`
-    /// too far ahead of their `ingest_time`; counted, not applied.
+    /// Rows without an `event_time`, `txn_id` or `ingest_time` (cannot be windowed or placed
+    /// in time), or with an `event_time` too far ahead of their `ingest_time`; counted, not
+    /// applied.
     pub bad_rows: u64,
-    /// Newest `event_time` among the rows (µs).
+    /// Newest event time among the rows, each capped at its `ingest_time` plus
+    /// [`WATERMARK_SKEW_US`] (µs): what the watermark follows.
     pub max_event: Option<i64>,
     /// Newest `ingest_time` among applied rows (µs): freshness.
     pub newest_ingest: Option<i64>,
@@ -178,17 +188,20 @@ pub fn route(
         let mut late = BooleanBuilder::with_capacity(n);
         for i in 0..n {
             out.rows += 1;
-            let ahead = |ing: &arrow::array::PrimitiveArray<TimestampMicrosecondType>| {
-                ing.is_valid(i) && event.value(i) > ing.value(i).saturating_add(MAX_EVENT_AHEAD_US)
+            let unplaced = |ing: &arrow::array::PrimitiveArray<TimestampMicrosecondType>| {
+                ing.is_null(i) || event.value(i) > ing.value(i).saturating_add(MAX_EVENT_AHEAD_US)
             };
-            if txn.is_null(i) || event.is_null(i) || ingest.is_some_and(ahead) {
+            if txn.is_null(i) || event.is_null(i) || ingest.is_some_and(unplaced) {
                 out.bad_rows += 1;
                 applied.append_value(false);
                 late.append_value(false);
                 continue;
             }
             let e = event.value(i);
-            out.max_event = Some(out.max_event.map_or(e, |m| m.max(e)));
+            let mark = ingest.map_or(e, |ing| {
+                e.min(ing.value(i).saturating_add(WATERMARK_SKEW_US))
+            });
+            out.max_event = Some(out.max_event.map_or(mark, |m| m.max(mark)));
             let (to_view, to_late) = if !state.insert(minute_of(e), key_of(txn.value(i).as_bytes()))
             {
                 out.deduped += 1;
@@ -246,4 +259,74 @@ pub async fn window_totals(
         .filter(|b| b.num_rows() > 0)
         .map(|b| Ok(schema::conform(b, &schema::LIVE_WINDOW)?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Decimal128Array, StringArray, TimestampMicrosecondArray};
+
+    const MIN: i64 = 60_000_000;
+
+    /// Rows of (txn_id, partner, event_time, ingest_time) in the live input schema.
+    fn rows(rows: &[(&str, &str, i64, Option<i64>)]) -> RecordBatch {
+        let n = rows.len();
+        let ts = |v: Vec<Option<i64>>| {
+            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+                as arrow::array::ArrayRef
+        };
+        let strings = |f: &dyn Fn(usize) -> String| {
+            Arc::new(StringArray::from((0..n).map(f).collect::<Vec<_>>())) as arrow::array::ArrayRef
+        };
+        let schema = Arc::clone(&schema::LIVE_INPUT);
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "txn_id" => strings(&|i| rows[i].0.to_string()),
+                "partner_id" => strings(&|i| rows[i].1.to_string()),
+                "event_time" => ts(rows.iter().map(|r| Some(r.2)).collect()),
+                "ingest_time" => ts(rows.iter().map(|r| r.3).collect()),
+                "amount" => Arc::new(
+                    Decimal128Array::from(vec![100i128; n])
+                        .with_precision_and_scale(18, 2)
+                        .unwrap(),
+                ) as arrow::array::ArrayRef,
+                "currency" => strings(&|_| "EUR".into()),
+                _ => strings(&|_| "ok".into()),
+            })
+            .collect();
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns).unwrap();
+        schema::conform(&batch, &schema).unwrap()
+    }
+
+    #[test]
+    fn a_partner_ahead_cannot_move_the_watermark_past_the_landing_time() {
+        let t = 1_000 * MIN;
+        let mut state = DedupState::default();
+        // Partner "fast" stamps its events 50 minutes ahead of when they land: applied (within
+        // the hour), but the watermark follows the landing time plus the skew.
+        let first = rows(&[
+            ("a", "fast", t + 50 * MIN, Some(t)),
+            ("b", "slow", t, Some(t)),
+        ]);
+        let r = route(&mut state, Clock::default(), &[first], true).unwrap();
+        assert_eq!(r.applied.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        assert_eq!(r.max_event, Some(t + WATERMARK_SKEW_US));
+        // The next batch's on-time rows of the other partner are applied, not late.
+        let clock = Clock::after(r.max_event, 2 * MIN, 60 * MIN);
+        let next = rows(&[("c", "slow", t + MIN / 2, Some(t + MIN))]);
+        let r = route(&mut state, clock, &[next], true).unwrap();
+        assert_eq!((r.late_rows, r.applied.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_row_without_ingest_time_is_bad_and_moves_nothing() {
+        let t = 1_000 * MIN;
+        let mut state = DedupState::default();
+        let batch = rows(&[("a", "p", 4_000_000 * MIN, None), ("b", "p", t, Some(t))]);
+        let r = route(&mut state, Clock::default(), &[batch], true).unwrap();
+        assert_eq!(r.bad_rows, 1);
+        assert_eq!(r.max_event, Some(t));
+    }
 }
