@@ -447,6 +447,43 @@ fn a_commit_by_another_process_is_visible_without_a_restart() {
     assert_eq!(psycopg(&server, None, &print_rows_py(raw_sql)).trim(), "1");
 }
 
+/// Runs `sql` through ADBC and through psycopg (unprepared and prepared); panics if any of
+/// them ran it. Returns the Flight SQL refusal and the two Postgres ones (`refused <sqlstate>
+/// <message>`).
+fn refused_by_adbc_and_psycopg(server: &Server, sql: &str) -> (String, Vec<String>) {
+    let flight = adbc(
+        server,
+        NO_AUTH,
+        &format!(
+            "cur = conn.cursor()\n\
+             try:\n\
+             \x20   cur.execute({sql:?}); cur.fetchall(); print('ran')\n\
+             except Exception as e:\n\
+             \x20   print('refused', e)"
+        ),
+    );
+    assert!(
+        flight.starts_with("refused"),
+        "Flight SQL ran {sql}: {flight}"
+    );
+    let pg = ["False", "True"].map(|prepare| {
+        let pg = psycopg(
+            server,
+            None,
+            &format!(
+                "cur = conn.cursor()\n\
+                 try:\n\
+                 \x20   cur.execute({sql:?}, prepare={prepare}); print('ran')\n\
+                 except psycopg.Error as e:\n\
+                 \x20   print('refused', e.sqlstate, e)"
+            ),
+        );
+        assert!(pg.starts_with("refused"), "psycopg ran {sql}: {pg}");
+        pg
+    });
+    (flight, pg.to_vec())
+}
+
 #[test]
 fn writes_are_refused_on_every_path_and_the_tables_stay_as_they_were() {
     let dir = tempdir();
@@ -467,34 +504,9 @@ fn writes_are_refused_on_every_path_and_the_tables_stay_as_they_were() {
         "PREPARE p AS SELECT 1",
     ];
     for sql in attempts {
-        let flight = adbc(
-            &server,
-            NO_AUTH,
-            &format!(
-                "cur = conn.cursor()\n\
-                 try:\n\
-                 \x20   cur.execute({sql:?}); cur.fetchall(); print('ran')\n\
-                 except Exception as e:\n\
-                 \x20   print('refused', e)"
-            ),
-        );
-        assert!(
-            flight.starts_with("refused"),
-            "Flight SQL ran {sql}: {flight}"
-        );
+        let (flight, pg) = refused_by_adbc_and_psycopg(&server, sql);
         assert!(flight.contains("read-only"), "{sql}: {flight}");
-        for prepare in ["False", "True"] {
-            let pg = psycopg(
-                &server,
-                None,
-                &format!(
-                    "cur = conn.cursor()\n\
-                     try:\n\
-                     \x20   cur.execute({sql:?}, prepare={prepare}); print('ran')\n\
-                     except psycopg.Error as e:\n\
-                     \x20   print('refused', e.sqlstate, e)"
-                ),
-            );
+        for pg in pg {
             assert!(pg.starts_with("refused 25006"), "pg ran {sql}: {pg}");
         }
     }
@@ -589,35 +601,7 @@ fn hostile_spellings_of_a_write_are_refused_on_every_wire() {
     for sql in &attempts {
         let (ok, out) = psql_simple(&server, sql);
         assert!(!ok && out.contains("read-only"), "psql ran {sql}: {out}");
-        for prepare in ["False", "True"] {
-            let pg = psycopg(
-                &server,
-                None,
-                &format!(
-                    "cur = conn.cursor()\n\
-                     try:\n\
-                     \x20   cur.execute({sql:?}, prepare={prepare}); print('ran')\n\
-                     except psycopg.Error as e:\n\
-                     \x20   print('refused', e.sqlstate, e)"
-                ),
-            );
-            assert!(pg.starts_with("refused"), "psycopg ran {sql}: {pg}");
-        }
-        let flight = adbc(
-            &server,
-            NO_AUTH,
-            &format!(
-                "cur = conn.cursor()\n\
-                 try:\n\
-                 \x20   cur.execute({sql:?}); cur.fetchall(); print('ran')\n\
-                 except Exception as e:\n\
-                 \x20   print('refused', e)"
-            ),
-        );
-        assert!(
-            flight.starts_with("refused"),
-            "Flight SQL ran {sql}: {flight}"
-        );
+        refused_by_adbc_and_psycopg(&server, sql);
     }
     // A simple-protocol text with one write runs none of its statements, and a cursor over a
     // write is refused.
