@@ -1,0 +1,254 @@
+//! The one place a DataFusion session is built.
+//!
+//! Every command (SQL, ledger, live, reconcile) gets its session from [`TallySession::open`], so
+//! the lake's object store, tally's UDFs and every table are registered the same way on every
+//! path. Tables that do not exist yet are simply absent; a table configured in `tally.toml` that
+//! cannot be opened is an error naming it.
+
+use crate::config::{Config, TableFormat};
+use crate::error::{Result, TallyError};
+use crate::lake::{layout, location_to_url, one_line, Lake};
+use crate::raw_table::RawPaymentsTable;
+use crate::schema;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Knobs for a session that differ between commands.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Memory limit in bytes for query execution; operators spill to disk beyond it.
+    pub memory_limit: Option<usize>,
+    /// Number of partitions plans are split into (default: the number of cores).
+    pub target_partitions: Option<usize>,
+    /// Rows per batch (default: DataFusion's 8192). `DATAFUSION_EXECUTION_BATCH_SIZE` wins.
+    pub batch_size: Option<usize>,
+    /// List table folders on every query instead of caching the listing for the life of the
+    /// session (DataFusion's default): long-lived sessions (`tally shell`, the server) must see
+    /// raw files that land while they run.
+    pub fresh_listings: bool,
+}
+
+/// Rows per batch of a ledger run without a memory limit.
+const LEDGER_BATCH_ROWS: usize = 16_384;
+
+impl SessionOptions {
+    /// A ledger run's session: one partition per `txn_id` bucket and, without a memory limit,
+    /// batches of 16k rows. The ledger is a scan, a shuffle of every raw copy and an aggregate
+    /// into one group per transaction, all of it per batch: twice the rows per batch halves
+    /// the batches each step handles and the pieces the shuffle cuts them into. On the
+    /// 10M-transaction bench day that was 4% less CPU (median of 4 alternating runs, 9.49 s
+    /// at 8192 rows, 9.06 s at 16384, 9.16 s at 32768). Under `--memory-limit 1GiB` the
+    /// larger batches in flight (outside the pool) raised the peak RSS from 1.29–1.33 GiB to
+    /// 1.43–1.64 GiB, so a limited run keeps 8192.
+    pub fn for_ledger(memory_limit: Option<usize>, buckets: u32) -> Self {
+        Self {
+            memory_limit,
+            target_partitions: Some(buckets.max(1) as usize),
+            batch_size: memory_limit.is_none().then_some(LEDGER_BATCH_ROWS),
+            fresh_listings: false,
+        }
+    }
+}
+
+/// What a registered table is and where it lives, for `tally tables` and `\d`.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The SQL name.
+    pub name: String,
+    /// `parquet` or `delta`.
+    pub format: &'static str,
+    /// Its location URL.
+    pub location: String,
+    /// A short description (partitioning, Delta version).
+    pub detail: String,
+}
+
+/// A session over one lake, with every table registered.
+pub struct TallySession {
+    ctx: SessionContext,
+    lake: Lake,
+    tables: Vec<TableInfo>,
+    /// The lake's top-level folders when the session was opened (tables that exist).
+    top_dirs: Vec<String>,
+    /// Read Delta tables as plain Parquet scans where their protocol allows (see
+    /// [`crate::delta_files`]): the server's sessions, where the cost per query counts.
+    plain_delta_scans: bool,
+    /// Tables a server's session could not open, with why (see [`crate::unreadable`]).
+    unreadable: std::collections::BTreeMap<String, String>,
+}
+
+impl TallySession {
+    /// Builds a session over `lake`: object store, UDFs, the lake's tables and the configured ones.
+    pub async fn open(lake: &Lake, config: &Config, opts: &SessionOptions) -> Result<Self> {
+        let ctx = new_context(opts, new_runtime(opts)?)?;
+        Self::open_on(ctx, lake, config, None).await
+    }
+
+    /// Builds a session whose tables come from `cache`, brought up to date first: the session
+    /// sees every commit made before this call, and keeps that one snapshot of each table for
+    /// as long as it lives (a query on it reads one consistent version).
+    pub async fn open_cached(
+        lake: &Lake,
+        config: &Config,
+        opts: &SessionOptions,
+        cache: &mut TableCache,
+    ) -> Result<Self> {
+        let ctx = new_context(opts, Arc::clone(&cache.runtime))?;
+        Self::open_on(ctx, lake, config, Some(cache)).await
+    }
+
+    async fn open_on(
+        ctx: SessionContext,
+        lake: &Lake,
+        config: &Config,
+        mut cache: Option<&mut TableCache>,
+    ) -> Result<Self> {
+        ctx.register_object_store(&lake.store_url(), lake.store());
+        tally_udfs::register_all(&ctx);
+        let top = lake.top_level_dirs().await?;
+
+        let mut session = Self {
+            ctx,
+            lake: lake.clone(),
+            tables: Vec::new(),
+            top_dirs: {
+                let mut sorted = top.clone();
+                sorted.sort();
+                sorted
+            },
+            plain_delta_scans: cache.is_some(),
+            unreadable: Default::default(),
+        };
+        // A server (the cached path) keeps serving the other tables when one cannot be
+        // opened; a one-shot command fails on it.
+        let serving = cache.is_some();
+        if top.iter().any(|d| d == "raw") {
+            let opened = session.register_raw_payments(cache.as_deref_mut()).await;
+            session.keep_unreadable(serving, crate::lake::layout::RAW_PAYMENTS, opened)?;
+        }
+        for name in [
+            layout::LEDGER,
+            layout::LEDGER_CONFLICTS,
+            layout::LIVE_VIEW,
+            layout::LIVE_LATE,
+            layout::RECONCILIATIONS,
+            layout::RUNS,
+            layout::ALERTS,
+        ] {
+            if top.iter().any(|d| d == name) {
+                let url = lake.url_of(name)?;
+                let opened = session
+                    .register_delta_if_present(name, url, cache.as_deref_mut())
+                    .await;
+                session.keep_unreadable(serving, name, opened)?;
+            }
+        }
+        for (name, table) in &config.tables {
+            if session.tables.iter().any(|t| &t.name == name) {
+                return Err(TallyError::Config {
+                    message: format!("table {name} in tally.toml clashes with a lake table"),
+                });
+            }
+            let url = location_to_url(&table.location)?;
+            let opened = match table.format {
+                TableFormat::Parquet => {
+                    session
+                        .register_parquet_dir(name, url, cache.as_deref_mut())
+                        .await
+                }
+                TableFormat::Delta => {
+                    session
+                        .register_delta(name, url, cache.as_deref_mut())
+                        .await
+                }
+            };
+            session.keep_unreadable(serving, name, opened)?;
+        }
+        if !session.unreadable.is_empty() {
+            let catalog = session
+                .ctx
+                .catalog("datafusion")
+                .ok_or_else(|| TallyError::Internal("no default catalog".into()))?;
+            let inner = catalog
+                .schema("public")
+                .ok_or_else(|| TallyError::Internal("no default schema".into()))?;
+            let wrapped = crate::unreadable::WithUnreadable::new(inner, session.unreadable.clone());
+            catalog.register_schema("public", Arc::new(wrapped))?;
+        }
+        Ok(session)
+    }
+
+    /// On a server, records a table that failed to open (logged once per session) instead of
+    /// failing the session; elsewhere passes the error on.
+    fn keep_unreadable(&mut self, serving: bool, name: &str, opened: Result<()>) -> Result<()> {
+        match opened {
+            Err(e) if serving && !matches!(e, TallyError::Config { .. }) => {
+                let message = one_line(&e.to_string());
+                tracing::warn!(table = name, error = %message, "table cannot be read; serving the others");
+                self.unreadable.insert(name.to_string(), message);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Tables this session could not open, with why (servers only; empty elsewhere).
+    pub fn unreadable(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.unreadable
+    }
+
+    /// The DataFusion context (for running SQL or DataFrames).
+    pub fn ctx(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// A context for one step of a job, sharing this session's runtime (its memory pool and
+    /// object stores) and its UDFs, with `target_partitions` partitions and no tables: e.g.
+    /// the ledger's settlement of a sliver of the day on one partition.
+    pub fn job_context(&self, target_partitions: usize) -> Result<SessionContext> {
+        let mut config = self
+            .ctx
+            .copied_config()
+            .with_target_partitions(target_partitions.max(1));
+        // A job step's sorts work on slivers; each sort's reserved merge memory (10 MB by
+        // default) would otherwise take a large share of a tight --memory-limit per sort.
+        config.options_mut().execution.sort_spill_reservation_bytes = 2 << 20;
+        let ctx = SessionContext::new_with_config_rt(config, self.ctx.runtime_env());
+        tally_udfs::register_all(&ctx);
+        Ok(ctx)
+    }
+
+    /// The lake this session reads.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    /// The registered tables, in registration order.
+    pub fn tables(&self) -> &[TableInfo] {
+        &self.tables
+    }
+
+    /// Looks up a registered table by name.
+    pub fn table(&self, name: &str) -> Result<&TableInfo> {
+        self.tables
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| TallyError::TableNotFound { name: name.into() })
+    }
+}
+
+mod cache;
+mod runtime;
+mod tables;
+
+pub use cache::TableCache;
+use runtime::*;
