@@ -119,6 +119,10 @@ pub enum TallyError {
     /// A broken invariant: a bug.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// An error shared by every caller waiting on the same work (a server's catalog refresh).
+    #[error("{0}")]
+    Shared(std::sync::Arc<TallyError>),
 }
 
 impl TallyError {
@@ -153,6 +157,7 @@ impl TallyError {
             TallyError::Delta(_) => ErrorKind::External,
             TallyError::Parquet(_) | TallyError::Arrow(_) => ErrorKind::User,
             TallyError::Internal(_) => ErrorKind::Internal,
+            TallyError::Shared(e) => e.kind(),
         }
     }
 

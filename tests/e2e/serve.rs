@@ -996,14 +996,20 @@ fn a_burst_beyond_the_query_cap_queues_and_every_query_is_answered() {
     assert_eq!(&f[..2], [6, 1], "every query answered, all alike: {out}");
     assert!(f[2] >= 1, "no query ever waited in the queue: {out}");
 
-    // Eight connections open; the ninth is refused as Postgres refuses it.
+    // Eight connections open (seven Postgres, one Flight SQL); a ninth on either wire is
+    // refused, on the Postgres wire as Postgres refuses it.
     let script = format!(
-        "import psycopg\n\
-         held = [psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally') for _ in range(8)]\n\
+        "import psycopg, adbc_driver_flightsql.dbapi as f\n\
+         held = [psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally') for _ in range(7)]\n\
+         fl = f.connect('grpc://{flight}'); cur = fl.cursor(); cur.execute('SELECT 1'); cur.fetchall()\n\
          try:\n\
          \x20   psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally'); print('connected')\n\
          except psycopg.OperationalError as e:\n\
          \x20   print('refused', 'too many clients' in str(e))\n\
+         try:\n\
+         \x20   c2 = f.connect('grpc://{flight}'); k = c2.cursor(); k.execute('SELECT 1'); k.fetchall(); print('flight connected')\n\
+         except Exception as e:\n\
+         \x20   print('flight refused')\n\
          held.pop().close()\n\
          import time\n\
          for _ in range(50):\n\
@@ -1012,9 +1018,20 @@ fn a_burst_beyond_the_query_cap_queues_and_every_query_is_answered() {
          \x20   except psycopg.OperationalError:\n\
          \x20       time.sleep(0.1)",
         port = server.pg_port(),
+        flight = server.flight,
     );
     let out = String::from_utf8(python(&script)).unwrap();
-    assert_eq!(out.trim(), "refused True\nafter one closed: ok", "{out}");
+    assert_eq!(
+        out.trim(),
+        "refused True\nflight refused\nafter one closed: ok",
+        "{out}"
+    );
+    assert!(
+        gauge(
+            &server,
+            "tally_serve_connections_refused_total{endpoint=\"flight-sql\"}"
+        ) >= 1
+    );
 }
 
 fn reserved_bytes(server: &Server) -> u64 {
@@ -1124,6 +1141,107 @@ fn a_cancelled_or_timed_out_query_stops_and_frees_its_memory() {
     let n = psycopg(&server, None, &print_rows_py("SELECT count(*) FROM ledger"));
     assert!(n.trim().parse::<u64>().unwrap() > 0);
     assert!(counter(&server, "pg", "ok") >= 1);
+}
+
+fn gauge(server: &Server, name: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://{}/metrics", server.http)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(|v| v.parse::<f64>().unwrap() as u64)
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// A cursor is a query left open: it holds a query slot while open (FETCH and CLOSE do not
+/// queue for another), ends at the query timeout from its DECLARE, frees its memory when it
+/// does, and a connection holds at most eight.
+#[test]
+fn cursors_hold_a_slot_end_at_the_timeout_and_are_bounded_per_connection() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let server = Server::start(
+        dir.path(),
+        None,
+        &[
+            "--max-concurrent-queries",
+            "2",
+            "--query-timeout",
+            "4s",
+            "--memory-limit",
+            "1GiB",
+        ],
+    );
+    let running = "tally_serve_queries_running";
+    // Exact rows through a cursor, fetched in pieces (psql's simple protocol, one transaction).
+    let (ok, out) = psql_simple(
+        &server,
+        "BEGIN; DECLARE c CURSOR FOR SELECT value FROM range(0, 5) ORDER BY value; \
+         FETCH 2 FROM c; FETCH 2 FROM c; FETCH ALL FROM c; CLOSE c; COMMIT",
+    );
+    assert!(ok, "{out}");
+    let values: Vec<&str> = out.lines().filter(|l| l.parse::<u64>().is_ok()).collect();
+    assert_eq!(values, ["0", "1", "2", "3", "4"], "{out}");
+
+    // Two open cursors take both slots, and fetching from them does not wait for a third.
+    let script = format!(
+        "import psycopg, time, urllib.request\n\
+         def running():\n\
+         \x20   m = urllib.request.urlopen('http://{http}/metrics').read().decode()\n\
+         \x20   return [int(float(l.split()[1])) for l in m.splitlines() if l.startswith('{running} ')][0]\n\
+         c = psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally')\n\
+         c.execute('DECLARE a CURSOR FOR SELECT value FROM range(0, 100000000)')\n\
+         c.execute('DECLARE b CURSOR FOR SELECT value FROM range(0, 100000000)')\n\
+         print('running', running())\n\
+         print('fetched', c.execute('FETCH 3 FROM a').fetchall(), c.execute('FETCH 1 FROM b').fetchall())\n\
+         c.execute('CLOSE a')\n\
+         print('after close', running())\n\
+         for n in range(2, 9): c.execute(f'DECLARE x{{n}} CURSOR FOR SELECT 1')\n\
+         try:\n\
+         \x20   c.execute('DECLARE x9 CURSOR FOR SELECT 1'); print('ninth declared')\n\
+         except psycopg.Error as e:\n\
+         \x20   print('ninth', e.sqlstate, str(e).strip())\n\
+         c.rollback()\n\
+         d = psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally')\n\
+         d.execute({heavy:?})\n\
+         t = time.time()\n\
+         try:\n\
+         \x20   d.execute('FETCH 1 FROM h').fetchall(); print('heavy fetched')\n\
+         except psycopg.Error as e:\n\
+         \x20   print('heavy', e.sqlstate, round(time.time() - t))\n\
+         d.rollback()\n\
+         e = psycopg.connect(host='127.0.0.1', port={port}, user='u', dbname='tally')\n\
+         e.execute('DECLARE late CURSOR FOR SELECT value FROM range(0, 10)')\n\
+         time.sleep(5)\n\
+         try:\n\
+         \x20   e.execute('FETCH 1 FROM late').fetchall(); print('late fetched')\n\
+         except psycopg.Error as ex:\n\
+         \x20   print('late', ex.sqlstate)\n\
+         print('finally', running())",
+        http = server.http,
+        port = server.pg_port(),
+        heavy = format!("DECLARE h CURSOR FOR {HEAVY}"),
+    );
+    let out = String::from_utf8(python(&script)).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "running 2", "{out}");
+    assert_eq!(lines[1], "fetched [(0,), (1,), (2,)] [(0,)]", "{out}");
+    assert_eq!(lines[2], "after close 1", "{out}");
+    assert!(
+        lines[3].starts_with("ninth 53400") && lines[3].contains("at most 8"),
+        "{out}"
+    );
+    // The heavy cursor is stopped by its deadline within the fetch, not left running.
+    assert!(lines[4].starts_with("heavy 57014"), "{out}");
+    // A cursor outliving the timeout from its DECLARE ends with the timeout error.
+    assert_eq!(lines[5], "late 57014", "{out}");
+    assert_eq!(lines[6], "finally 0", "{out}");
+    wait_until_freed(&server);
+    assert_eq!(gauge(&server, running), 0, "a slot still held");
 }
 
 fn wait_until_freed(server: &Server) {

@@ -1,13 +1,17 @@
-//! Admission: how many queries run at once and how many Postgres connections are open.
+//! Admission: how many queries run at once and how many connections are open.
 //!
 //! A burst of heavy queries must wait, not fail: with every query admitted at once, 64 psycopg
 //! clients each running a self-join drove the server to 6.4 GiB, and under a memory limit most
 //! of them failed "Resources exhausted". Queries beyond `--max-concurrent-queries` queue (their
 //! wait counts toward `--query-timeout`, and a cancel or a closed connection leaves the queue),
 //! so those running share the memory pool among few. Connections beyond `--max-connections`
-//! are refused at once with Postgres's own `too_many_connections`.
+//! (Postgres wire and Flight SQL together) are refused at once: on the Postgres wire with
+//! Postgres's own `too_many_connections`, on Flight SQL by closing the socket (gRPC clients
+//! see UNAVAILABLE and retry).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
@@ -19,7 +23,7 @@ pub fn default_max_queries() -> usize {
     2 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-/// The default cap on open Postgres connections (Postgres's own default is 100).
+/// The default cap on open connections (Postgres's own default is 100).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// The server's admission limits and their gauges.
@@ -30,8 +34,23 @@ pub struct Admission {
     max_connections: usize,
     queued: Gauge,
     running: Gauge,
-    open: Gauge,
-    refused: Counter,
+    open: Family<Wire, Gauge>,
+    refused: Family<Wire, Counter>,
+}
+
+/// The `endpoint` label of the connection metrics (as in `tally_serve_queries_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Wire {
+    endpoint: &'static str,
+}
+
+impl Wire {
+    /// The Postgres wire.
+    pub const PG: Wire = Wire { endpoint: "pg" };
+    /// Arrow Flight SQL.
+    pub const FLIGHT_SQL: Wire = Wire {
+        endpoint: "flight-sql",
+    };
 }
 
 /// One admitted query; its slot is freed when this is dropped.
@@ -73,8 +92,8 @@ impl Admission {
         let (max_queries, max_connections) = (max_queries.max(1), max_connections.max(1));
         let queued = Gauge::default();
         let running = Gauge::default();
-        let open = Gauge::default();
-        let refused = Counter::default();
+        let open = Family::<Wire, Gauge>::default();
+        let refused = Family::<Wire, Counter>::default();
         registry.register(
             "tally_serve_queries_queued",
             "Queries waiting for a slot (--max-concurrent-queries)",
@@ -86,13 +105,13 @@ impl Admission {
             running.clone(),
         );
         registry.register(
-            "tally_serve_pg_connections",
-            "Open Postgres wire connections (--max-connections)",
+            "tally_serve_connections",
+            "Open connections by endpoint (--max-connections covers them all)",
             open.clone(),
         );
         registry.register(
-            "tally_serve_pg_connections_refused",
-            "Postgres connections refused because --max-connections were open",
+            "tally_serve_connections_refused",
+            "Connections refused because --max-connections were open",
             refused.clone(),
         );
         Self {
@@ -124,20 +143,27 @@ impl Admission {
     }
 
     /// A connection slot, or `None` (counted) when every slot is taken.
-    pub fn connection(&self) -> Option<ConnectionPermit> {
+    pub fn connection(&self, wire: Wire) -> Option<ConnectionPermit> {
         match Arc::clone(&self.connections).try_acquire_owned() {
             Ok(permit) => {
-                self.open.inc();
+                let open = self.open.get_or_create(&wire).clone();
+                open.inc();
                 Some(ConnectionPermit {
                     _permit: permit,
-                    open: self.open.clone(),
+                    open,
                 })
             }
             Err(_) => {
-                self.refused.inc();
+                self.refused.get_or_create(&wire).inc();
                 None
             }
         }
+    }
+
+    /// `io` holding a connection slot, or `None` (counted; `io` is closed) when every slot
+    /// is taken.
+    pub fn hold<IO>(&self, io: IO, wire: Wire) -> Option<Held<IO>> {
+        Some(Held::new(io, self.connection(wire)?))
     }
 
     /// The cap on running queries.
@@ -145,9 +171,77 @@ impl Admission {
         self.max_queries
     }
 
-    /// The cap on open Postgres connections.
+    /// The cap on open connections.
     pub fn max_connections(&self) -> usize {
         self.max_connections
+    }
+}
+
+/// A connection holding its slot for as long as it is open (Flight SQL's sockets, handed to
+/// tonic).
+pub struct Held<IO> {
+    io: IO,
+    _slot: ConnectionPermit,
+}
+
+impl<IO> Held<IO> {
+    /// `io` with its slot.
+    pub fn new(io: IO, slot: ConnectionPermit) -> Self {
+        Self { io, _slot: slot }
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Held<IO> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Held<IO> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Held<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 
@@ -181,12 +275,13 @@ mod tests {
     fn connections_beyond_the_cap_are_refused_and_counted() {
         let mut registry = Registry::default();
         let admission = Admission::register(&mut registry, 1, 2);
-        let a = admission.connection();
-        let b = admission.connection();
+        let a = admission.connection(Wire::PG);
+        let b = admission.connection(Wire::FLIGHT_SQL);
         assert!(a.is_some() && b.is_some());
-        assert!(admission.connection().is_none());
-        assert_eq!(admission.refused.get(), 1);
+        assert!(admission.connection(Wire::PG).is_none());
+        assert_eq!(admission.refused.get_or_create(&Wire::PG).get(), 1);
+        assert_eq!(admission.open.get_or_create(&Wire::FLIGHT_SQL).get(), 1);
         drop(a);
-        assert!(admission.connection().is_some());
+        assert!(admission.connection(Wire::FLIGHT_SQL).is_some());
     }
 }

@@ -199,7 +199,12 @@ pub async fn serve(
         memory_limit: Some(memory_limit),
         ..Default::default()
     };
-    let catalog = Arc::new(FreshCatalog::new(lake, config, session_opts)?);
+    let catalog = Arc::new(FreshCatalog::new(
+        lake,
+        config,
+        session_opts,
+        opts.query_timeout,
+    )?);
     // Open every table now: a broken table or unreachable lake fails at start, not per query.
     catalog.session().await?;
     let mut registry = Registry::default();
@@ -247,10 +252,14 @@ pub async fn serve(
         listening("http", addr);
     }
     if let Some(listener) = flight {
+        use futures::StreamExt;
         let addr = listener.local_addr()?;
         let service = flight_sql::service(Arc::clone(&shared));
         let stop = stopped(stop_rx.clone());
         let router = tonic::transport::Server::builder().add_service(service);
+        // Each connection holds a slot of --max-connections while open; beyond it the socket
+        // is closed at once.
+        let slots = Arc::clone(&shared);
         let failed =
             |e: tonic::transport::Error| TallyError::Internal(format!("flight-sql endpoint: {e}"));
         match flight_tls {
@@ -259,6 +268,15 @@ pub async fn serve(
                 // ACKs added ~90 ms to each point lookup.
                 let incoming =
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                let incoming = incoming.filter_map(move |accepted| {
+                    std::future::ready(match accepted {
+                        Ok(io) => slots
+                            .admission
+                            .hold(io, admission::Wire::FLIGHT_SQL)
+                            .map(Ok),
+                        Err(e) => Some(Err(e)),
+                    })
+                });
                 tasks.spawn(async move {
                     router
                         .serve_with_incoming_shutdown(incoming, stop)
@@ -270,7 +288,11 @@ pub async fn serve(
                 let accepted = tls::accept_tls(listener, acceptor);
                 let incoming = futures::stream::unfold(accepted, |mut rx| async move {
                     let (stream, _) = rx.recv().await?;
-                    Some((Ok::<_, std::io::Error>(stream), rx))
+                    Some((stream, rx))
+                })
+                .filter_map(move |io| {
+                    let held = slots.admission.hold(io, admission::Wire::FLIGHT_SQL);
+                    std::future::ready(held.map(Ok::<_, std::io::Error>))
                 });
                 tasks.spawn(async move {
                     router

@@ -15,6 +15,7 @@
 //! - **SQLSTATE codes** for DataFusion errors instead of one generic XX000.
 
 mod connection;
+mod cursors;
 mod queries;
 mod read_only;
 
@@ -90,7 +91,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
                     let _ = socket.set_nodelay(true);
-                    let Some(permit) = shared.admission.connection() else {
+                    let Some(permit) = shared.admission.connection(super::admission::Wire::PG) else {
                         connections.spawn(refuse_connection(socket, shared.admission.max_connections()));
                         continue;
                     };
@@ -193,6 +194,10 @@ impl Handlers {
         let ctx = Arc::new(pg_context(&shared).await?);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(ReadOnlyHook),
+            // Ours declares (with a query slot and a deadline); the crate's fetches and closes.
+            Arc::new(cursors::CursorHook {
+                shared: Arc::clone(&shared),
+            }),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),

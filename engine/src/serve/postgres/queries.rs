@@ -22,6 +22,7 @@ impl Guarded {
         &self,
         client: &C,
         record: &mut Option<QueryRecord>,
+        admit: bool,
     ) -> PgWireResult<(Arc<TallySession>, CancellationToken, Instant, Duration)> {
         let mut timeout = self.shared.query_timeout;
         if let Some(ms) = client
@@ -47,14 +48,19 @@ impl Guarded {
                 .session()
                 .await
                 .map_err(|e| refresh_error(&e))?;
-            let permit = self.shared.admission.query().await.map_err(|e| {
-                PgWireError::ApiError(Box::new(std::io::Error::other(e.to_string())))
-            })?;
+            // Statements on cursors run on the slot their cursor holds.
+            let permit = if admit {
+                Some(self.shared.admission.query().await.map_err(|e| {
+                    PgWireError::ApiError(Box::new(std::io::Error::other(e.to_string())))
+                })?)
+            } else {
+                None
+            };
             Ok((session, permit))
         };
         match race(admitted, &token, deadline, timeout).await {
             Ok((session, permit)) => {
-                if let Some(r) = record.as_mut() {
+                if let (Some(r), Some(permit)) = (record.as_mut(), permit) {
                     r.hold(permit);
                 }
                 Ok((session, token, deadline, timeout))
@@ -67,6 +73,15 @@ impl Guarded {
             }
         }
     }
+}
+
+/// True when every statement of a simple-protocol text declares, fetches from or closes a
+/// cursor (see [`cursors::uses_cursor`]).
+fn only_cursor_statements(sql: &str) -> bool {
+    use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+    PostgresCompatibilityParser::new()
+        .parse(sql)
+        .is_ok_and(|s| !s.is_empty() && s.iter().all(cursors::uses_cursor))
 }
 
 pub(super) fn refresh_error(e: &TallyError) -> PgWireError {
@@ -296,7 +311,8 @@ impl SimpleQueryHandler for Guarded {
             }
             return Err(e);
         }
-        let (session, token, deadline, timeout) = self.begin(client, &mut record).await?;
+        let admit = !only_cursor_statements(query);
+        let (session, token, deadline, timeout) = self.begin(client, &mut record, admit).await?;
         let work = PINNED.scope(
             session,
             SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
@@ -373,7 +389,9 @@ impl ExtendedQueryHandler for Guarded {
                 return Err(e);
             }
         }
-        let (session, token, deadline, timeout) = self.begin(client, &mut record).await?;
+        let admit =
+            !matches!(&portal.statement.statement, (_, Some((s, _))) if cursors::uses_cursor(s));
+        let (session, token, deadline, timeout) = self.begin(client, &mut record, admit).await?;
         let work = PINNED.scope(
             session,
             ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
