@@ -158,6 +158,10 @@ pub struct LiveConfig {
     /// On the first start, follow `ingest_date` partitions from this many days before the
     /// newest (older history is the ledger's and the analysts' business).
     pub start_lookback_days: u64,
+    /// Partitions up to this many days before the newest (not future-dated) one are followed:
+    /// a file landing in one of them, late or re-copied, is still read (at least
+    /// `start_lookback_days`). Older partitions are the ledger's and backfills' business.
+    pub track_days: u64,
 }
 
 impl Default for LiveConfig {
@@ -170,6 +174,7 @@ impl Default for LiveConfig {
             max_files_per_batch: 256,
             compact_every: 60,
             start_lookback_days: 2,
+            track_days: 3,
         }
     }
 }

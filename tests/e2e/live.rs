@@ -623,3 +623,170 @@ fn live_without_a_raw_lake_fails_naming_it_and_creates_nothing() {
         0
     );
 }
+
+/// `live_view` and `live_late` together: every row read lands in one of them.
+fn view_and_late(dir: &Path) -> Totals {
+    let mut all = read_totals(dir, "live_view");
+    for (k, v) in read_totals(dir, "live_late") {
+        let e = all.entry(k).or_default();
+        e.0 += v.0;
+        e.1 += v.1;
+        e.2 += v.2;
+    }
+    all
+}
+
+fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// `tally live --once` in JSON: every batch line, then the summary.
+fn live_once_lines(dir: &Path) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let out = tally_ok(dir, &["live", "--once", "--format", "json"]);
+    let mut lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = lines.pop().unwrap()["summary"].clone();
+    (lines, summary)
+}
+
+/// Every landed file is read once, whatever its mtime, folder or clock (issue 34, items 1-4):
+/// a copy with an old mtime, a future-dated folder and a future mtime (read, named, steering
+/// nothing), a file landing late in a partition three days back, a partition after a gap, the
+/// same file uploaded again (skipped) and a changed file under a read path (quarantined). After
+/// each, `live_view` + `live_late` equal an independent count of every file read.
+#[test]
+fn every_landed_file_is_read_once_whatever_its_mtime_folder_or_clock() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let part = |day: &str| lake.join(format!("raw/payments/ingest_date={day}"));
+    let t0 = micros("2026-11-17T10:00:00Z");
+    let mut all = Vec::new();
+    let land = |day: &str, name: &str, rows: Vec<RawRow>, all: &mut Vec<RawRow>| {
+        write_raw(&lake, day, name, &rows);
+        all.extend(rows);
+    };
+    land(
+        "2026-11-17",
+        "a.parquet",
+        traffic("a", t0, 1_000_000, 200),
+        &mut all,
+    );
+    let now = std::time::SystemTime::now();
+    set_mtime(&part("2026-11-17").join("a.parquet"), now);
+    live_once(dir.path(), &[]);
+    let t1 = micros("2026-11-20T10:00:00Z");
+    land(
+        "2026-11-20",
+        "b.parquet",
+        traffic("b", t1, 1_000_000, 200),
+        &mut all,
+    );
+    live_once(dir.path(), &[]);
+    assert_eq!(view_and_late(dir.path()), expected(&all));
+
+    // 1. A copy keeping an old mtime (two hours before the newest file read) is read.
+    land(
+        "2026-11-20",
+        "c.parquet",
+        traffic("c", t1 + 300_000_000, 1_000_000, 100),
+        &mut all,
+    );
+    set_mtime(
+        &part("2026-11-20").join("c.parquet"),
+        now - Duration::from_secs(2 * 3600),
+    );
+    assert_eq!(live_once(dir.path(), &[])["rows"], 100);
+    assert_eq!(view_and_late(dir.path()), expected(&all));
+
+    // 2. A future-dated folder and a file with a future mtime are read and named; a normal
+    //    file landing after them is still found (the future steers nothing).
+    land(
+        "2099-01-01",
+        "fut.parquet",
+        traffic("f", t1 + 400_000_000, 1_000_000, 50),
+        &mut all,
+    );
+    land(
+        "2026-11-20",
+        "d.parquet",
+        traffic("d", t1 + 500_000_000, 1_000_000, 50),
+        &mut all,
+    );
+    set_mtime(
+        &part("2026-11-20").join("d.parquet"),
+        now + Duration::from_secs(24 * 3600),
+    );
+    let (batches, s) = live_once_lines(dir.path());
+    assert_eq!(s["rows"], 100, "{s}");
+    let ahead: Vec<String> = batches
+        .iter()
+        .flat_map(|b| b["ahead"].as_array().cloned().unwrap_or_default())
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ahead,
+        [
+            "raw/payments/ingest_date=2026-11-20/d.parquet",
+            "raw/payments/ingest_date=2099-01-01/fut.parquet"
+        ],
+        "{batches:?}"
+    );
+    land(
+        "2026-11-20",
+        "e.parquet",
+        traffic("e", t1 + 600_000_000, 1_000_000, 50),
+        &mut all,
+    );
+    assert_eq!(live_once(dir.path(), &[])["rows"], 50);
+    assert_eq!(view_and_late(dir.path()), expected(&all));
+
+    // 3. A file landing late in a partition three days back, and a partition after a gap.
+    land(
+        "2026-11-17",
+        "late.parquet",
+        traffic("l", t0 + 900_000_000, 1_000_000, 40),
+        &mut all,
+    );
+    assert_eq!(live_once(dir.path(), &[])["rows"], 40);
+    assert_eq!(view_and_late(dir.path()), expected(&all));
+    land(
+        "2026-11-23",
+        "g.parquet",
+        traffic("g", micros("2026-11-23T10:00:00Z"), 1_000_000, 60),
+        &mut all,
+    );
+    assert_eq!(live_once(dir.path(), &[])["rows"], 60);
+    assert_eq!(view_and_late(dir.path()), expected(&all));
+
+    // 4. The same file uploaded again (fresh mtime, same bytes) is not read again; a changed
+    //    file under a path already read is quarantined with the reason, and read nowhere.
+    let c = part("2026-11-20").join("c.parquet");
+    let bytes = std::fs::read(&c).unwrap();
+    std::fs::remove_file(&c).unwrap();
+    std::fs::write(&c, &bytes).unwrap();
+    assert_eq!(live_once(dir.path(), &[])["batches"], 0);
+    write_raw(
+        &lake,
+        "2026-11-20",
+        "b.parquet",
+        &traffic("x", t1, 1_000_000, 10),
+    );
+    let err = tally_fails(dir.path(), &["live", "--once"], 1);
+    assert!(
+        err.contains("b.parquet") && err.contains("changed after it was taken"),
+        "{err}"
+    );
+    assert_eq!(view_and_late(dir.path()), expected(&all));
+    assert_eq!(
+        live_once(dir.path(), &[])["batches"],
+        0,
+        "quarantined once, not every run"
+    );
+}

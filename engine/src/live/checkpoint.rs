@@ -35,6 +35,10 @@ pub struct FileRecord {
     /// The file could not be read as raw payments and was skipped (quarantined).
     #[serde(default)]
     pub quarantined: bool,
+    /// Why it is quarantined before being read (a seen path whose file changed); files
+    /// quarantined by reading carry their reason in the batch's metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One committed micro-batch.
@@ -57,29 +61,31 @@ pub struct Checkpoint {
     pub batch: u64,
     /// Newest `event_time` seen (µs).
     pub max_event_time: Option<i64>,
-    /// Newest last-modified time of a processed file (ms).
-    pub newest_mtime_ms: Option<i64>,
-    /// Newest `ingest_date` partition a processed file came from (`YYYY-MM-DD`).
-    pub newest_partition: Option<String>,
     /// Oldest partition the live mode follows (chosen on its first start).
     #[serde(default)]
     pub start_partition: Option<String>,
     /// When `raw_payments` is a Delta table: the last version whose added files were read.
     #[serde(default)]
     pub raw_version: Option<u64>,
-    /// Recent batches, oldest first: those whose dedup keys may still be alive, and those
-    /// whose files are recent enough to be listed again (so they are known as seen).
+    /// Recent batches, oldest first: those whose dedup keys may still be alive.
     pub batches: Vec<BatchRecord>,
+    /// Every raw file taken (read or quarantined) in each `ingest_date` partition still
+    /// followed (`YYYY-MM-DD` → file name → size): a file is new when its path is not here,
+    /// whatever its mtime. A partition leaves with the tracking horizon (`track_days`).
+    #[serde(default)]
+    pub tracked: Tracked,
 }
 
-impl Checkpoint {
-    /// Paths read by the retained batches.
-    pub fn seen_paths(&self) -> std::collections::HashSet<&str> {
-        self.batches
-            .iter()
-            .flat_map(|b| b.files.iter().map(|f| f.path.as_str()))
-            .collect()
-    }
+/// Files taken, by `ingest_date` partition, then file name, with their size.
+pub type Tracked = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
+
+/// The `ingest_date` partition (`YYYY-MM-DD`) and file name of a raw file's path.
+pub fn partition_and_name(path: &str) -> Option<(&str, &str)> {
+    let (dir, name) = path.rsplit_once('/')?;
+    let partition = dir
+        .rsplit('/')
+        .find_map(|p| p.strip_prefix("ingest_date="))?;
+    Some((partition, name))
 }
 
 fn relative(batch: u64) -> String {

@@ -1,29 +1,36 @@
-//! Finding raw files the live mode has not processed, without re-listing years of history.
+//! Finding raw files the live mode has not taken, so that every landed file is read once,
+//! whatever its mtime, folder or partner clock.
 //!
-//! Each tick lists only the *open* `ingest_date` partitions: from one day before the newest
-//! partition processed (stragglers still land in yesterday's directory) onwards, plus the next
-//! day's directory by name, so a new day is picked up on the first tick it exists. The lake's
-//! partition directories are re-listed at start and every [`RESCAN_TICKS`] ticks to notice
-//! anything else. On the very first start, partitions from `start_lookback_days` before the
-//! newest one are followed (the view keeps 48 h anyway); that start is kept in the checkpoint.
+//! A listed file is new when its path is not among the files the checkpoint tracks for its
+//! `ingest_date` partition ([`Checkpoint::tracked`]); nothing is inferred from mtimes, so a
+//! copy that keeps an old mtime (`rsync -t`, an S3 copy keeping LastModified, a slow multipart
+//! upload) is read like any other. A tracked path whose file has another size now is
+//! quarantined with that reason, not read twice; the same file uploaded again is skipped.
 //!
-//! A listed file is new unless a retained batch read it, or its last-modified time is older
-//! than `file_window` behind the newest processed file (then it was processed by a batch the
-//! checkpoint no longer retains). This is Spark's `maxFileAge` rule: a file written with an
-//! mtime far in the past (e.g. copied preserving times) is not picked up.
+//! The partition directories are listed every tick. Partitions are followed from
+//! `track_days` before the *anchor*, the newest partition not dated in the future (after
+//! tomorrow, UTC), and never before the first start's partition (`start_lookback_days` before
+//! the anchor then, kept in the checkpoint). The two newest of them, and any future-dated
+//! one, are listed every tick; older ones, inside the horizon, every [`RESCAN_TICKS`] ticks,
+//! so a lander catching up into an older partition is seen within that many ticks. A
+//! future-dated folder or mtime is data: its files are read and named (log and metric), and
+//! it moves neither the anchor nor anything else.
 //!
 //! When `raw_payments` is a Delta table, nothing is listed: the table is followed by its
 //! versions, reading the `add` actions of each commit after the last one processed (the
 //! checkpoint keeps that version), as Spark's Delta source does.
 
-use super::checkpoint::{Checkpoint, FileRecord};
+use super::checkpoint::{partition_and_name, Checkpoint, FileRecord};
 use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
 use crate::raw_files::list_parquet;
 use chrono::{Days, NaiveDate};
 
-/// Ticks between re-listings of the partition directories.
+/// Ticks between listings of the followed partitions older than the two newest.
 pub const RESCAN_TICKS: u64 = 30;
+
+/// How far past now an mtime may be before its file is reported as from the future.
+const FUTURE_SLACK_MS: i64 = 5 * 60 * 1000;
 
 /// A new raw file, with the partition it is in.
 #[derive(Debug, Clone)]
@@ -41,10 +48,9 @@ pub struct Found {
     pub files: Vec<NewFile>,
     /// The last raw Delta version read (Delta raw tables only).
     pub raw_version: Option<u64>,
-    /// The oldest mtime among unseen files left for a later batch (listed raw files only).
-    /// The checkpoint's newest-mtime mark must not pass it by more than the file window, or
-    /// those files would be taken for long-forgotten ones and never read.
-    pub waiting_mtime_ms: Option<i64>,
+    /// Paths of the files taken that are dated in the future (their partition is after
+    /// tomorrow, or their mtime is ahead of now): read as data, reported.
+    pub ahead: Vec<String>,
 }
 
 /// Lists open partitions and returns unseen files.
@@ -55,21 +61,25 @@ pub struct Discovery {
     partitions: Vec<NaiveDate>,
     ticks: u64,
     start_lookback_days: u64,
-    /// How far behind the newest processed file an unseen file's mtime may be.
-    file_window_ms: i64,
+    /// Partitions followed before the anchor.
+    track_days: u64,
+    /// The last full listing found more files than one batch takes.
+    backlog: bool,
     /// The raw Delta table, when `raw_payments` is one.
     delta: Option<deltalake::DeltaTable>,
 }
 
 impl Discovery {
     /// Discovery over `lake`'s raw payments.
-    pub async fn new(lake: &Lake, start_lookback_days: u64, file_window_ms: i64) -> Result<Self> {
+    pub async fn new(lake: &Lake, start_lookback_days: u64, track_days: u64) -> Result<Self> {
         let mut d = Self {
             lake: lake.clone(),
             partitions: Vec::new(),
             ticks: 0,
             start_lookback_days,
-            file_window_ms,
+            // A first start that follows more days than the horizon keeps them followed.
+            track_days: track_days.max(start_lookback_days).max(1),
+            backlog: false,
             delta: None,
         };
         let dirs = lake.list_dirs(layout::RAW_PAYMENTS).await?;
@@ -94,42 +104,58 @@ impl Discovery {
         Ok(())
     }
 
-    /// The oldest partition to follow on a first start: `start_lookback_days` before the newest.
-    pub fn start_partition(&self) -> Option<NaiveDate> {
+    /// True when `raw_payments` is a Delta table (followed by versions, not listings).
+    pub fn follows_delta(&self) -> bool {
+        self.delta.is_some()
+    }
+
+    /// The last partition that is not in the future: any dated after tomorrow (UTC) is.
+    fn last_present() -> Option<NaiveDate> {
+        chrono::Utc::now()
+            .date_naive()
+            .checked_add_days(Days::new(1))
+    }
+
+    /// The newest partition not dated in the future: what the horizon counts back from.
+    fn anchor(&self) -> Option<NaiveDate> {
+        let present = Self::last_present()?;
         self.partitions
-            .last()
+            .iter()
+            .rev()
+            .find(|p| **p <= present)
+            .copied()
+    }
+
+    /// The oldest partition to follow on a first start: `start_lookback_days` before the anchor.
+    pub fn start_partition(&self) -> Option<NaiveDate> {
+        self.anchor()
             .and_then(|n| n.checked_sub_days(Days::new(self.start_lookback_days)))
     }
 
-    /// The partitions to list this tick.
-    fn open_partitions(&self, cp: &Checkpoint) -> Vec<NaiveDate> {
-        let parse = |p: &Option<String>| {
-            p.as_deref()
-                .and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok())
-        };
-        let processed = parse(&cp.newest_partition);
-        let start = parse(&cp.start_partition).or_else(|| self.start_partition());
-        let from = processed
-            .and_then(|p| p.checked_sub_days(Days::new(1)))
-            .max(start);
-        let mut open: Vec<NaiveDate> = self
-            .partitions
+    /// The oldest partition followed now: the first start's, or the horizon's when later.
+    pub fn first_followed(&self, cp: &Checkpoint) -> Option<NaiveDate> {
+        let start = cp
+            .start_partition
+            .as_deref()
+            .and_then(|p| NaiveDate::parse_from_str(p, "%Y-%m-%d").ok())
+            .or_else(|| self.start_partition());
+        let horizon = self
+            .anchor()
+            .and_then(|a| a.checked_sub_days(Days::new(self.track_days)));
+        start.max(horizon)
+    }
+
+    /// The partitions to list this tick: every followed one when `all`, else the two newest
+    /// before the anchor and every future-dated one.
+    fn open_partitions(&self, cp: &Checkpoint, all: bool) -> Vec<NaiveDate> {
+        let from = self.first_followed(cp);
+        let hot = self.anchor().and_then(|a| a.checked_sub_days(Days::new(1)));
+        self.partitions
             .iter()
             .copied()
             .filter(|p| from.is_none_or(|f| *p >= f))
-            .collect();
-        // The next day by name, in case it appeared since the last rescan.
-        if let Some(next) = open
-            .last()
-            .copied()
-            .or(processed)
-            .and_then(|d| d.checked_add_days(Days::new(1)))
-        {
-            if !open.contains(&next) {
-                open.push(next);
-            }
-        }
-        open
+            .filter(|p| all || hot.is_none_or(|h| *p >= h))
+            .collect()
     }
 
     /// Unseen raw files, at most `limit` (a Delta commit's files are never split).
@@ -137,12 +163,7 @@ impl Discovery {
         if self.delta.is_some() {
             return self.new_delta_files(cp, limit).await;
         }
-        let (files, waiting_mtime_ms) = self.new_listed_files(cp, limit).await?;
-        Ok(Found {
-            files,
-            raw_version: None,
-            waiting_mtime_ms,
-        })
+        self.new_listed_files(cp, limit).await
     }
 
     /// The files added by raw Delta versions after the checkpoint's.
@@ -159,7 +180,7 @@ impl Discovery {
         let mut found = Found {
             files: Vec::new(),
             raw_version: cp.raw_version,
-            waiting_mtime_ms: None,
+            ahead: Vec::new(),
         };
         while next <= latest && found.files.len() < limit {
             let commit = log
@@ -197,6 +218,7 @@ impl Discovery {
                             .unwrap_or(0),
                         size: add.get("size").and_then(|v| v.as_u64()).unwrap_or(0),
                         quarantined: false,
+                        reason: None,
                     },
                 });
             }
@@ -206,51 +228,59 @@ impl Discovery {
         Ok(found)
     }
 
-    /// Unseen files of the open partitions, in (partition, path) order, at most `limit`; and
-    /// the oldest mtime among those left for later.
-    async fn new_listed_files(
-        &mut self,
-        cp: &Checkpoint,
-        limit: usize,
-    ) -> Result<(Vec<NewFile>, Option<i64>)> {
+    /// Untracked files of the partitions open this tick, in (partition, path) order, at most
+    /// `limit` (the rest are still untracked next tick).
+    async fn new_listed_files(&mut self, cp: &Checkpoint, limit: usize) -> Result<Found> {
         self.ticks += 1;
-        if self.ticks.is_multiple_of(RESCAN_TICKS) {
-            self.rescan().await?;
-        }
-        let oldest_ok = cp
-            .newest_mtime_ms
-            .map(|m| m - self.file_window_ms)
-            .unwrap_or(i64::MIN);
-        let seen = cp.seen_paths();
+        self.rescan().await?;
+        // Every followed partition on the first tick, every RESCAN_TICKS, and while a full
+        // listing left files for later.
+        let all = self.ticks % RESCAN_TICKS == 1 || self.backlog;
+        let no_tracked = std::collections::BTreeMap::new();
         let mut found = Vec::new();
-        for day in self.open_partitions(cp) {
+        for day in self.open_partitions(cp, all) {
             let dir = format!("{}/ingest_date={day}", layout::RAW_PAYMENTS);
+            let tracked = cp.tracked.get(&day.to_string()).unwrap_or(&no_tracked);
             for meta in list_parquet(&self.lake, &dir).await? {
                 let path = self.lake.relative_path(&meta.location);
-                let mtime_ms = meta.last_modified.timestamp_millis();
-                if mtime_ms < oldest_ok || seen.contains(path.as_str()) {
+                let Some((_, name)) = partition_and_name(&path) else {
                     continue;
-                }
-                if !self.partitions.contains(&day) {
-                    self.partitions.push(day);
-                    self.partitions.sort();
-                }
+                };
+                let reason = match tracked.get(name) {
+                    Some(size) if *size == meta.size => continue,
+                    Some(size) => Some(format!(
+                        "{path}: changed after it was taken ({size} bytes then, {} now); raw \
+                         files are immutable, so it is not read again",
+                        meta.size
+                    )),
+                    None => None,
+                };
                 found.push(NewFile {
                     partition: day,
                     record: FileRecord {
                         path,
-                        mtime_ms,
+                        mtime_ms: meta.last_modified.timestamp_millis(),
                         size: meta.size,
-                        quarantined: false,
+                        quarantined: reason.is_some(),
+                        reason,
                     },
                 });
             }
         }
         found.sort_by(|a, b| (a.partition, &a.record.path).cmp(&(b.partition, &b.record.path)));
-        let waiting = found
-            .get(limit..)
-            .and_then(|rest| rest.iter().map(|f| f.record.mtime_ms).min());
+        self.backlog = all && found.len() > limit;
         found.truncate(limit);
-        Ok((found, waiting))
+        let present = Self::last_present();
+        let soon = chrono::Utc::now().timestamp_millis() + FUTURE_SLACK_MS;
+        let ahead = found
+            .iter()
+            .filter(|f| present.is_some_and(|p| f.partition > p) || f.record.mtime_ms > soon)
+            .map(|f| f.record.path.clone())
+            .collect();
+        Ok(Found {
+            files: found,
+            raw_version: None,
+            ahead,
+        })
     }
 }

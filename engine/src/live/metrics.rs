@@ -13,6 +13,9 @@ pub struct BatchMetrics {
     pub paths: Vec<String>,
     /// Files skipped as unreadable, each with the reason.
     pub quarantined: Vec<String>,
+    /// Files read that are dated in the future (folder after tomorrow or mtime ahead of now).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<String>,
     /// Raw rows read.
     pub rows: u64,
     /// Rows applied to `live_view`.

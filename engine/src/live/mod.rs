@@ -42,10 +42,6 @@ use discovery::Discovery;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// An unseen file whose mtime is older than this behind the newest processed file is taken
-/// as already processed (see [`discovery`]).
-const FILE_WINDOW: Duration = Duration::from_secs(15 * 60);
-
 /// The live mode. Configure with `with_*`, then [`LiveJob::run`].
 pub struct LiveJob {
     lake: Lake,
@@ -154,6 +150,9 @@ impl LiveJob {
                         quarantined = m.quarantined.len(),
                         "live batch committed"
                     );
+                    for f in &m.ahead {
+                        tracing::warn!(file = %f, "live: read a raw file dated in the future (its folder is after tomorrow or its mtime ahead of now)");
+                    }
                     for q in &m.quarantined {
                         tracing::warn!(file = %q, "live: quarantined a raw file");
                     }
@@ -193,11 +192,10 @@ struct Runner {
     discovery: Discovery,
     ctx: SessionContext,
     /// A batch to redo before discovering new files (crash recovery), with the raw Delta
-    /// version it covered and the newest-mtime mark it recorded.
-    pending: Option<(Vec<FileRecord>, Option<u64>, Option<i64>)>,
-    /// The most this tick's checkpoint may set its newest-mtime mark to: files left for a
-    /// later batch must stay within the file window of it (see `Found::waiting_mtime_ms`).
-    mark_cap_ms: Option<i64>,
+    /// version it covered.
+    pending: Option<(Vec<FileRecord>, Option<u64>)>,
+    /// Files of this tick dated in the future (see [`discovery::Found::ahead`]).
+    ahead: Vec<String>,
     /// Checked before every write: a run whose lease was taken over writes nothing more.
     fence: Fence,
 }
@@ -224,11 +222,11 @@ impl Runner {
             })?
         };
         let pending = checkpoint::read(lake, committed + 1).await?.and_then(|p| {
-            let (raw_version, mark) = (p.raw_version, p.newest_mtime_ms);
+            let raw_version = p.raw_version;
             p.batches
                 .last()
                 .filter(|b| b.batch == committed + 1)
-                .map(|b| (b.files.clone(), raw_version, mark))
+                .map(|b| (b.files.clone(), raw_version))
         });
         let mut runner = Self {
             lake: lake.clone(),
@@ -236,15 +234,10 @@ impl Runner {
             view,
             late,
             state: DedupState::default(),
-            discovery: Discovery::new(
-                lake,
-                cfg.start_lookback_days,
-                FILE_WINDOW.as_millis() as i64,
-            )
-            .await?,
+            discovery: Discovery::new(lake, cfg.start_lookback_days, cfg.track_days).await?,
             ctx: SessionContext::new(),
             pending,
-            mark_cap_ms: None,
+            ahead: Vec::new(),
             fence,
             cp,
         };
@@ -303,19 +296,14 @@ impl Runner {
 
     /// One tick: the pending redo, or new files. `None` when there was nothing to do.
     async fn tick(&mut self) -> Result<Option<BatchMetrics>> {
-        let window_ms = FILE_WINDOW.as_millis() as i64;
         let (files, raw_version, recovered) = match self.pending.take() {
-            Some((files, raw_version, mark)) => {
-                // The redo records the same mark as the interrupted try did.
-                self.mark_cap_ms = mark;
-                (files, raw_version, true)
-            }
+            Some((files, raw_version)) => (files, raw_version, true),
             None => {
                 let found = self
                     .discovery
                     .new_files(&self.cp, self.cfg.max_files_per_batch.max(1))
                     .await?;
-                self.mark_cap_ms = found.waiting_mtime_ms.map(|w| w.saturating_add(window_ms));
+                self.ahead = found.ahead;
                 let files: Vec<FileRecord> = found.files.into_iter().map(|f| f.record).collect();
                 (files, found.raw_version, false)
             }

@@ -23,14 +23,21 @@ impl super::Runner {
         let n = self.cp.batch + 1;
         let mut rows = Vec::new();
         let mut quarantined = Vec::new();
-        let read = batch::read_files(&self.lake, &files, &schema::LIVE_INPUT).await?;
-        for (file, got) in files.iter_mut().zip(read) {
-            match got {
-                FileRows::Rows(r) => rows.extend(r),
-                FileRows::Quarantined(why) => {
+        // Files quarantined when found (a tracked path that changed) are not read.
+        for file in files.iter().filter(|f| f.quarantined) {
+            quarantined.push(file.reason.clone().unwrap_or_else(|| file.path.clone()));
+        }
+        let readable: Vec<FileRecord> = files.iter().filter(|f| !f.quarantined).cloned().collect();
+        let read = batch::read_files(&self.lake, &readable, &schema::LIVE_INPUT).await?;
+        let mut read = read.into_iter();
+        for file in files.iter_mut().filter(|f| !f.quarantined) {
+            match read.next() {
+                Some(FileRows::Rows(r)) => rows.extend(r),
+                Some(FileRows::Quarantined(why)) => {
                     file.quarantined = true;
                     quarantined.push(why);
                 }
+                None => {}
             }
         }
         let before = self.cp.max_event_time;
@@ -67,6 +74,7 @@ impl super::Runner {
                 .map(|b| b.files.iter().map(|f| f.path.clone()).collect())
                 .unwrap_or_default(),
             quarantined,
+            ahead: std::mem::take(&mut self.ahead),
             rows: routed.rows,
             applied: routed.applied.iter().map(|b| b.num_rows() as u64).sum(),
             deduped: routed.deduped,

@@ -45,6 +45,7 @@ pub struct LiveMetrics {
     watermark_lag: FloatGauge,
     state_keys: Gauge,
     quarantined: Counter,
+    ahead: Counter,
     last_commit: FloatGauge,
     alerts: Family<StateLabel, Counter>,
     alerts_firing: Gauge,
@@ -70,6 +71,7 @@ impl LiveMetrics {
             watermark_lag: FloatGauge::default(),
             state_keys: Gauge::default(),
             quarantined: Counter::default(),
+            ahead: Counter::default(),
             last_commit: FloatGauge::default(),
             alerts: Family::default(),
             alerts_firing: Gauge::default(),
@@ -132,6 +134,11 @@ impl LiveMetrics {
             "tally_live_quarantined_files",
             "Raw files skipped as unreadable",
             m.quarantined.clone(),
+        );
+        r.register(
+            "tally_live_future_files",
+            "Raw files read that are dated in the future (folder after tomorrow or mtime ahead of now)",
+            m.ahead.clone(),
         );
         r.register_with_unit(
             "tally_live_last_commit_timestamp",
@@ -197,6 +204,7 @@ impl LiveMetrics {
         self.state_keys
             .set(i64::try_from(m.state_keys).unwrap_or(i64::MAX));
         self.quarantined.inc_by(m.quarantined.len() as u64);
+        self.ahead.inc_by(m.ahead.len() as u64);
         self.last_commit.set(m.committed_at_ms as f64 / 1000.0);
     }
 
