@@ -191,6 +191,12 @@ def main():
     last_min = [r for t, r in rss if t >= args.duration - 60]
     peak = max(r for _, r in rss)
 
+    # The newest checkpoint: it tracks every file taken inside the horizon (issue 34), so its
+    # size grows with the files landed in the followed partitions, not with uptime.
+    cps = sorted((lake / "live_view" / "_tally_live").glob("checkpoint-*.json"))
+    cp_bytes = cps[-1].stat().st_size if cps else 0
+    cp_files = len(lander.landed)
+
     # DuckDB: the same per-batch aggregate over the same files, one file per query.
     con = duckdb.connect()
     files = sorted(lander.landed)[:60]
@@ -214,7 +220,7 @@ def main():
         f"| sustained raw rows/s applied (rows committed / time to last commit) | {sustained:,.0f} | ≥ 200,000 |",
         f"| capacity: raw rows / time spent in batches | {capacity:,.0f} rows/s | |",
         f"| freshness p50 (file landed → committed in live_view) | {statistics.median(fresh):.2f} s | |",
-        f"| freshness p95 | {pct(fresh, 95):.2f} s | ≤ 3 s |",
+        f"| freshness p95 | {pct(fresh, 95):.2f} s | ≤ 1.5 s |",
         f"| freshness max | {max(fresh):.2f} s | |",
         f"| files never committed | {len(missing)} | 0 |",
         f"| batches | {len(batches)} (median {statistics.median(batch_ms):.0f} ms, p95 {pct(batch_ms, 95):.0f} ms per batch with rows) | |",
@@ -223,6 +229,7 @@ def main():
         f"| reading live_view (`tally sql`, fresh process): after 1 min / at the end | {read_early or 0:.2f} s / {read_late:.2f} s | as fast after a day as after a minute |",
         f"| live_view Delta log at the end | {log_files} commit files kept for {versions} batches (roll-up every 60 batches, checkpoint every 100 commits, 1 h log retention) | |",
         f"| dedup state at the end | {batches[-1]['state_keys']:,} keys, ~{batches[-1]['state_bytes'] / 2**20:.0f} MiB | |",
+        f"| checkpoint written each batch, at the end | {cp_bytes / 1024:,.0f} KiB, tracking {cp_files} files taken ({cp_bytes / max(cp_files, 1):.0f} bytes a file) | bounded by the horizon |",
         "",
         f"Reference: DuckDB {duckdb.__version__} running the same per-minute, per-partner aggregate on one landed file "
         f"({per_file_rows:,} rows, no dedup, in-process, median of {len(files)} files): {duck_ms:.0f} ms per file, "

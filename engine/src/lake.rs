@@ -28,6 +28,8 @@ pub mod layout {
     pub const LIVE_VIEW: &str = "live_view";
     /// Events behind the live watermark (Delta).
     pub const LIVE_LATE: &str = "live_late";
+    /// Raw files the live mode quarantined, with why (Delta).
+    pub const LIVE_QUARANTINE: &str = "live_quarantine";
     /// Reconciliation history (Delta).
     pub const RECONCILIATIONS: &str = "reconciliations";
     /// Ledger run log (Delta).

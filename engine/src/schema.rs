@@ -214,6 +214,21 @@ pub static ALERTS: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// `live_quarantine`: one row per raw file the live mode quarantined (not read), kept for
+/// good, so reconcile and operations can name every file the view does not count.
+pub static LIVE_QUARANTINE: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("quarantined_at", timestamp_type(), false),
+        // The live batch that took it (the Delta application transaction).
+        Field::new("batch", DataType::Int64, false),
+        Field::new("size", DataType::Int64, false),
+        // From the file's footer when it has a readable one.
+        Field::new("rows", DataType::Int64, true),
+    ]))
+});
+
 /// The raw columns the live mode reads, as plain strings.
 pub static LIVE_INPUT: LazyLock<SchemaRef> = LazyLock::new(|| {
     let keep = [

@@ -433,6 +433,36 @@ fn a_bad_file_is_quarantined_named_and_skipped() {
     // Recorded as processed: the next run does not stall on it.
     let s = live_once(dir.path(), &[]);
     assert_eq!(s["batches"], 0);
+    // And for good, in live_quarantine (path, reason, no row count: no readable footer).
+    assert_eq!(
+        quarantine_rows(dir.path()),
+        [(
+            "raw/payments/ingest_date=2026-11-20/broken.parquet".to_string(),
+            true,
+            String::new()
+        )]
+    );
+}
+
+/// `live_quarantine` as (path, has a reason, rows or "").
+fn quarantine_rows(dir: &Path) -> Vec<(String, bool, String)> {
+    let sql = "SELECT path, length(reason) > 10, rows FROM live_quarantine ORDER BY path";
+    csv_rows(&tally_ok(dir, &["sql", sql, "--format", "csv"]))
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1] == "true", r[2].clone()))
+        .collect()
+}
+
+/// Waits (at most 30 s) until a running `tally live` has committed its first batch.
+fn wait_for_first_batch(lake: &Path) {
+    let t = Instant::now();
+    while !lake
+        .join("live_view/_delta_log/00000000000000000001.json")
+        .exists()
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "no batch committed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -451,14 +481,7 @@ fn a_second_live_is_refused_and_sigterm_exits_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !lake
-        .join("live_view/_delta_log/00000000000000000001.json")
-        .exists()
-    {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no batch committed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_first_batch(&lake);
     // One live mode per lake: a second one is refused while the first runs.
     let err = tally_fails(dir.path(), &["live", "--once"], 1);
     assert!(
@@ -789,4 +812,92 @@ fn every_landed_file_is_read_once_whatever_its_mtime_folder_or_clock() {
         0,
         "quarantined once, not every run"
     );
+    assert_eq!(
+        quarantine_rows(dir.path()),
+        [(
+            "raw/payments/ingest_date=2026-11-20/b.parquet".to_string(),
+            true,
+            "10".to_string()
+        )]
+    );
+}
+
+/// A live run paused (SIGSTOP: a suspended VM, a long GC pause) past its lease, while another
+/// run takes the lease and commits, writes nothing once resumed (issue 34, item 7): it
+/// confirms the lease before its checkpoint and before each commit, and stops. The totals stay
+/// exact and no file is lost or counted twice.
+#[test]
+fn a_live_run_paused_past_its_lease_writes_nothing_after_it_resumes() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let t0 = micros("2026-11-20T10:00:00Z");
+    let mut all = traffic("a", t0, 1_000_000, 100);
+    write_raw(&lake, "2026-11-20", "a.parquet", &all);
+    let mut paused = tally_cmd(dir.path())
+        .args(["live", "--interval", "200ms"])
+        .env("TALLY_LEASE_SECS", "2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_first_batch(&lake);
+    let pid = paused.id().to_string();
+    let signal = |s: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(3));
+    // Another run takes the expired lease and commits batch 2.
+    let b = traffic("b", t0 + 200_000_000, 1_000_000, 100);
+    write_raw(&lake, "2026-11-20", "b.parquet", &b);
+    all.extend(b);
+    let out = tally_cmd(dir.path())
+        .args(["live", "--once", "--format", "json"])
+        .env("TALLY_LEASE_SECS", "2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A file waiting when the paused run resumes: it must not take it.
+    let c = traffic("c", t0 + 400_000_000, 1_000_000, 100);
+    write_raw(&lake, "2026-11-20", "c.parquet", &c);
+    all.extend(c);
+    let checkpoint_2 = lake.join("live_view/_tally_live/checkpoint-00000000000000000002.json");
+    let before = std::fs::read(&checkpoint_2).unwrap();
+    signal("-CONT");
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = paused.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the resumed run goes on"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut paused.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("taken over"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&checkpoint_2).unwrap(),
+        before,
+        "checkpoint 2 rewritten"
+    );
+    assert!(
+        !lake
+            .join("live_view/_tally_live/checkpoint-00000000000000000003.json")
+            .exists(),
+        "the resumed run wrote a checkpoint"
+    );
+    assert_eq!(live_once(dir.path(), &[])["rows"], 100);
+    assert_eq!(view_and_late(dir.path()), expected(&all));
 }

@@ -207,18 +207,21 @@ impl Discovery {
                 let Some(path) = add.get("path").and_then(|p| p.as_str()) else {
                     continue;
                 };
-                let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+                let (path, reason) = match add_path(self.lake.root().as_str(), path) {
+                    Ok(path) => (path, None),
+                    Err(reason) => (path.to_string(), Some(reason)),
+                };
                 found.files.push(NewFile {
                     partition: NaiveDate::default(),
                     record: FileRecord {
-                        path: format!("{}/{path}", layout::RAW_PAYMENTS),
+                        path,
                         mtime_ms: add
                             .get("modificationTime")
                             .and_then(|v| v.as_i64())
                             .unwrap_or(0),
                         size: add.get("size").and_then(|v| v.as_u64()).unwrap_or(0),
-                        quarantined: false,
-                        reason: None,
+                        quarantined: reason.is_some(),
+                        reason,
                     },
                 });
             }
@@ -282,5 +285,57 @@ impl Discovery {
             raw_version: None,
             ahead,
         })
+    }
+}
+
+/// The lake-relative path of a raw Delta table's `add`: relative paths are under the table;
+/// an absolute URL (Delta allows them, e.g. after a shallow clone) is read when it is under
+/// the lake root, and otherwise is `Err(reason)`: quarantined, not retried for ever.
+fn add_path(lake_root: &str, path: &str) -> std::result::Result<String, String> {
+    let decode = |p: &str| {
+        percent_encoding::percent_decode_str(p)
+            .decode_utf8_lossy()
+            .to_string()
+    };
+    match url::Url::parse(path) {
+        Ok(url) => {
+            let root = lake_root.trim_end_matches('/');
+            url.as_str()
+                .strip_prefix(root)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .map(decode)
+                .ok_or_else(|| {
+                    format!(
+                        "{path}: an absolute path outside the lake ({root}); the live mode reads only files under the lake root"
+                    )
+                })
+        }
+        Err(_) => Ok(format!("{}/{}", layout::RAW_PAYMENTS, decode(path))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_path;
+
+    #[test]
+    fn delta_add_paths_relative_absolute_inside_and_outside_the_lake() {
+        let root = "file:///data/lake/";
+        assert_eq!(
+            add_path(root, "ingest_date=2026-11-20/part%20one.parquet").unwrap(),
+            "raw/payments/ingest_date=2026-11-20/part one.parquet"
+        );
+        assert_eq!(
+            add_path(
+                root,
+                "file:///data/lake/raw/payments/ingest_date=2026-11-20/a.parquet"
+            )
+            .unwrap(),
+            "raw/payments/ingest_date=2026-11-20/a.parquet"
+        );
+        let outside = add_path(root, "s3://elsewhere/raw/a.parquet").unwrap_err();
+        assert!(outside.contains("outside the lake"), "{outside}");
+        // A sibling directory sharing the root's prefix is outside too.
+        assert!(add_path(root, "file:///data/lake2/a.parquet").is_err());
     }
 }

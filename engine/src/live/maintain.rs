@@ -13,6 +13,8 @@ impl super::Runner {
             .cp
             .max_event_time
             .map(|m| m.saturating_sub(self.cfg.retention.as_micros() as i64));
+        // A roll-up rewrites both tables: only while the lease is still this run's.
+        self.fence.confirm().await?;
         let started = Instant::now();
         let view = sink::rollup(&self.lake, layout::LIVE_VIEW, &mut self.view, keep_from).await?;
         // Between the two tables' roll-ups: each is one commit of the same totals, so a crash

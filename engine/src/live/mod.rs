@@ -23,6 +23,7 @@ pub mod discovery;
 mod maintain;
 mod metrics;
 mod next_checkpoint;
+mod quarantine;
 pub mod sink;
 mod step;
 
@@ -187,6 +188,8 @@ struct Runner {
     cfg: LiveConfig,
     view: DeltaTable,
     late: DeltaTable,
+    /// `live_quarantine`, opened at the first quarantined file.
+    quarantine: Option<DeltaTable>,
     cp: Checkpoint,
     state: DedupState,
     discovery: Discovery,
@@ -233,6 +236,7 @@ impl Runner {
             cfg: cfg.clone(),
             view,
             late,
+            quarantine: None,
             state: DedupState::default(),
             discovery: Discovery::new(lake, cfg.start_lookback_days, cfg.track_days).await?,
             ctx: SessionContext::new(),

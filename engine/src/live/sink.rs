@@ -208,7 +208,10 @@ pub async fn rollup(
 /// Writes `rows` as one Parquet file in the table directory and returns its `Add`.
 async fn write_file(lake: &Lake, dir: &str, name: &str, rows: &[RecordBatch]) -> Result<Add> {
     let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, Arc::clone(&LIVE_WINDOW), None)?;
+    let Some(schema) = rows.first().map(|b| b.schema()) else {
+        return Err(TallyError::Internal(format!("{dir}: no rows to write")));
+    };
+    let mut writer = ArrowWriter::try_new(&mut buf, schema, None)?;
     let mut count = 0usize;
     for b in rows {
         writer.write(b)?;

@@ -24,8 +24,10 @@ impl super::Runner {
         let mut rows = Vec::new();
         let mut quarantined = Vec::new();
         // Files quarantined when found (a tracked path that changed) are not read.
+        let mut set_aside: Vec<(FileRecord, String)> = Vec::new();
         for file in files.iter().filter(|f| f.quarantined) {
-            quarantined.push(file.reason.clone().unwrap_or_else(|| file.path.clone()));
+            let why = file.reason.clone().unwrap_or_else(|| file.path.clone());
+            set_aside.push((file.clone(), why));
         }
         let readable: Vec<FileRecord> = files.iter().filter(|f| !f.quarantined).cloned().collect();
         let read = batch::read_files(&self.lake, &readable, &schema::LIVE_INPUT).await?;
@@ -35,11 +37,12 @@ impl super::Runner {
                 Some(FileRows::Rows(r)) => rows.extend(r),
                 Some(FileRows::Quarantined(why)) => {
                     file.quarantined = true;
-                    quarantined.push(why);
+                    set_aside.push((file.clone(), why));
                 }
                 None => {}
             }
         }
+        quarantined.extend(set_aside.iter().map(|(_, why)| why.clone()));
         let before = self.cp.max_event_time;
         let clock = self.clock(before);
         let routed = batch::route(&mut self.state, clock, &rows, true)?;
@@ -59,7 +62,7 @@ impl super::Runner {
 
         let mut cp = self.next_checkpoint(n, before, after, files);
         cp.raw_version = raw_version.or(self.cp.raw_version);
-        self.fence.check()?;
+        self.fence.confirm().await?;
         checkpoint::write(&self.lake, &cp).await?;
         crate::failpoint::hit("live_after_checkpoint");
 
@@ -96,8 +99,18 @@ impl super::Runner {
             "tally.live".to_string(),
             serde_json::to_value(&m).map_err(|e| TallyError::Internal(e.to_string()))?,
         )]);
+        // Quarantined files first, for good (a redo finds the batch recorded and skips it).
+        if !set_aside.is_empty() {
+            self.fence.confirm().await?;
+            if self.quarantine.is_none() {
+                self.quarantine = Some(super::quarantine::open(&self.lake).await?);
+            }
+            if let Some(table) = self.quarantine.as_mut() {
+                super::quarantine::record(&self.lake, table, n, &set_aside).await?;
+            }
+        }
         // A batch already in live_late is a redo after a crash between the two commits.
-        self.fence.check()?;
+        self.fence.confirm().await?;
         if !late_rows.is_empty() {
             sink::append(
                 &self.lake,
@@ -110,7 +123,7 @@ impl super::Runner {
             .await?;
             crate::failpoint::hit("live_after_late_commit");
         }
-        self.fence.check()?;
+        self.fence.confirm().await?;
         let appended = sink::append(
             &self.lake,
             layout::LIVE_VIEW,

@@ -149,6 +149,7 @@ pub fn render(partners: &[PartnerTotal], status: &Status) -> String {
         .replace("{{rate}}", &count(events))
         .replace("{{error_rate}}", &rate(errors, events))
         .replace("{{firing_count}}", &status.firing.len().to_string())
+        .replace("{{quarantined}}", &count(status.quarantined_files))
         .replace(
             "{{alerts_class}}",
             if status.firing.is_empty() {
@@ -188,6 +189,8 @@ mod tests {
             alert_rule: false,
             firing: Vec::new(),
             reconciliations: Vec::new(),
+            quarantined_files: 0,
+            quarantine: Vec::new(),
         };
         let page = render(
             &[PartnerTotal {

@@ -19,6 +19,7 @@ use tokio::sync::Mutex;
 const API_LIVE: &str = include_str!("../../../sql/api_live.sql");
 const API_PARTNERS: &str = include_str!("../../../sql/api_partners.sql");
 const API_RECONCILIATIONS: &str = include_str!("../../../sql/api_reconciliations.sql");
+const API_QUARANTINE: &str = include_str!("../../../sql/api_quarantine.sql");
 const ALERTS_LATEST: &str = include_str!("../../../sql/alerts_latest.sql");
 
 /// The most `/api/live?minutes=` accepts: a day.
@@ -89,6 +90,42 @@ pub struct Status {
     pub firing: Vec<FiringJson>,
     /// The latest reconciliation verdict per day, newest first.
     pub reconciliations: Vec<DayVerdict>,
+    /// Raw files the live mode quarantined, in all (`live_quarantine`).
+    pub quarantined_files: i64,
+    /// The newest of them (at most 20), with why.
+    pub quarantine: Vec<QuarantinedJson>,
+}
+
+/// A raw file the live mode did not read.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantinedJson {
+    /// Its path under the lake.
+    pub path: String,
+    /// Why it was not read.
+    pub reason: String,
+    /// When (ISO-8601 UTC).
+    pub at: String,
+}
+
+/// The quarantined files' count and the newest of them.
+async fn quarantine(session: &TallySession) -> Result<(i64, Vec<QuarantinedJson>)> {
+    if !has(session, layout::LIVE_QUARANTINE) {
+        return Ok((0, Vec::new()));
+    }
+    let mut total = 0;
+    let mut out = Vec::new();
+    for b in &run(session, API_QUARANTINE, Vec::new()).await? {
+        let (path, reason, at, count) = (strings(b, 0)?, strings(b, 1)?, times(b, 2)?, ints(b, 3)?);
+        for r in 0..b.num_rows() {
+            total = count[r];
+            out.push(QuarantinedJson {
+                path: path[r].clone().unwrap_or_default(),
+                reason: reason[r].clone().unwrap_or_default(),
+                at: at[r].map(iso).unwrap_or_default(),
+            });
+        }
+    }
+    Ok((total, out))
 }
 
 /// A firing alert.
@@ -329,6 +366,7 @@ pub async fn status(
         None => commits.last_batch(session.lake()).await?,
     };
     let now_us = chrono::Utc::now().timestamp_micros();
+    let (quarantined_files, quarantine) = quarantine(session).await?;
     let (alert_rule, firing) = match ops.and_then(|o| o.firing()) {
         Some(f) => (true, f),
         None => (false, firing_from_table(session).await?),
@@ -350,5 +388,7 @@ pub async fn status(
             })
             .collect(),
         reconciliations: reconciliations(session).await?,
+        quarantined_files,
+        quarantine,
     })
 }

@@ -140,6 +140,7 @@ impl TallySession {
             layout::LEDGER_CONFLICTS,
             layout::LIVE_VIEW,
             layout::LIVE_LATE,
+            layout::LIVE_QUARANTINE,
             layout::RECONCILIATIONS,
             layout::RUNS,
             layout::ALERTS,

@@ -184,6 +184,7 @@ function drawStatus(s) {
     s.watermark_lag_seconds == null ? "" : s.watermark_lag_seconds < 300 ? "" : "warn");
   firing = new Map(s.firing.map((f) => [f.partner_id, f.since]));
   setStat("firing-count", String(s.firing.length), s.firing.length ? "bad" : "ok");
+  setStat("quarantined", s.quarantined_files.toLocaleString("en-US"), s.quarantined_files ? "bad" : "ok");
   const list = el("ul", { id: "firing" });
   for (const f of s.firing) list.append(el("li", {}, el("b", {}, f.partner_id), " error rate over the threshold since " + f.since.slice(11, 16) + " UTC"));
   $("firing").replaceWith(list);
