@@ -464,6 +464,19 @@ impl S3Server {
         name.to_string()
     }
 
+    /// Uploads the local file `from` as `bucket/key`, signed, as a lander would (boto3).
+    pub fn put(&self, bucket: &str, key: &str, from: &Path) {
+        let script = format!(
+            "import boto3\n\
+             s3 = boto3.client('s3', endpoint_url={endpoint:?}, aws_access_key_id='testing', \
+             aws_secret_access_key='testing-secret', region_name='us-east-1')\n\
+             s3.upload_file({from:?}, {bucket:?}, {key:?})",
+            endpoint = self.endpoint,
+            from = from.display().to_string(),
+        );
+        python(&script);
+    }
+
     /// A `tally` command pointed at this server with dummy credentials.
     pub fn cmd(&self, dir: &Path) -> Command {
         let mut c = tally_cmd(dir);
