@@ -27,3 +27,5 @@ pub const LIVE_WINDOW: &str = include_str!("../../sql/live_window.sql");
 
 /// Day D's ledger against the live view, per partner (`sql/reconcile.sql`).
 pub const RECONCILE: &str = include_str!("../../sql/reconcile.sql");
+/// The live mode's quarantined files that landed on a reconciled day or the next.
+pub const RECONCILE_QUARANTINE: &str = include_str!("../../sql/reconcile_quarantine.sql");

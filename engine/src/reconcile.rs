@@ -74,6 +74,9 @@ pub struct ReconcileReport {
     pub live_view_version: Option<i64>,
     /// Version of `reconciliations` holding this run.
     pub recorded_version: u64,
+    /// Raw files of the day's `ingest_date` folder or the next that the live mode
+    /// quarantined (`live_quarantine`): their rows are in no live figure, so drift may be them.
+    pub quarantined_files: Vec<String>,
 }
 
 /// Reconciles one day. Configure, then [`ReconcileJob::run`].
@@ -270,6 +273,7 @@ impl<'a> ReconcileJob<'a> {
             }),
         )]);
         let recorded_version = delta::append(&table, rows, meta).await?;
+        let quarantined_files = self.quarantined_files().await?;
         Ok(ReconcileReport {
             day: self.day,
             run_id,
@@ -279,7 +283,35 @@ impl<'a> ReconcileJob<'a> {
             ledger_version,
             live_view_version,
             recorded_version,
+            quarantined_files,
         })
+    }
+
+    /// The live mode's quarantined files of the day's `ingest_date` folder or the next.
+    async fn quarantined_files(&self) -> Result<Vec<String>> {
+        if self.session.table(layout::LIVE_QUARANTINE).is_err() {
+            return Ok(Vec::new());
+        }
+        let folder = |day: NaiveDate| ScalarValue::Utf8(Some(format!("%/ingest_date={day}/%")));
+        let next = self.day.checked_add_days(Days::new(1)).unwrap_or(self.day);
+        let batches = self
+            .session
+            .ctx()
+            .sql(jobs_sql::RECONCILE_QUARANTINE)
+            .await?
+            .with_param_values(vec![folder(self.day), folder(next)])?
+            .collect()
+            .await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let paths = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)?;
+            let reasons = arrow::compute::cast(b.column(1), &arrow::datatypes::DataType::Utf8)?;
+            let (paths, reasons) = (paths.as_string::<i32>(), reasons.as_string::<i32>());
+            for i in 0..b.num_rows() {
+                out.push(format!("{}: {}", paths.value(i), reasons.value(i)));
+            }
+        }
+        Ok(out)
     }
 
     /// Turns one result batch into partner figures and a `reconciliations` batch.

@@ -6,12 +6,12 @@
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Decimal128Type, TimestampMicrosecondType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The built binary under test.
@@ -499,5 +499,102 @@ impl S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self._child.kill();
+    }
+}
+
+/// A running tally process (`serve` or `live`) with the addresses it printed; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addrs: BTreeMap<String, String>,
+    readers: Vec<std::thread::JoinHandle<String>>,
+}
+
+impl Proc {
+    /// Starts `tally <args>` and waits for a `listening <name> <addr>` line for each of
+    /// `names` (on stdout or stderr).
+    pub fn start(dir: &Path, args: &[&str], names: &[&str]) -> Proc {
+        Self::spawn(tally_cmd(dir).args(args), names)
+    }
+
+    /// Like [`Proc::start`], for a prepared command (extra environment, say).
+    pub fn spawn(cmd: &mut Command, names: &[&str]) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel::<(String, String)>();
+        let mut readers = Vec::new();
+        let out: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let err: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for stream in [out, err] {
+            let tx = tx.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut all = String::new();
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let parts: Vec<&str> = line.split_whitespace().collect();
+                    if parts.len() == 3 && parts[0] == "listening" {
+                        let _ = tx.send((parts[1].to_string(), parts[2].to_string()));
+                    }
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+                all
+            }));
+        }
+        let mut addrs = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while names.iter().any(|n| !addrs.contains_key(*n)) {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok((name, addr)) => {
+                    addrs.insert(name, addr);
+                }
+                Err(_) => {
+                    if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                        let _ = child.kill();
+                        let logs: Vec<String> =
+                            readers.into_iter().map(|r| r.join().unwrap()).collect();
+                        panic!("tally ended before listening: {}", logs.join(""));
+                    }
+                }
+            }
+        }
+        Proc {
+            child,
+            addrs,
+            readers,
+        }
+    }
+
+    pub fn url(&self, name: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addrs[name])
+    }
+
+    /// SIGTERM; the exit code and everything printed.
+    pub fn terminate(mut self) -> (Option<i32>, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(Instant::now() < deadline, "tally did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let logs = std::mem::take(&mut self.readers)
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+            .join("");
+        (code, logs)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

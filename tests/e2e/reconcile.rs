@@ -193,6 +193,31 @@ fn reconcile_agrees_then_explains_late_events_then_flags_real_drift() {
         ],
     ));
     assert_eq!(hist, vec![vec!["4".to_string(), "1".into()]]);
+
+    // A file of the day after changed once the live mode had read it: quarantined, in no live
+    // figure, and named by the day's reconciliation.
+    write_raw(
+        &lake,
+        "2026-11-21",
+        "next.parquet",
+        &[
+            row("n-1".into(), "p0", next, next, 100),
+            row("n-3".into(), "p0", next, next, 300),
+        ],
+    );
+    tally_fails(dir.path(), &["live", "--once"], 1);
+    let (_, r) = reconcile(dir.path(), &[]);
+    let named: Vec<&str> = r["quarantined_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(named.len(), 1, "{r}");
+    assert!(
+        named[0].starts_with("raw/payments/ingest_date=2026-11-21/next.parquet: "),
+        "{r}"
+    );
 }
 
 #[test]

@@ -5,9 +5,8 @@
 use crate::harness::*;
 use crate::ledger::expected_ledger;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DAY: &str = "2026-11-01";
@@ -15,11 +14,10 @@ const NEXT_DAY: &str = "2026-11-02";
 
 /// A running `tally serve` on free loopback ports; killed when dropped.
 struct Server {
-    child: Child,
+    proc: Proc,
     http: String,
     flight: String,
     pg: String,
-    readers: Vec<std::thread::JoinHandle<String>>,
 }
 
 impl Server {
@@ -34,46 +32,16 @@ impl Server {
             "--pg",
             "127.0.0.1:0",
         ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(extra);
         if let Some(t) = token {
             cmd.env("TALLY_TOKEN", t);
         }
-        let mut child = cmd.spawn().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut addrs = BTreeMap::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while addrs.len() < 3 {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap() == 0 || Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("serve ended before listening: {}", stderr.join().unwrap());
-            }
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            if parts.first() != Some(&"listening") {
-                continue; // `--live` prints its batches on the same stdout
-            }
-            assert_eq!(parts.len(), 3, "unexpected line {line:?}");
-            addrs.insert(parts[1].to_string(), parts[2].to_string());
-        }
-        let stdout = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
+        let proc = Proc::spawn(&mut cmd, &["http", "flight-sql", "pg"]);
         Server {
-            child,
-            http: addrs["http"].clone(),
-            flight: addrs["flight-sql"].clone(),
-            pg: addrs["pg"].clone(),
-            readers: vec![stdout, stderr],
+            http: proc.addrs["http"].clone(),
+            flight: proc.addrs["flight-sql"].clone(),
+            pg: proc.addrs["pg"].clone(),
+            proc,
         }
     }
 
@@ -82,30 +50,8 @@ impl Server {
     }
 
     /// SIGTERM; the exit code and everything the server printed (stdout, then stderr).
-    fn terminate(mut self) -> (Option<i32>, String) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let code = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status.code();
-            }
-            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let logs = std::mem::take(&mut self.readers)
-            .into_iter()
-            .map(|r| r.join().unwrap())
-            .collect::<Vec<_>>()
-            .join("");
-        (code, logs)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn terminate(self) -> (Option<i32>, String) {
+        self.proc.terminate()
     }
 }
 

@@ -105,4 +105,14 @@ fn print_table(r: &ReconcileReport) {
         r.live_view_version.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
         r.recorded_version
     );
+    if !r.quarantined_files.is_empty() {
+        println!(
+            "{} raw file(s) of {} or the day after were quarantined by the live mode (in no live figure; see live_quarantine):",
+            r.quarantined_files.len(),
+            r.day
+        );
+        for f in &r.quarantined_files {
+            println!("  {f}");
+        }
+    }
 }
