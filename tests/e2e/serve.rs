@@ -981,16 +981,7 @@ fn a_burst_beyond_the_query_cap_queues_and_every_query_is_answered() {
 }
 
 fn reserved_bytes(server: &Server) -> u64 {
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://{}/metrics", server.http)])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.lines()
-        .find(|l| l.starts_with("tally_serve_memory_reserved_bytes "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(|v| v.parse::<f64>().unwrap() as u64)
-        .unwrap_or_else(|| panic!("no memory gauge in {text}"))
+    gauge(server, "tally_serve_memory_reserved_bytes")
 }
 
 fn counter(server: &Server, endpoint: &str, outcome: &str) -> u64 {

@@ -128,9 +128,8 @@ fn saturating(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Each partner's state by its newest alert: firing since its minute, or quiet after the
-/// minute that resolved it. Empty when the table does not exist yet.
-pub async fn latest_states(lake: &Lake) -> Result<Vec<(String, PartnerState)>> {
+/// Runs `sql` over the `alerts` table; no rows when the table does not exist yet.
+async fn query(lake: &Lake, sql: &str) -> Result<Vec<RecordBatch>> {
     let url = lake.url_of(layout::ALERTS)?;
     let table = match delta::open(lake, &url).await {
         Ok(t) => t,
@@ -140,7 +139,13 @@ pub async fn latest_states(lake: &Lake) -> Result<Vec<(String, PartnerState)>> {
     let ctx = SessionContext::new();
     table.update_datafusion_session(&ctx.state())?;
     ctx.register_table(layout::ALERTS, table.table_provider().await?)?;
-    let batches = ctx.sql(ALERTS_LATEST).await?.collect().await?;
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+/// Each partner's state by its newest alert: firing since its minute, or quiet after the
+/// minute that resolved it. Empty when the table does not exist yet.
+pub async fn latest_states(lake: &Lake) -> Result<Vec<(String, PartnerState)>> {
+    let batches = query(lake, ALERTS_LATEST).await?;
     let mut out = Vec::new();
     for b in &batches {
         let partner = cast(b.column(0), &DataType::Utf8)?;
@@ -174,16 +179,7 @@ pub async fn latest_states(lake: &Lake) -> Result<Vec<(String, PartnerState)>> {
 /// Alerts recorded `pending` and never delivered or refused since, oldest first: what a
 /// restarted loop owes the webhook. Empty when the table does not exist yet.
 pub async fn pending(lake: &Lake) -> Result<Vec<Alert>> {
-    let url = lake.url_of(layout::ALERTS)?;
-    let table = match delta::open(lake, &url).await {
-        Ok(t) => t,
-        Err(TallyError::Delta(deltalake::DeltaTableError::NotATable(_))) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let ctx = SessionContext::new();
-    table.update_datafusion_session(&ctx.state())?;
-    ctx.register_table(layout::ALERTS, table.table_provider().await?)?;
-    let batches = ctx.sql(ALERTS_PENDING).await?.collect().await?;
+    let batches = query(lake, ALERTS_PENDING).await?;
     let mut out = Vec::new();
     for b in &batches {
         let text = |i: usize| cast(b.column(i), &DataType::Utf8);

@@ -5,7 +5,7 @@
 //! left to datafusion-postgres's cursor hook, which runs after this one; the crate's own
 //! DECLARE would keep the plan running with no slot, no deadline and no bound on how many.
 
-use super::queries::{bound, outcome_of, timeout_error};
+use super::queries::{bound, outcome_of, query_timeout, timeout_error};
 use super::*;
 use datafusion::sql::sqlparser::ast::DeclareType;
 use pgwire::api::results::Tag;
@@ -110,15 +110,7 @@ impl CursorHook {
         ctx: &SessionContext,
         client: &mut dyn HookClient,
     ) -> PgWireResult<Response> {
-        let mut timeout = self.shared.query_timeout;
-        if let Some(ms) = client
-            .metadata()
-            .get(queries::STATEMENT_TIMEOUT_MS)
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-        {
-            timeout = timeout.min(Duration::from_millis(ms));
-        }
+        let timeout = query_timeout(&self.shared, client);
         let declared = client
             .session_extensions()
             .get_or_insert_with(Declared::default);

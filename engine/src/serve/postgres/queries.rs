@@ -24,15 +24,7 @@ impl Guarded {
         record: &mut Option<QueryRecord>,
         admit: bool,
     ) -> PgWireResult<(Arc<TallySession>, CancellationToken, Instant, Duration)> {
-        let mut timeout = self.shared.query_timeout;
-        if let Some(ms) = client
-            .metadata()
-            .get(STATEMENT_TIMEOUT_MS)
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-        {
-            timeout = timeout.min(Duration::from_millis(ms));
-        }
+        let timeout = query_timeout(&self.shared, client);
         let token = client
             .session_extensions()
             .get::<Connection>()
@@ -82,6 +74,17 @@ fn only_cursor_statements(sql: &str) -> bool {
     PostgresCompatibilityParser::new()
         .parse(sql)
         .is_ok_and(|s| !s.is_empty() && s.iter().all(cursors::uses_cursor))
+}
+
+/// The server's query timeout, or the client's `statement_timeout` when shorter.
+pub(super) fn query_timeout<C: ClientInfo + ?Sized>(shared: &Shared, client: &C) -> Duration {
+    let asked = client
+        .metadata()
+        .get(STATEMENT_TIMEOUT_MS)
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
+    asked.map_or(shared.query_timeout, |t| t.min(shared.query_timeout))
 }
 
 pub(super) fn refresh_error(e: &TallyError) -> PgWireError {
