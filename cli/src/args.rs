@@ -102,6 +102,10 @@ pub struct ServeArgs {
     /// Allow a non-loopback address without TLS (the token then crosses the network in clear).
     #[arg(long)]
     pub insecure: bool,
+    /// Memory for answers of repeated queries, kept while their Delta tables are unchanged
+    /// (a commit makes the next query run again), e.g. 64MiB; 0 turns it off [default: 64MiB]
+    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    pub result_cache: usize,
     /// Also run the live micro-batch loop (`tally live`, with its options below) in this process.
     #[arg(long)]
     pub live: bool,

@@ -34,6 +34,8 @@ use std::sync::Arc;
 pub struct DeltaFiles {
     snapshot: deltalake::table::state::DeltaTableState,
     store_url: ObjectStoreUrl,
+    /// The table's location, naming the snapshot together with its version.
+    location: String,
     /// The table's columns in the Delta provider's order (what `SELECT *` shows).
     schema: SchemaRef,
     /// The file columns, then the partition columns.
@@ -93,11 +95,17 @@ impl DeltaFiles {
         Some(Self {
             snapshot: snapshot.clone(),
             store_url: table.log_store().object_store_url(),
+            location: table.table_url().to_string(),
             schema,
             table_schema,
             to_scan,
             partition_cols,
         })
+    }
+
+    /// `location@version`: two scans with the same identity read the same rows.
+    pub fn identity(&self) -> String {
+        format!("{}@{}", self.location, self.snapshot.version())
     }
 
     /// Which files may hold rows matching `filters` (all of them when the filters cannot be

@@ -1335,3 +1335,48 @@ fn the_postgres_jdbc_driver_browses_and_queries_with_prepared_statements() {
         "{stdout}"
     );
 }
+
+/// A repeated query is answered from the result cache while the ledger is unchanged, on both
+/// wires, and a commit makes the next one run again: answers stay exact across the commit. A
+/// query with a volatile function is never kept.
+#[test]
+fn repeated_queries_are_answered_from_the_cache_until_a_commit() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let server = Server::start(dir.path(), None, &[]);
+    let sql =
+        "SELECT event_date, count(*) AS n FROM ledger GROUP BY event_date ORDER BY event_date";
+    let day_count: u64 = expected_sums(dir.path(), DAY).values().map(|v| v.1).sum();
+    let next_count: u64 = expected_sums(dir.path(), NEXT_DAY)
+        .values()
+        .map(|v| v.1)
+        .sum();
+    let one_day = format!("{DAY}\t{day_count}");
+    let twice = format!("{}\n{}", print_rows_py(sql), print_rows_py(sql));
+    assert_eq!(
+        psycopg(&server, None, &twice).trim(),
+        format!("{one_day}\n{one_day}")
+    );
+    assert_eq!(adbc(&server, NO_AUTH, &print_rows_py(sql)).trim(), one_day);
+    let hits = gauge(&server, "tally_serve_result_cache_hits_total");
+    assert!(hits >= 2, "second and third runs hit: {hits}");
+    assert!(gauge(&server, "tally_serve_result_cache_bytes") > 0);
+
+    // random() is volatile: two runs, two answers.
+    let random = "SELECT max(amount) * 0 + random() AS r FROM ledger";
+    let two = psycopg(&server, None, &twice.replace(sql, random));
+    let lines: Vec<&str> = two.lines().collect();
+    assert_eq!(lines.len(), 2, "{two}");
+    assert_ne!(lines[0], lines[1], "a volatile query must run each time");
+
+    // Another process commits the next day: the same statement now reads the new version.
+    tally_ok(dir.path(), &["ledger", "--date", NEXT_DAY]);
+    let two_days = format!("{one_day}\n{NEXT_DAY}\t{next_count}");
+    assert_eq!(psycopg(&server, None, &print_rows_py(sql)).trim(), two_days);
+    assert_eq!(adbc(&server, NO_AUTH, &print_rows_py(sql)).trim(), two_days);
+    let misses = gauge(&server, "tally_serve_result_cache_misses_total");
+    assert!(
+        misses >= 2,
+        "the first run and the run after the commit miss: {misses}"
+    );
+}

@@ -29,6 +29,7 @@ pub async fn run(ctx: &Context, args: &ServeArgs) -> Result<()> {
             _ => None,
         },
         insecure: args.insecure,
+        result_cache: args.result_cache,
     };
     if args.live_args.metrics.is_some() {
         anyhow::bail!(tally_engine::TallyError::Usage {

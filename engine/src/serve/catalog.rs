@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::{Result, TallyError};
 use crate::lake::Lake;
 use crate::session::{SessionOptions, TableCache, TallySession};
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::sync::{Arc, Mutex};
@@ -54,8 +55,12 @@ impl FreshCatalog {
         config: Config,
         opts: SessionOptions,
         refresh_timeout: std::time::Duration,
+        planner: Option<Arc<dyn QueryPlanner + Send + Sync>>,
     ) -> Result<Self> {
-        let cache = TableCache::new(&opts)?;
+        let mut cache = TableCache::new(&opts)?;
+        if let Some(planner) = planner {
+            cache = cache.with_query_planner(planner);
+        }
         Ok(Self {
             lake,
             config,

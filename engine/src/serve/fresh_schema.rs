@@ -101,6 +101,15 @@ impl FreshTable {
             .ok_or_else(|| DataFusionError::Plan(format!("table '{}' not found", self.name)))
     }
 
+    /// The table in the session pinned to this task (the query's), if one is.
+    pub(crate) fn pinned(&self) -> Option<Arc<dyn TableProvider>> {
+        let session = PINNED.try_with(Arc::clone).ok()?;
+        let schema = session.ctx().catalog("datafusion")?.schema(SCHEMA)?;
+        futures::executor::block_on(schema.table(&self.name))
+            .ok()
+            .flatten()
+    }
+
     fn current_now(&self) -> Option<Arc<dyn TableProvider>> {
         // The providers of the newest session are registered directly, so the lookup is a map
         // read; futures::executor would be needed only for a lazy schema, which this is not.

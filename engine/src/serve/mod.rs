@@ -19,6 +19,7 @@ pub mod live_api;
 pub mod metrics;
 pub mod pg_params;
 pub mod postgres;
+pub mod result_cache;
 pub mod statement;
 pub mod tls;
 
@@ -71,6 +72,8 @@ pub struct ServeOptions {
     pub tls: Option<tls::TlsFiles>,
     /// Allow a non-loopback bind without TLS (`--insecure`).
     pub insecure: bool,
+    /// Bytes of answers kept for repeated queries (see [`result_cache`]); 0 turns it off.
+    pub result_cache: usize,
 }
 
 /// State every endpoint shares.
@@ -199,15 +202,21 @@ pub async fn serve(
         memory_limit: Some(memory_limit),
         ..Default::default()
     };
+    let mut registry = Registry::default();
+    let planner = (opts.result_cache > 0).then(|| {
+        let cache = result_cache::ResultCache::register(&mut registry, opts.result_cache);
+        Arc::new(result_cache::CachingQueryPlanner::new(cache))
+            as Arc<dyn datafusion::execution::context::QueryPlanner + Send + Sync>
+    });
     let catalog = Arc::new(FreshCatalog::new(
         lake,
         config,
         session_opts,
         opts.query_timeout,
+        planner,
     )?);
     // Open every table now: a broken table or unreachable lake fails at start, not per query.
     catalog.session().await?;
-    let mut registry = Registry::default();
     let metrics = ServeMetrics::register(&mut registry);
     let admission = admission::Admission::register(
         &mut registry,
@@ -373,6 +382,7 @@ mod tests {
             token: Token::new(token.map(String::from)),
             tls,
             insecure,
+            result_cache: 0,
         }
     }
 

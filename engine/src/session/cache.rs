@@ -10,6 +10,9 @@ pub struct TableCache {
     pub(super) runtime: Arc<RuntimeEnv>,
     pub(super) delta: HashMap<String, deltalake::DeltaTable>,
     pub(super) parquet: HashMap<String, Arc<dyn TableProvider>>,
+    /// Plans every statement of the sessions built from this cache (the server's result
+    /// cache); DataFusion's own planner when `None`.
+    pub(super) query_planner: Option<Arc<dyn QueryPlanner + Send + Sync>>,
 }
 
 impl TableCache {
@@ -23,7 +26,14 @@ impl TableCache {
             runtime: new_runtime(&opts)?,
             delta: HashMap::new(),
             parquet: HashMap::new(),
+            query_planner: None,
         })
+    }
+
+    /// Sessions built from this cache plan their statements with `planner`.
+    pub fn with_query_planner(mut self, planner: Arc<dyn QueryPlanner + Send + Sync>) -> Self {
+        self.query_planner = Some(planner);
+        self
     }
 
     /// The runtime every session from this cache runs on.

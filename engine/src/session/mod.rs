@@ -16,8 +16,10 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -89,7 +91,7 @@ pub struct TallySession {
 impl TallySession {
     /// Builds a session over `lake`: object store, UDFs, the lake's tables and the configured ones.
     pub async fn open(lake: &Lake, config: &Config, opts: &SessionOptions) -> Result<Self> {
-        let ctx = new_context(opts, new_runtime(opts)?)?;
+        let ctx = new_context(opts, new_runtime(opts)?, None)?;
         Self::open_on(ctx, lake, config, None).await
     }
 
@@ -102,7 +104,11 @@ impl TallySession {
         opts: &SessionOptions,
         cache: &mut TableCache,
     ) -> Result<Self> {
-        let ctx = new_context(opts, Arc::clone(&cache.runtime))?;
+        let ctx = new_context(
+            opts,
+            Arc::clone(&cache.runtime),
+            cache.query_planner.clone(),
+        )?;
         Self::open_on(ctx, lake, config, Some(cache)).await
     }
 

@@ -22,6 +22,7 @@ pub(super) fn new_runtime(opts: &SessionOptions) -> Result<Arc<RuntimeEnv>> {
 pub(super) fn new_context(
     opts: &SessionOptions,
     runtime: Arc<RuntimeEnv>,
+    planner: Option<Arc<dyn QueryPlanner + Send + Sync>>,
 ) -> Result<SessionContext> {
     let mut config = SessionConfig::new()
         .with_information_schema(true)
@@ -36,7 +37,16 @@ pub(super) fn new_context(
     config.options_mut().execution.parquet.pushdown_filters = true;
     config.options_mut().execution.parquet.reorder_filters = true;
     apply_env_overrides(&mut config)?;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let Some(planner) = planner else {
+        return Ok(SessionContext::new_with_config_rt(config, runtime));
+    };
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_query_planner(planner)
+        .build();
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// DataFusion settings from the environment, as datafusion-cli takes them:
