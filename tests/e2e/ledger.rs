@@ -728,3 +728,88 @@ fn ledger_files_are_sorted_with_statistics_bloom_filters_and_delta_encodings() {
         }
     }
 }
+
+/// The statistics of the ledger's Delta `add`s are bounds readers can use: a 36-character UUID
+/// `txn_id` gets a 32-character prefix as its minimum and an incremented prefix as its maximum
+/// (not no bounds at all), and the largest `Decimal(18,2)` amount is written digit for digit
+/// (a float would print 1e16). A lookup by id still finds its row through those bounds.
+#[test]
+fn ledger_file_statistics_bound_uuid_ids_and_exact_amounts() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let day = "2026-11-01";
+    let at = micros("2026-11-01T10:00:00Z");
+    let ids = [
+        "0b5e9c1e-4f7a-4c3e-9d2b-8a1f3e6c7d90",
+        "0b5e9c1e-4f7a-4c3e-9d2b-8a1f3e6cffff",
+        "f0000000-0000-4000-8000-000000000001",
+    ];
+    let rows: Vec<RawRow> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            ok_row(
+                id,
+                "p1",
+                at + i as i64,
+                at + 1_000_000,
+                999_999_999_999_999_999 - i as i128,
+            )
+        })
+        .collect();
+    write_raw(&lake, day, "uuids.parquet", &rows);
+    run_ledger(dir.path(), day, &[]);
+    let mut stats: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(lake.join("ledger/_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let action: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(s) = action["add"]["stats"].as_str() {
+                    stats.push(s.to_string());
+                }
+            }
+        }
+    }
+    assert!(!stats.is_empty(), "no add with stats");
+    // Read as text: a JSON parser would turn the amounts into floats. The rows spread over
+    // files by txn_id hash; the largest and smallest amounts are a bound of some file.
+    let all = stats.join("\n");
+    assert!(
+        all.contains(":9999999999999999.99"),
+        "exact max amount: {all}"
+    );
+    assert!(
+        all.contains(":9999999999999999.97"),
+        "exact min amount: {all}"
+    );
+    assert!(!all.contains("e16") && !all.contains("E16"), "{all}");
+    let bounds: Vec<(String, String)> = stats
+        .iter()
+        .map(|s| {
+            let v: serde_json::Value = serde_json::from_str(s).unwrap();
+            let lo = v["minValues"]["txn_id"].as_str().expect("txn_id min");
+            let hi = v["maxValues"]["txn_id"].as_str().expect("txn_id max");
+            assert_eq!(lo.chars().count(), 32, "{lo}");
+            assert_eq!(hi.chars().count(), 32, "{hi}");
+            (lo.to_string(), hi.to_string())
+        })
+        .collect();
+    for id in ids {
+        assert!(
+            bounds
+                .iter()
+                .any(|(lo, hi)| lo.as_str() <= id && id < hi.as_str()),
+            "{id} is in no file's bounds: {bounds:?}"
+        );
+    }
+    for id in ids {
+        let sql = format!("SELECT count(*) FROM ledger WHERE txn_id = '{id}'");
+        assert_eq!(
+            tally_ok(dir.path(), &["sql", &sql, "--format", "csv"])
+                .lines()
+                .nth(1),
+            Some("1")
+        );
+    }
+}

@@ -106,6 +106,14 @@ fn a_rebuild_that_loses_more_than_max_shrink_is_refused() {
     );
     assert_eq!(ledger_rows(dir.path(), day), rows, "the day is as it was");
     assert_eq!(runs_of(dir.path(), day).last().unwrap()[0], "refused");
+    // A bare `1` could mean 1% or 100%: refused before anything runs, with the forms to use.
+    let err = tally_fails(
+        dir.path(),
+        &["ledger", "--date", day, "--max-shrink", "1"],
+        2,
+    );
+    assert!(err.contains("ambiguous") && err.contains("1%"), "{err}");
+    assert_eq!(ledger_rows(dir.path(), day), rows);
     let raw = read_raw(&dir.path().join("lake"));
     run_ledger(dir.path(), day, &["--max-shrink", "100%"]);
     assert_eq!(ledger_rows(dir.path(), day), expected_ledger(&raw, day, 3));

@@ -94,7 +94,9 @@ impl Guard {
     }
 }
 
-/// Parses a `--max-shrink` value: `5%`, `0.05`, or `100%` to allow any loss.
+/// Parses a `--max-shrink` value: `5%`, `0.05`, or `100%` to allow any loss. A bare number
+/// of 1 or more is refused: `1` could mean 1% or 100%, and reading it either way silently
+/// would switch the refusal off or keep it on against the operator's intent.
 pub fn parse_fraction(text: &str) -> std::result::Result<f64, String> {
     let t = text.trim();
     let value = match t.strip_suffix('%') {
@@ -102,7 +104,12 @@ pub fn parse_fraction(text: &str) -> std::result::Result<f64, String> {
         None => t.parse::<f64>(),
     }
     .map_err(|_| format!("{text:?} is not a fraction (like 0.05) or a percentage (like 5%)"))?;
-    if !(0.0..=1.0).contains(&value) {
+    if !t.ends_with('%') && value >= 1.0 {
+        return Err(format!(
+            "{text:?} is ambiguous: write a percentage (like {t}%) or a fraction below 1 (like 0.05); 100% allows any loss"
+        ));
+    }
+    if !value.is_finite() || !(0.0..=1.0).contains(&value) {
         return Err(format!("{text:?} is not between 0% and 100%"));
     }
     Ok(value)
@@ -128,6 +135,15 @@ mod tests {
             "{e}"
         );
         assert_eq!(parse_fraction("5%").unwrap(), 0.05);
+        assert_eq!(parse_fraction("1%").unwrap(), 0.01);
+        assert_eq!(parse_fraction("100%").unwrap(), 1.0);
+        assert_eq!(parse_fraction("0.5").unwrap(), 0.5);
+        for bare in ["1", "5", "1.0", "100"] {
+            let e = parse_fraction(bare).unwrap_err();
+            assert!(e.contains("ambiguous") && e.contains('%'), "{bare}: {e}");
+        }
+        assert!(parse_fraction("NaN").is_err());
+        assert!(parse_fraction("-1%").is_err());
         assert_eq!(parse_fraction("0.5").unwrap(), 0.5);
         assert!(parse_fraction("150%").is_err());
     }
