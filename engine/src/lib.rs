@@ -46,6 +46,7 @@ pub mod live;
 pub mod ops;
 pub mod progress;
 pub mod query;
+pub mod raw_delta;
 pub mod raw_files;
 pub mod raw_table;
 pub mod reconcile;

@@ -98,9 +98,14 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
     };
     let lake = session.lake();
     let mut files = Vec::new();
-    for d in &days {
-        let dir = format!("{}/{}={d}", layout::RAW_PAYMENTS, schema::INGEST_DATE);
-        files.extend(raw_files::list_parquet(lake, &dir).await?);
+    match crate::raw_delta::files_of_days(lake, &days).await? {
+        Some(active) => files.extend(active.into_iter().map(|(meta, _)| meta)),
+        None => {
+            for d in &days {
+                let dir = format!("{}/{}={d}", layout::RAW_PAYMENTS, schema::INGEST_DATE);
+                files.extend(raw_files::list_parquet(lake, &dir).await?);
+            }
+        }
     }
     let found: Vec<Vec<Copy>> = futures::stream::iter(files)
         .map(|meta| async move {

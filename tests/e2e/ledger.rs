@@ -813,3 +813,77 @@ fn ledger_file_statistics_bound_uuid_ids_and_exact_amounts() {
         );
     }
 }
+
+/// A raw lake kept as a Delta table is read through its log: after a `DELETE` of one partner's
+/// rows (made by deltalake-python, which rewrites the files) and with an uncommitted file of a
+/// crashed writer in the day's folder, the ledger bills exactly the snapshot's rows: none of
+/// the deleted partner's, no copy counted twice from a replaced file, nothing uncommitted.
+/// A raw Delta table not partitioned by `ingest_date` is refused in one line.
+#[test]
+fn a_raw_delta_table_is_read_through_its_log_not_its_folders() {
+    let dir = tempdir();
+    let day = "2026-11-01";
+    generate(dir.path(), 2, 3000, 33);
+    let lake = dir.path().join("lake");
+    let oracle = dir.path().join("oracle");
+    std::fs::rename(lake.join("raw/payments"), dir.path().join("plain")).unwrap();
+    let script = format!(
+        r#"
+import deltalake, pyarrow as pa, pyarrow.dataset as ds, pyarrow.parquet as pq, os, shutil
+from urllib.parse import urlparse, unquote
+part = ds.partitioning(pa.schema([("ingest_date", pa.string())]), flavor="hive")
+t = ds.dataset({plain:?}, format="parquet", partitioning=part).to_table()
+dest = {dest:?}
+deltalake.write_deltalake(dest, t, partition_by=["ingest_date"])
+dt = deltalake.DeltaTable(dest)
+partner = t.filter(ds.field("ingest_date") == {day:?}).column("partner_id")[0].as_py()
+dt.delete(f"partner_id = '{{partner}}'")
+dt = deltalake.DeltaTable(dest)
+# A crashed writer's file: rows of the day in the folder, never committed.
+active = [unquote(urlparse(u).path) for u in dt.file_uris() if "ingest_date={day}" in u]
+shutil.copy(active[0], os.path.join(os.path.dirname(active[0]), "part-99999-crashed.parquet"))
+snap = dt.to_pyarrow_table()
+for d in set(snap.column("ingest_date").to_pylist()):
+    rows = snap.filter(ds.field("ingest_date") == d).drop_columns(["ingest_date"])
+    os.makedirs(f"{oracle}/raw/payments/ingest_date={{d}}", exist_ok=True)
+    pq.write_table(rows, f"{oracle}/raw/payments/ingest_date={{d}}/snapshot.parquet")
+print(partner)
+"#,
+        plain = dir.path().join("plain").to_str().unwrap(),
+        dest = lake.join("raw/payments").to_str().unwrap(),
+        oracle = oracle.to_str().unwrap(),
+    );
+    let partner = String::from_utf8(python(&script))
+        .unwrap()
+        .trim()
+        .to_string();
+    let snapshot = read_raw(&oracle);
+    assert!(snapshot.iter().all(|r| r.partner_id != partner));
+    run_ledger(dir.path(), day, &[]);
+    let got = ledger_rows(dir.path(), day);
+    assert!(!got.is_empty());
+    assert!(
+        got.values().all(|r| r[1] != partner),
+        "the deleted partner {partner} was billed"
+    );
+    assert_eq!(got, expected_ledger(&snapshot, day, 3));
+
+    // Not partitioned by arrival day: the ledger cannot tell a file's window.
+    let flat = tempdir();
+    generate(flat.path(), 1, 500, 34);
+    let flat_lake = flat.path().join("lake");
+    std::fs::rename(flat_lake.join("raw/payments"), flat.path().join("plain")).unwrap();
+    python(&format!(
+        "import deltalake, pyarrow.dataset as ds\n\
+         t = ds.dataset({:?}, format='parquet').to_table()\n\
+         deltalake.write_deltalake({:?}, t)\n",
+        flat.path().join("plain").to_str().unwrap(),
+        flat_lake.join("raw/payments").to_str().unwrap()
+    ));
+    let err = tally_fails(flat.path(), &["ledger", "--date", day], 1);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("raw_payments") && err.contains("not partitioned by ingest_date"),
+        "{err}"
+    );
+}

@@ -109,7 +109,13 @@ pub async fn collect(lake: &Lake, window: &DayWindow) -> Result<Inputs> {
     Ok(Inputs { files })
 }
 
+/// The raw files of the read window: a raw Delta table's active files (never a listing, see
+/// [`crate::raw_delta`]), else the Parquet files of each `ingest_date=` folder.
 async fn list_metas(lake: &Lake, window: &DayWindow) -> Result<Vec<(ObjectMeta, NaiveDate)>> {
+    let days = window.read_days();
+    if let Some(files) = crate::raw_delta::files_of_days(lake, &days).await? {
+        return Ok(files);
+    }
     let mut metas = Vec::new();
     for d in window.read_days() {
         let partition = format!("{}/{}={d}", layout::RAW_PAYMENTS, schema::INGEST_DATE);
