@@ -120,11 +120,14 @@ pub async fn partition_rows(table: &DeltaTable, column: &str, value: &str) -> Re
 /// partition and adds `adds`.
 ///
 /// The commit is made against `table`'s snapshot as the caller read it (at the start of its
-/// run), not the newest one: Delta's conflict checker then rejects it when another commit
-/// since then added or removed files of the same partition (a newer run of the same day), so
-/// a run that stalled cannot replace what a newer run committed. Commits to other partitions
-/// do not conflict (the read predicate names only this partition). `extra` actions (a schema
-/// update) go into the same commit.
+/// run), not the newest one, so a run that stalled cannot replace what a newer run of the same
+/// day committed. When Delta's conflict checker rejects it, the commits made since are read:
+/// if one of them added or removed files of this partition (a newer run of the same day) or
+/// changed the partitioning, nothing is committed ([`TallyError::Busy`]); if they
+/// only touched other partitions or the table's metadata (another day's run creating the
+/// table or adding a column at the same moment), the same replacement is committed on the
+/// newest snapshot. Parallel days therefore all commit, as a scheduler expects. `extra`
+/// actions (a schema update) go into the same commit.
 pub async fn replace_partition(
     table: &DeltaTable,
     column: &str,
@@ -133,6 +136,55 @@ pub async fn replace_partition(
     extra: Vec<Action>,
     app_metadata: HashMap<String, serde_json::Value>,
 ) -> Result<(u64, usize)> {
+    /// Other days' commits can keep arriving; each retry needs one to have landed.
+    const ATTEMPTS: usize = 16;
+    let read_version = table.snapshot()?.version();
+    let mut current = table.clone();
+    for _ in 0..ATTEMPTS {
+        let conflict = match commit_replacement(
+            &current,
+            column,
+            value,
+            adds.clone(),
+            extra.clone(),
+            app_metadata.clone(),
+        )
+        .await?
+        {
+            Ok(done) => return Ok(done),
+            Err(conflict) => conflict,
+        };
+        let mut newest = current.clone();
+        newest.update_state().await?;
+        let from = current.snapshot()?.version() + 1;
+        let to = newest.snapshot()?.version();
+        if let Some(why) = touches_partition(&newest, from, to, column, value).await? {
+            return Err(TallyError::Busy {
+                message: format!(
+                    "{column}={value} was committed by another run after this one read version {read_version} ({why}; {conflict}); nothing was committed: run again to build from the newer state"
+                ),
+            });
+        }
+        tracing::info!(%column, %value, from, to, "commits of other partitions or metadata since the read: committing on the newest snapshot");
+        current = newest;
+    }
+    Err(TallyError::Busy {
+        message: format!(
+            "{column}={value}: other commits kept landing first ({ATTEMPTS} attempts since version {read_version}); nothing was committed: run again"
+        ),
+    })
+}
+
+/// One replacement commit against `table`'s snapshot; `Ok(Err(conflict))` when Delta's
+/// conflict checker rejected it.
+async fn commit_replacement(
+    table: &DeltaTable,
+    column: &str,
+    value: &str,
+    adds: Vec<Add>,
+    extra: Vec<Action>,
+    app_metadata: HashMap<String, serde_json::Value>,
+) -> Result<std::result::Result<(u64, usize), String>> {
     let snapshot = table.snapshot()?;
     let mut actions: Vec<Action> = partition_files(table, column, value)
         .await?
@@ -151,19 +203,64 @@ pub async fn replace_partition(
         .with_actions(actions)
         .with_app_metadata(app_metadata)
         .build(Some(snapshot), table.log_store(), operation)
-        .await
-        .map_err(|e| match e {
-            DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(conflict),
-            } => TallyError::Busy {
-                message: format!(
-                    "{column}={value} was committed by another run after this one read version {} ({conflict}); nothing was committed: run again to build from the newer state",
-                    snapshot.version()
-                ),
-            },
-            other => TallyError::Delta(other),
-        })?;
-    Ok((commit.version(), removed))
+        .await;
+    match commit {
+        Ok(c) => Ok(Ok((c.version(), removed))),
+        Err(DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(conflict),
+        }) => Ok(Err(conflict.to_string())),
+        Err(other) => Err(TallyError::Delta(other)),
+    }
+}
+
+/// Why the commits `from..=to` of `table` stand in the way of replacing `column=value`: one
+/// added or removed a file of that partition, or changed the partition columns. `None` when
+/// they touched only other partitions or the metadata (the retry commits on the newest
+/// snapshot, so delta-rs checks its schema and protocol then).
+async fn touches_partition(
+    table: &DeltaTable,
+    from: u64,
+    to: u64,
+    column: &str,
+    value: &str,
+) -> Result<Option<String>> {
+    let partitioning = table.snapshot()?.metadata().partition_columns().to_vec();
+    for version in from..=to {
+        let Some(bytes) = table.log_store().read_commit_entry(version).await? else {
+            return Ok(Some(format!("version {version} of the log cannot be read")));
+        };
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: serde_json::Value = serde_json::from_slice(line)
+                .map_err(|e| TallyError::Internal(format!("Delta log version {version}: {e}")))?;
+            for kind in ["add", "remove"] {
+                let Some(file) = action.get(kind) else {
+                    continue;
+                };
+                let part = file
+                    .get("partitionValues")
+                    .and_then(|p| p.get(column))
+                    .and_then(|v| v.as_str());
+                if part.is_none_or(|p| p == value) {
+                    return Ok(Some(format!(
+                        "version {version} {}s files of {column}={value}",
+                        if kind == "add" { "add" } else { "remove" }
+                    )));
+                }
+            }
+            if let Some(meta) = action.get("metaData") {
+                let columns: Vec<String> = meta
+                    .get("partitionColumns")
+                    .and_then(|c| serde_json::from_value(c.clone()).ok())
+                    .unwrap_or_default();
+                if columns != partitioning || columns != [column.to_string()] {
+                    return Ok(Some(format!(
+                        "version {version} changed the partition columns to {columns:?}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The schema update that gives `table` every column of `wanted` it lacks (as nullable

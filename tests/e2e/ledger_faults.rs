@@ -607,3 +607,43 @@ fn cross_day_copies_are_settled_the_same_under_a_memory_limit() {
         expected_conflicts(&raw, day, 3)
     );
 }
+
+/// Days built in parallel all commit (a scheduler runs them side by side): a run that read the
+/// ledger at one version still commits after another day's run committed and after a
+/// metadata-only change (a column added by another writer) landed in between. A newer run of
+/// the *same* day still stops a stalled one (the test above).
+#[test]
+fn parallel_days_commit_beside_other_days_and_metadata_changes() {
+    let dir = tempdir();
+    generate(dir.path(), 3, 5_000, 65);
+    let (d1, d2) = ("2026-11-01", "2026-11-02");
+    // The first run creates the tables, reads them, and is paused there.
+    let first = tally_cmd(dir.path())
+        .args(["ledger", "--date", d1])
+        .env("TALLY_FAILPOINT", "ledger_after_input_check:stop")
+        .spawn()
+        .unwrap();
+    wait_stopped(&first);
+    run_ledger(dir.path(), d2, &[]);
+    python(&format!(
+        "import deltalake\n\
+         dt = deltalake.DeltaTable({:?})\n\
+         dt.alter.add_columns(deltalake.Field('note', 'string', nullable=True))\n",
+        dir.path().join("lake/ledger").to_str().unwrap()
+    ));
+    signal(&first, "-CONT");
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the paused day must commit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = read_raw(&dir.path().join("lake"));
+    for day in [d1, d2] {
+        assert_eq!(
+            ledger_rows(dir.path(), day),
+            expected_ledger(&raw, day, 3),
+            "{day}"
+        );
+    }
+}

@@ -89,9 +89,6 @@ pub async fn write_conflicts(
     batches: Vec<RecordBatch>,
     ledger_version: u64,
 ) -> Result<(u64, u64)> {
-    // Tables written by an older tally lack `reason` and `copy_event_date`: added in the
-    // same commit.
-    let update = delta::added_columns(table, &schema::LEDGER_CONFLICTS)?;
     let mut writer = PartWriter::new(
         table.object_store(),
         &schema::LEDGER_CONFLICTS,
@@ -115,15 +112,8 @@ pub async fn write_conflicts(
             "ledger_version": ledger_version,
         }),
     )]);
-    let (version, _) = delta::replace_partition(
-        table,
-        EVENT_DATE,
-        day,
-        adds,
-        update.into_iter().collect(),
-        meta,
-    )
-    .await?;
+    let (version, _) =
+        delta::replace_partition(table, EVENT_DATE, day, adds, Vec::new(), meta).await?;
     Ok((rows, version))
 }
 

@@ -208,6 +208,9 @@ impl<'a> LedgerJob<'a> {
             &[],
         )
         .await?;
+        // Tables written by an older tally lack `reason` and `copy_event_date`: added now, in
+        // their own commit, before this run's snapshot is read (never inside a day's commit,
+        // where it would stand in the way of another day's run committing beside it).
         let conflicts_table = delta::open_or_create(
             lake,
             &lake.url_of(layout::LEDGER_CONFLICTS)?,
@@ -217,6 +220,8 @@ impl<'a> LedgerJob<'a> {
             &[],
         )
         .await?;
+        let conflicts_table =
+            delta::ensure_columns(conflicts_table, &schema::LEDGER_CONFLICTS).await?;
         let day_text = self.day.to_string();
         let committed_rows = delta::partition_rows(&ledger, EVENT_DATE, &day_text).await?;
 
