@@ -57,9 +57,11 @@ fn is_usage(e: &anyhow::Error) -> bool {
 }
 
 fn init_logging(verbose: u8) {
-    // delta-rs logs a missing table as an ERROR and a retried concurrent commit as a WARN;
-    // both are normal for tally (tables are created on first use, days commit concurrently).
-    let quiet = "buoyant_kernel=off,delta_kernel=off,deltalake_core=error";
+    // delta-rs logs a missing table as an ERROR, a retried concurrent commit as a WARN and a
+    // commit its conflict checker rejects as an ERROR; all are normal for tally (tables are
+    // created on first use, days commit concurrently, and a rejected replacement is either
+    // committed again on the newest snapshot or reported by tally itself as Busy).
+    let quiet = "buoyant_kernel=off,delta_kernel=off,deltalake_core=error,deltalake_core::kernel::transaction=off";
     let default = match verbose {
         0 => format!("warn,{quiet}"),
         1 => format!("info,tally_engine=info,{quiet}"),

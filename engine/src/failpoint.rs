@@ -20,6 +20,7 @@ pub const LEDGER_POINTS: &[&str] = &[
     "ledger_after_input_check",
     "ledger_after_part_files",
     "ledger_before_commit",
+    "ledger_after_fence",
     "ledger_after_commit",
     "ledger_after_conflicts_commit",
     "ledger_after_runs_row",

@@ -647,3 +647,43 @@ fn parallel_days_commit_beside_other_days_and_metadata_changes() {
         );
     }
 }
+
+/// A run paused right after confirming its lease (between the confirm and the commit) past
+/// its expiry, while a newer run takes the day over and commits, is stopped by the commit
+/// itself when it resumes: the day is the newer run's.
+#[test]
+fn a_run_paused_between_its_lease_check_and_its_commit_never_commits_over_the_newer_run() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 66);
+    let day = "2026-11-01";
+    run_ledger(dir.path(), day, &[]);
+    let stale = tally_cmd(dir.path())
+        .args(["ledger", "--date", day])
+        .env("TALLY_LEASE_SECS", "2")
+        .env("TALLY_FAILPOINT", "ledger_after_fence:stop")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_stopped(&stale);
+    let late_at = micros("2026-11-01T13:00:00Z");
+    write_raw(
+        &dir.path().join("lake"),
+        "2026-11-02",
+        "late.parquet",
+        &[row("late-two", "p9", late_at, late_at + DAY_US, 54_321)],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    run_ledger(dir.path(), day, &[]);
+    let want = ledger_rows(dir.path(), day);
+    assert!(want.contains_key("late-two"));
+    signal(&stale, "-CONT");
+    let out = stale.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the stale run must fail");
+    assert!(err.contains("committed by another run"), "{err}");
+    assert_eq!(
+        ledger_rows(dir.path(), day),
+        want,
+        "the newer run's day stands"
+    );
+}

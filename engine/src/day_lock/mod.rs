@@ -138,9 +138,11 @@ impl Fence {
         let Some((object, version)) = &self.lease else {
             return Ok(());
         };
-        let ours = version.lock().await.clone();
+        // Held across the read: a heartbeat renewing in between would otherwise move the
+        // lease past the version just taken, and a healthy holder would see it as lost.
+        let ours = version.lock().await;
         match object.read().await? {
-            Some((_, v)) if v == ours => Ok(()),
+            Some((_, v)) if v == *ours => Ok(()),
             _ => {
                 self.set_lost();
                 Err(self.lost_error())

@@ -65,3 +65,33 @@ async fn of_two_swaps_from_one_version_exactly_one_wins() {
     let b = object.swap(Some(&v), &Lease::new("b")).await.unwrap();
     assert!(a.is_some() && b.is_none());
 }
+
+/// A heartbeat renewing while the holder confirms its lease is the holder's own write: the
+/// confirm must never read it as a takeover. The heartbeat renews without pause on another
+/// thread while the holder confirms, so renewals land inside confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_during_a_confirm_is_not_a_takeover() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = local_lake(&dir);
+    let lock = std::sync::Arc::new(acquire_live(&lake, "a").await.unwrap());
+    let fence = lock.fence();
+    let beating = std::sync::Arc::clone(&lock);
+    let heartbeat = tokio::spawn(async move {
+        for _ in 0..3000 {
+            assert_eq!(
+                renew_once(&beating.object, "a", &beating.version).await,
+                Renewal::Renewed
+            );
+        }
+    });
+    let mut confirms = 0;
+    while !heartbeat.is_finished() {
+        assert!(
+            fence.confirm().await.is_ok(),
+            "a healthy holder saw a takeover after {confirms} confirms"
+        );
+        confirms += 1;
+    }
+    heartbeat.await.unwrap();
+    assert!(confirms > 0);
+}

@@ -391,6 +391,9 @@ impl<'a> LedgerJob<'a> {
         };
         failpoint::hit("ledger_before_commit");
         self.confirm_fence().await?;
+        // Between the lease's confirmation and the commit: a holder paused here past its
+        // expiry is stopped by the commit itself (it is made against this run's snapshot).
+        failpoint::hit("ledger_after_fence");
         let (version, removed_files) = delta::replace_partition(
             &ledger,
             EVENT_DATE,
