@@ -396,7 +396,11 @@ fn a_crash_at_every_ledger_failpoint_then_a_rerun_is_exact() {
     let base = tempdir();
     generate(base.path(), 3, 5_000, 65);
     let day = "2026-11-02";
-    run_ledger(base.path(), day, &[]);
+    let base_version = run_ledger(base.path(), day, &[])["version"]
+        .as_u64()
+        .unwrap();
+    let base_rows = ledger_rows(base.path(), day);
+    let base_conflicts = conflict_rows(base.path(), day);
     for &point in points {
         let dir = tempdir();
         copy_dir(base.path(), dir.path());
@@ -424,6 +428,46 @@ fn a_crash_at_every_ledger_failpoint_then_a_rerun_is_exact() {
             "{point}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Right after the crash: the day is as it was or fully committed, never half, and
+        // the conflicts name the ledger version they belong to (the old one until their own
+        // commit lands, which a reader can tell).
+        let raw = read_raw(&lake);
+        let committed = matches!(
+            point,
+            "ledger_after_commit" | "ledger_after_conflicts_commit" | "ledger_after_runs_row"
+        );
+        let (want_rows, want_conflicts) = if committed {
+            (
+                expected_ledger(&raw, day, 3),
+                expected_conflicts(&raw, day, 3),
+            )
+        } else {
+            (base_rows.clone(), base_conflicts.clone())
+        };
+        assert_eq!(
+            ledger_rows(dir.path(), day),
+            want_rows,
+            "{point}: right after the crash"
+        );
+        let ledger_now = delta_versions(&lake.join("ledger")) as u64 - 1;
+        assert_eq!(ledger_now > base_version, committed, "{point}");
+        let text = last_commit(&lake.join("ledger_conflicts"));
+        let named = text
+            .split("\"ledger_version\":")
+            .nth(1)
+            .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{point}: no ledger_version in {text}"));
+        if named == ledger_now {
+            assert_eq!(conflict_rows(dir.path(), day), want_conflicts, "{point}");
+        } else {
+            assert_eq!(
+                (point, named),
+                ("ledger_after_commit", base_version),
+                "only the moment between the two commits leaves older conflicts"
+            );
+            assert_eq!(conflict_rows(dir.path(), day), base_conflicts, "{point}");
+        }
         std::thread::sleep(Duration::from_millis(1_100));
         let m = run_ledger(dir.path(), day, &[]);
         let raw = read_raw(&lake);
