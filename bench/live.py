@@ -10,7 +10,14 @@ line it prints names its files and commit time, so each file's freshness is
 is sampled every second. Reference: DuckDB computing the same per-minute, per-partner aggregate
 (no dedup state) on the same landed files, one file at a time. Writes bench/RESULTS.md.
 
-Usage: bench/live.py [--rate 200000] [--duration 300]
+With `--serve`, the loop runs inside `tally serve --live` with an alert webhook (a receiver in
+this script): every 20 s the lander adds a minute of failing traffic for a new partner
+(`partner-bad-NN`, 200 declined events), and the time from that file landing to its `firing`
+webhook arriving is the alert latency. From half-way on, a poller reads `/api/live` and
+`/metrics` every second as an open dashboard and a Prometheus scrape would: their latencies,
+and the batch times before and while they poll.
+
+Usage: bench/live.py [--rate 200000] [--duration 300] [--serve]
 """
 
 import argparse
@@ -24,6 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,6 +60,7 @@ class Lander:
         self.prev = None
         self.landed = {}  # relative path -> landing time (s since epoch)
         self.lake = lake
+        self.bad = {}  # failing partner -> landing time of its failing minute
 
     def table(self, now):
         n = self.rate
@@ -80,17 +90,34 @@ class Lander:
         self.prev = t.slice(0, n)
         return t
 
-    def land(self, i):
+    def failing(self, now, partner, n=200):
+        """`n` declined events of `partner` at `now`: one failing minute."""
+        now_us = int(now * 1_000_000)
+        ts = pa.array([now_us] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        return pa.table({
+            "txn_id": pa.array([f"{partner}-{j}" for j in range(n)]),
+            "partner_id": pa.array([partner] * n),
+            "event_time": ts, "ingest_time": ts,
+            "amount": pa.array([__import__("decimal").Decimal("1.00")] * n, pa.decimal128(18, 2)),
+            "currency": pa.array(["EUR"] * n),
+            "status": pa.array(["declined"] * n),
+        })
+
+    def land(self, i, bad=None):
         now = time.time()
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
         d = self.lake / "raw" / "payments" / f"ingest_date={day}"
         d.mkdir(parents=True, exist_ok=True)
         t = self.table(now)
+        if bad:
+            t = pa.concat_tables([t, self.failing(now, bad).cast(t.schema)])
         name = f"land-{i:06d}.parquet"
         tmp = d / f".{name}.tmp"
         pq.write_table(t, tmp, compression="zstd")
         os.rename(tmp, d / name)
         self.landed[f"raw/payments/ingest_date={day}/{name}"] = time.time()
+        if bad:
+            self.bad[bad] = time.time()
         return t.num_rows
 
 
@@ -125,6 +152,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=int, default=200_000, help="fresh events per second")
     ap.add_argument("--duration", type=int, default=300, help="seconds of landing")
+    ap.add_argument("--serve", action="store_true",
+                    help="run the loop in `tally serve --live` with alerts and a polled dashboard")
     args = ap.parse_args()
     tally = tally_bin()
     duckdb = ensure_duckdb()
@@ -134,14 +163,40 @@ def main():
     lander = Lander(lake, args.rate)
     lander.land(0)  # the raw directory exists before tally starts
 
-    proc = subprocess.Popen([tally, "live", "--interval", "1s", "--format", "json", "--lake", str(lake)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    hooks = []  # (arrival time, alert body)
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            hooks.append((time.time(), json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    if args.serve:
+        receiver = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        cmd = [tally, "serve", "--live", "--interval", "1s", "--format", "json", "--lake", str(lake),
+               "--http", "127.0.0.1:0", "--flight-sql", "off", "--pg", "off",
+               "--alert-webhook", f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+               "--alert-error-rate", "0.5", "--alert-min-events", "50"]
+    else:
+        cmd = [tally, "live", "--interval", "1s", "--format", "json", "--lake", str(lake)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     batches = []
+    http = {}
 
     def read_batches():
         for line in proc.stdout:
+            if line.startswith("listening "):
+                _, name, addr = line.split()
+                http[name] = addr
+                continue
             d = json.loads(line)
             if "batch" in d:
+                d["seen_at"] = time.time()
                 batches.append(d)
 
     reader = threading.Thread(target=read_batches, daemon=True)
@@ -151,11 +206,30 @@ def main():
     t0 = time.time()
     i = 1
     read_early = None
+    polls = {"/api/live": [], "/metrics": []}
+    poll_from = t0 + args.duration / 2
+    stop_polling = threading.Event()
+
+    def poll():
+        # An open dashboard (refreshing /api/live every second) and a Prometheus scrape.
+        while time.time() < poll_from and not stop_polling.is_set():
+            time.sleep(0.2)
+        while not stop_polling.is_set():
+            for path, xs in polls.items():
+                s = time.perf_counter()
+                with urllib.request.urlopen(f"http://{http['http']}{path}", timeout=10) as r:
+                    r.read()
+                xs.append(time.perf_counter() - s)
+            time.sleep(1)
+
+    if args.serve:
+        threading.Thread(target=poll, daemon=True).start()
     while time.time() - t0 < args.duration:
         tick = t0 + i
         if read_early is None and time.time() - t0 >= 60:
             read_early = read_time(tally, lake)
-        landed_rows += lander.land(i)
+        bad = f"partner-bad-{i // 20:02d}" if args.serve and i % 20 == 15 else None
+        landed_rows += lander.land(i, bad)
         rss.append((time.time() - t0, rss_mib(proc.pid)))
         i += 1
         time.sleep(max(0.0, tick - time.time()))
@@ -170,6 +244,11 @@ def main():
         if all(p in seen for p in lander.landed):
             break
         time.sleep(0.5)
+    # The last failing minute's alert, if it is on its way.
+    deadline = time.time() + 10
+    while args.serve and time.time() < deadline and len({b["partner_id"] for _, b in hooks}) < len(lander.bad):
+        time.sleep(0.2)
+    stop_polling.set()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     reader.join(timeout=5)
@@ -236,7 +315,43 @@ def main():
         f"{per_file_rows / duck_ms * 1000:,.0f} rows/s. tally's median batch (read, dedup, aggregate, checkpoint, two Delta "
         f"commits): {statistics.median(batch_ms):.0f} ms.",
     ]
-    write_section(f"live: {args.rate:,} events/s for {args.duration} s", "\n".join(lines))
+    if args.serve:
+        fired = {}
+        for at, body in hooks:
+            if body.get("state") == "firing" and body.get("partner_id") in lander.bad:
+                fired.setdefault(body["partner_id"], at)
+        latency = [fired[p] - t for p, t in lander.bad.items() if p in fired]
+        unfired = [p for p in lander.bad if p not in fired]
+        others = [b["partner_id"] for _, b in hooks if b.get("partner_id") not in lander.bad]
+        before = [b["batch_ms"] for b in batches if b["rows"] and b["seen_at"] < poll_from]
+        during = [b["batch_ms"] for b in batches if b["rows"] and b["seen_at"] >= poll_from + 1]
+        fresh_during = [committed_at[p] - t for p, t in lander.landed.items()
+                        if p in committed_at and t >= poll_from + 1]
+
+        def p50_95(xs, scale=1000.0):
+            return f"{statistics.median(xs) * scale:.0f} / {pct(xs, 95) * scale:.0f}" if xs else "n/a"
+
+        lines[0] = lines[0].replace("bench/live.py --rate", "bench/live.py --serve --rate")
+        lines[1] = lines[1].replace("while `tally live --interval 1s` ran", "while `tally serve --live --interval 1s` (alert webhook to this script) ran")
+        lines += [
+            "",
+            f"Alerts and the dashboard (`--alert-error-rate 0.5 --alert-min-events 50`; every 20 s a new partner's minute "
+            f"of 200 declined events lands; from {args.duration // 2} s on, `/api/live` and `/metrics` are read every second):",
+            "",
+            "| figure | value | target |",
+            "|---|---|---|",
+            f"| alert latency p50 / p95 (failing file landed → `firing` webhook received), {len(latency)} episodes | "
+            f"{p50_95(latency, 1.0).replace(' / ', ' s / ')} s | p95 ≤ 2 s |",
+            f"| failing minutes with no alert / alerts for healthy partners | {len(unfired)} / {len(others)} | 0 / 0 |",
+            f"| `/api/live` p50 / p95 ({len(polls['/api/live'])} reads) | {p50_95(polls['/api/live'])} ms | p95 ≤ 100 ms |",
+            f"| `/metrics` scrape p50 / p95 | {p50_95(polls['/metrics'])} ms | ≤ 20 ms |",
+            f"| batch time p50 / p95 before the dashboard opened / while it polls | {p50_95(before, 1.0)} ms / {p50_95(during, 1.0)} ms | |",
+            f"| freshness p95 while the dashboard polls | {pct(fresh_during, 95) if fresh_during else 0:.2f} s | ≤ 1.5 s |",
+        ]
+        title = f"live in serve --live: {args.rate:,} events/s for {args.duration} s, alerts and dashboard"
+    else:
+        title = f"live: {args.rate:,} events/s for {args.duration} s"
+    write_section(title, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -756,3 +756,88 @@ fn the_dashboard_renders_in_headless_chromium_from_tally_alone() {
     let (code, _) = p.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// A real Prometheus (Debian's 2.42, started by hand) scrapes `tally live --metrics` and
+/// answers PromQL over what it stored: the applied rows and one partner's events equal the
+/// raw rows, and the histogram's `_count` is a counter Prometheus can take a rate of.
+#[test]
+fn prometheus_scrapes_the_live_metrics_and_answers_promql_over_them() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let rows = traffic("prom", t0(), 400);
+    write_raw(&lake, DAY, "f1.parquet", &rows);
+    let live = Proc::start(
+        dir.path(),
+        &["live", "--interval", "200ms", "--metrics", "127.0.0.1:0"],
+        &["metrics"],
+    );
+    let target = live.addrs["metrics"].clone();
+    wait_metrics(&live.url("metrics", "/metrics"), "400 applied rows", |m| {
+        value(m, "tally_live_rows_total{outcome=\"applied\"}") >= 400.0
+    });
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tally\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (scripts/test installs Debian's package)");
+    let query = |q: &str| -> Option<f64> {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--get",
+                "--data-urlencode",
+                &format!("query={q}"),
+                &format!("http://127.0.0.1:{port}/api/v1/query"),
+            ])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let mine = rows.iter().filter(|r| r.partner_id == "p1").count() as f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answered = loop {
+        let got = (
+            query("tally_live_rows_total{outcome=\"applied\"}"),
+            query("tally_live_partner_events_total{partner_id=\"p1\"}"),
+            query("up{job=\"tally\"}"),
+        );
+        if got.0 == Some(400.0) && got.1 == Some(mine) && got.2 == Some(1.0) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            eprintln!("prometheus answered {got:?}");
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // A histogram Prometheus accepts as one: its count takes rate() once two scrapes are in.
+    let mut rate = None;
+    while answered && rate.is_none() && Instant::now() < deadline {
+        rate = query("rate(tally_live_batch_duration_seconds_count[1m])");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert!(answered, "Prometheus never stored the live metrics");
+    assert!(rate.is_some_and(|r| r >= 0.0), "{rate:?}");
+}
