@@ -328,8 +328,10 @@ def main():
         fresh_during = [committed_at[p] - t for p, t in lander.landed.items()
                         if p in committed_at and t >= poll_from + 1]
 
-        def p50_95(xs, scale=1000.0):
-            return f"{statistics.median(xs) * scale:.0f} / {pct(xs, 95) * scale:.0f}" if xs else "n/a"
+        def p50_95(xs, scale=1000.0, digits=0):
+            if not xs:
+                return "n/a"
+            return f"{statistics.median(xs) * scale:.{digits}f} / {pct(xs, 95) * scale:.{digits}f}"
 
         lines[0] = lines[0].replace("bench/live.py --rate", "bench/live.py --serve --rate")
         lines[1] = lines[1].replace("while `tally live --interval 1s` ran", "while `tally serve --live --interval 1s` (alert webhook to this script) ran")
@@ -341,7 +343,7 @@ def main():
             "| figure | value | target |",
             "|---|---|---|",
             f"| alert latency p50 / p95 (failing file landed → `firing` webhook received), {len(latency)} episodes | "
-            f"{p50_95(latency, 1.0).replace(' / ', ' s / ')} s | p95 ≤ 2 s |",
+            f"{p50_95(latency, 1.0, 2).replace(' / ', ' s / ')} s | p95 ≤ 2 s |",
             f"| failing minutes with no alert / alerts for healthy partners | {len(unfired)} / {len(others)} | 0 / 0 |",
             f"| `/api/live` p50 / p95 ({len(polls['/api/live'])} reads) | {p50_95(polls['/api/live'])} ms | p95 ≤ 100 ms |",
             f"| `/metrics` scrape p50 / p95 | {p50_95(polls['/metrics'])} ms | ≤ 20 ms |",

@@ -100,7 +100,7 @@ pub async fn files_of_days(
 /// The lake-relative path of a raw Delta table's `add` (as delta-rs gives it, decoded):
 /// relative paths are under the table; an absolute URL (Delta allows them, e.g. after a
 /// shallow clone) is read when it is under the lake root, and is `Err(reason)` otherwise.
-fn lake_relative(lake_root: &str, path: &str) -> std::result::Result<String, String> {
+pub(crate) fn lake_relative(lake_root: &str, path: &str) -> std::result::Result<String, String> {
     match url::Url::parse(path) {
         Ok(url) => {
             let root = lake_root.trim_end_matches('/');
@@ -125,7 +125,7 @@ mod tests {
     use super::lake_relative;
 
     #[test]
-    fn add_paths_relative_and_absolute() {
+    fn add_paths_relative_absolute_inside_and_outside_the_lake() {
         let root = "file:///data/lake/";
         assert_eq!(
             lake_relative(root, "ingest_date=2026-11-20/part one.parquet").unwrap(),
@@ -139,6 +139,9 @@ mod tests {
             .unwrap(),
             "raw/payments/ingest_date=2026-11-20/part one.parquet"
         );
-        assert!(lake_relative(root, "s3://elsewhere/x.parquet").is_err());
+        let outside = lake_relative(root, "s3://elsewhere/raw/a.parquet").unwrap_err();
+        assert!(outside.contains("outside the lake"), "{outside}");
+        // A sibling directory sharing the root's prefix is outside too.
+        assert!(lake_relative(root, "file:///data/lake2/a.parquet").is_err());
     }
 }

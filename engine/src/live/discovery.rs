@@ -288,30 +288,11 @@ impl Discovery {
     }
 }
 
-/// The lake-relative path of a raw Delta table's `add`: relative paths are under the table;
-/// an absolute URL (Delta allows them, e.g. after a shallow clone) is read when it is under
-/// the lake root, and otherwise is `Err(reason)`: quarantined, not retried for ever.
+/// The lake-relative path of a raw Delta table's `add` as its log spells it (percent-encoded);
+/// `Err(reason)` for an absolute path outside the lake: quarantined, not retried for ever.
 fn add_path(lake_root: &str, path: &str) -> std::result::Result<String, String> {
-    let decode = |p: &str| {
-        percent_encoding::percent_decode_str(p)
-            .decode_utf8_lossy()
-            .to_string()
-    };
-    match url::Url::parse(path) {
-        Ok(url) => {
-            let root = lake_root.trim_end_matches('/');
-            url.as_str()
-                .strip_prefix(root)
-                .and_then(|rest| rest.strip_prefix('/'))
-                .map(decode)
-                .ok_or_else(|| {
-                    format!(
-                        "{path}: an absolute path outside the lake ({root}); the live mode reads only files under the lake root"
-                    )
-                })
-        }
-        Err(_) => Ok(format!("{}/{}", layout::RAW_PAYMENTS, decode(path))),
-    }
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    crate::raw_delta::lake_relative(lake_root, &decoded)
 }
 
 #[cfg(test)]
@@ -319,23 +300,14 @@ mod tests {
     use super::add_path;
 
     #[test]
-    fn delta_add_paths_relative_absolute_inside_and_outside_the_lake() {
-        let root = "file:///data/lake/";
-        assert_eq!(
-            add_path(root, "ingest_date=2026-11-20/part%20one.parquet").unwrap(),
-            "raw/payments/ingest_date=2026-11-20/part one.parquet"
-        );
+    fn delta_add_paths_are_decoded_as_the_log_spells_them() {
         assert_eq!(
             add_path(
-                root,
-                "file:///data/lake/raw/payments/ingest_date=2026-11-20/a.parquet"
+                "file:///data/lake/",
+                "ingest_date=2026-11-20/part%20one.parquet"
             )
             .unwrap(),
-            "raw/payments/ingest_date=2026-11-20/a.parquet"
+            "raw/payments/ingest_date=2026-11-20/part one.parquet"
         );
-        let outside = add_path(root, "s3://elsewhere/raw/a.parquet").unwrap_err();
-        assert!(outside.contains("outside the lake"), "{outside}");
-        // A sibling directory sharing the root's prefix is outside too.
-        assert!(add_path(root, "file:///data/lake2/a.parquet").is_err());
     }
 }
