@@ -126,14 +126,13 @@ pub async fn partition_rows(table: &DeltaTable, column: &str, value: &str) -> Re
 /// changed the partitioning, nothing is committed ([`TallyError::Busy`]); if they
 /// only touched other partitions or the table's metadata (another day's run creating the
 /// table or adding a column at the same moment), the same replacement is committed on the
-/// newest snapshot. Parallel days therefore all commit, as a scheduler expects. `extra`
-/// actions (a schema update) go into the same commit.
+/// newest snapshot. Parallel days therefore all commit, as a scheduler expects. A schema
+/// change goes in its own commit first ([`ensure_columns`]), never inside a day's.
 pub async fn replace_partition(
     table: &DeltaTable,
     column: &str,
     value: &str,
     adds: Vec<Add>,
-    extra: Vec<Action>,
     app_metadata: HashMap<String, serde_json::Value>,
 ) -> Result<(u64, usize)> {
     /// Other days' commits can keep arriving; each retry needs one to have landed.
@@ -141,19 +140,11 @@ pub async fn replace_partition(
     let read_version = table.snapshot()?.version();
     let mut current = table.clone();
     for _ in 0..ATTEMPTS {
-        let conflict = match commit_replacement(
-            &current,
-            column,
-            value,
-            adds.clone(),
-            extra.clone(),
-            app_metadata.clone(),
-        )
-        .await?
-        {
-            Ok(done) => return Ok(done),
-            Err(conflict) => conflict,
-        };
+        let conflict =
+            match commit_replacement(&current, column, value, &adds, &app_metadata).await? {
+                Ok(done) => return Ok(done),
+                Err(conflict) => conflict,
+            };
         let mut newest = current.clone();
         newest.update_state().await?;
         let from = current.snapshot()?.version() + 1;
@@ -181,9 +172,8 @@ async fn commit_replacement(
     table: &DeltaTable,
     column: &str,
     value: &str,
-    adds: Vec<Add>,
-    extra: Vec<Action>,
-    app_metadata: HashMap<String, serde_json::Value>,
+    adds: &[Add],
+    app_metadata: &HashMap<String, serde_json::Value>,
 ) -> Result<std::result::Result<(u64, usize), String>> {
     let snapshot = table.snapshot()?;
     let mut actions: Vec<Action> = partition_files(table, column, value)
@@ -192,8 +182,7 @@ async fn commit_replacement(
         .map(|(a, _)| a)
         .collect();
     let removed = actions.len();
-    actions.extend(extra);
-    actions.extend(adds.into_iter().map(Action::Add));
+    actions.extend(adds.iter().cloned().map(Action::Add));
     let operation = DeltaOperation::Write {
         mode: SaveMode::Overwrite,
         partition_by: Some(vec![column.to_string()]),
@@ -201,7 +190,7 @@ async fn commit_replacement(
     };
     let commit = CommitBuilder::from(CommitProperties::default())
         .with_actions(actions)
-        .with_app_metadata(app_metadata)
+        .with_app_metadata(app_metadata.clone())
         .build(Some(snapshot), table.log_store(), operation)
         .await;
     match commit {
@@ -266,7 +255,7 @@ async fn touches_partition(
 /// The schema update that gives `table` every column of `wanted` it lacks (as nullable
 /// columns, so existing rows read as NULL), or `None` when it has them all. Old lakes keep
 /// working when tally adds a column to one of its tables.
-pub fn added_columns(table: &DeltaTable, wanted: &SchemaRef) -> Result<Option<Action>> {
+fn added_columns(table: &DeltaTable, wanted: &SchemaRef) -> Result<Option<Action>> {
     let snapshot = table.snapshot()?;
     let current = snapshot.schema();
     let missing: Vec<_> = wanted
@@ -366,15 +355,7 @@ mod tests {
 
     /// Replaces partition `day` of `table` (as the handle last read it) with one file `name`.
     async fn put(table: &DeltaTable, day: &str, name: &str) -> Result<(u64, usize)> {
-        replace_partition(
-            table,
-            "day",
-            day,
-            vec![add(day, name)],
-            vec![],
-            HashMap::new(),
-        )
-        .await
+        replace_partition(table, "day", day, vec![add(day, name)], HashMap::new()).await
     }
 
     /// A run that read version v cannot replace a partition that a newer run replaced after

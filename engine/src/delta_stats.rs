@@ -15,19 +15,18 @@
 use arrow::datatypes::{DataType, Schema, TimeUnit};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
-use serde_json::value::RawValue;
+use serde_json::value::{to_raw_value, RawValue};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 /// Longest string kept as a bound (Delta's default prefix length for string statistics).
 const MAX_STRING_BOUND: usize = 32;
 
 /// The `stats` JSON of a file with `rows` rows, written with `schema` (the file's columns).
 pub fn stats_json(schema: &Schema, md: &ParquetMetaData, rows: u64) -> String {
-    let mut min: Map<String, Value> = Map::new();
-    let mut max: Map<String, Value> = Map::new();
-    // Decimal bounds go in as their exact text: `Value` holds numbers as f64.
-    let mut exact_min: Vec<(String, Box<RawValue>)> = Vec::new();
-    let mut exact_max: Vec<(String, Box<RawValue>)> = Vec::new();
+    // Every bound as JSON text: decimals must stay exact, and `Value` holds numbers as f64.
+    let mut min: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
+    let mut max: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
     let mut nulls = Map::new();
     let columns = md.file_metadata().schema_descr().columns();
     for field in schema.fields() {
@@ -47,46 +46,28 @@ pub fn stats_json(schema: &Schema, md: &ParquetMetaData, rows: u64) -> String {
         {
             nulls.insert(field.name().clone(), n.into());
         }
-        if let DataType::Decimal128(_, scale) = field.data_type() {
-            if let Some((lo, hi)) = decimal_bounds(*scale, &stats) {
-                exact_min.push((field.name().clone(), lo));
-                exact_max.push((field.name().clone(), hi));
-            }
-        } else if let Some((lo, hi)) = bounds(field.data_type(), &stats) {
+        let found = match field.data_type() {
+            DataType::Decimal128(_, scale) => decimal_bounds(*scale, &stats),
+            other => bounds(other, &stats)
+                .and_then(|(lo, hi)| Some((to_raw_value(&lo).ok()?, to_raw_value(&hi).ok()?))),
+        };
+        if let Some((lo, hi)) = found {
             min.insert(field.name().clone(), lo);
             max.insert(field.name().clone(), hi);
         }
     }
     #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     struct Stats {
-        #[serde(rename = "numRecords")]
         num_records: u64,
-        #[serde(rename = "minValues")]
-        min_values: Bounds,
-        #[serde(rename = "maxValues")]
-        max_values: Bounds,
-        #[serde(rename = "nullCount")]
+        min_values: BTreeMap<String, Box<RawValue>>,
+        max_values: BTreeMap<String, Box<RawValue>>,
         null_count: Map<String, Value>,
-    }
-    /// Plain bounds, then the exact decimal ones, as one JSON object.
-    struct Bounds(Map<String, Value>, Vec<(String, Box<RawValue>)>);
-    impl serde::Serialize for Bounds {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut m = s.serialize_map(Some(self.0.len() + self.1.len()))?;
-            for (k, v) in &self.0 {
-                m.serialize_entry(k, v)?;
-            }
-            for (k, v) in &self.1 {
-                m.serialize_entry(k, v)?;
-            }
-            m.end()
-        }
     }
     let stats = Stats {
         num_records: rows,
-        min_values: Bounds(min, exact_min),
-        max_values: Bounds(max, exact_max),
+        min_values: min,
+        max_values: max,
         null_count: nulls,
     };
     serde_json::to_string(&stats).unwrap_or_else(|_| format!("{{\"numRecords\":{rows}}}"))

@@ -165,13 +165,13 @@ pub(crate) async fn footer_problem(
 }
 
 /// Why a footer could not be read: the store failed, or the bytes are not Parquet.
-enum Footer {
+pub(crate) enum Footer {
     Store(object_store::Error),
     Bad(String),
 }
 
 /// Reads a Parquet footer with two ranged reads (the 8-byte tail, then the metadata).
-async fn read_footer(
+pub(crate) async fn read_footer(
     store: &Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
 ) -> Result<ParquetMetaData, Footer> {

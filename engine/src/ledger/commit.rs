@@ -112,8 +112,7 @@ pub async fn write_conflicts(
             "ledger_version": ledger_version,
         }),
     )]);
-    let (version, _) =
-        delta::replace_partition(table, EVENT_DATE, day, adds, Vec::new(), meta).await?;
+    let (version, _) = delta::replace_partition(table, EVENT_DATE, day, adds, meta).await?;
     Ok((rows, version))
 }
 

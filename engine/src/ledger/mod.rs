@@ -399,7 +399,6 @@ impl<'a> LedgerJob<'a> {
             EVENT_DATE,
             &day_text,
             adds,
-            Vec::new(),
             commit::ledger_info(&facts),
         )
         .await?;

@@ -81,12 +81,12 @@ pub async fn record(
 }
 
 /// The row count in `file`'s Parquet footer, when it has a readable one (quarantined files
-/// are few: one GET each).
+/// are few: a HEAD and two ranged reads each).
 async fn footer_rows(lake: &Lake, file: &FileRecord) -> Option<i64> {
     use object_store::ObjectStoreExt;
-    use parquet::file::reader::FileReader;
     let location = lake.file_path(&file.path).ok()?;
-    let bytes = lake.store().get(&location).await.ok()?.bytes().await.ok()?;
-    let reader = parquet::file::reader::SerializedFileReader::new(bytes).ok()?;
-    Some(reader.metadata().file_metadata().num_rows())
+    let store = lake.store();
+    let meta = store.head(&location).await.ok()?;
+    let md = crate::raw_files::read_footer(&store, &meta).await.ok()?;
+    Some(md.file_metadata().num_rows())
 }

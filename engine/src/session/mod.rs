@@ -229,9 +229,21 @@ impl TallySession {
         // A job step's sorts work on slivers; each sort's reserved merge memory (10 MB by
         // default) would otherwise take a large share of a tight --memory-limit per sort.
         config.options_mut().execution.sort_spill_reservation_bytes = 2 << 20;
-        let ctx = SessionContext::new_with_config_rt(config, self.ctx.runtime_env());
+        Ok(self.sibling_context(config))
+    }
+
+    /// A context with no tables on this session's runtime (memory pool, object stores), query
+    /// planner (a server's result cache) and UDFs, configured by `config`.
+    pub fn sibling_context(&self, config: SessionConfig) -> SessionContext {
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.ctx.runtime_env())
+            .with_default_features()
+            .with_query_planner(Arc::clone(self.ctx.state().query_planner()))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         tally_udfs::register_all(&ctx);
-        Ok(ctx)
+        ctx
     }
 
     /// The lake this session reads.

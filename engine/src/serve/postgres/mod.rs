@@ -165,15 +165,8 @@ async fn refuse_connection(mut socket: tokio::net::TcpStream, max: usize) {
 /// pool with Flight SQL), the lake's tables always at their newest refresh, and `pg_catalog`.
 async fn pg_context(shared: &Shared) -> Result<SessionContext> {
     let newest = shared.catalog.session().await?;
-    // The sessions' planner too: the result cache serves both wires.
-    let state = datafusion::execution::session_state::SessionStateBuilder::new()
-        .with_config(newest.ctx().copied_config())
-        .with_runtime_env(Arc::clone(shared.catalog.runtime()))
-        .with_default_features()
-        .with_query_planner(Arc::clone(newest.ctx().state().query_planner()))
-        .build();
-    let ctx = SessionContext::new_with_state(state);
-    tally_udfs::register_all(&ctx);
+    // The sessions' runtime and planner: one memory pool, and the result cache on both wires.
+    let ctx = newest.sibling_context(newest.ctx().copied_config());
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| TallyError::Internal("no default catalog".into()))?;

@@ -91,7 +91,6 @@ fn changes_between_calls(e: &Expr) -> bool {
         Ok(match e {
             Expr::ScalarFunction(f) => f.func.signature().volatility == Volatility::Volatile,
             Expr::AggregateFunction(f) => f.func.signature().volatility == Volatility::Volatile,
-            Expr::WindowFunction(_) => false,
             _ => false,
         })
     })
