@@ -1,12 +1,13 @@
--- Copies of day D's transactions whose event_time names a neighbouring day (D-1 or D+1).
+-- Copies of day D's transactions whose event_time names another day within the bound
+-- (D-2, D-1, D+1 or D+2: the copies of one transaction name days at most two apart).
 --
 -- A transaction belongs to exactly one day: the day its winning copy names. When copies of
--- one txn_id disagree on the day, D and its neighbour must both see all of them to pick the
--- same winner, so D's run also reads the copies each neighbour would read for itself.
+-- one txn_id disagree on the day, every day they name must see all of them to pick the same
+-- winner, so D's run also reads the copies each of those days would read for itself.
 --
--- Input `neighbour_arrivals`: the checked raw files of ingest_date D-2 .. D+1 + horizon.
--- Parameters: $1 D-1 00:00, $2 D 00:00, $3 D+1 00:00, $4 D+2 00:00 (TIMESTAMP, UTC);
---   $5 the last arrival day of D-1's copies (D-1 + horizon), $6 the first of D+1's (D).
+-- Input `neighbour_arrivals`: the checked raw files of ingest_date D-3 .. D+2 + horizon.
+-- Parameters: $1 D-2 00:00, $2 D 00:00, $3 D+1 00:00, $4 D+3 00:00 (TIMESTAMP, UTC);
+--   $5 the lateness horizon in days.
 --
 -- `ledger_day_has(key)` is true for every txn_key of D's ledger rows (and, rarely, a few
 -- others: it is a Bloom filter), so only the ids of D are kept. It is evaluated on txn_id
@@ -19,7 +20,7 @@ FROM neighbour_arrivals
 -- skips D's own row groups by statistics and tests event_time before it decodes txn_id.
 WHERE event_time >= $1 AND event_time < $4
   AND (event_time < $2 OR event_time >= $3)
-  -- Each neighbour's own arrival window (ingest_date is the partition: whole files go).
-  AND (   (event_time < $2  AND ingest_date <= $5)   -- D-1's copies: arrived D-2 .. D-1 + horizon
-       OR (event_time >= $3 AND ingest_date >= $6))  -- D+1's copies: arrived D .. D+1 + horizon
+  -- The copy is eligible for the day it names: it arrived (ingest_date, the partition) from
+  -- the day before that day to the horizon after it, as that day's own run reads it.
+  AND CAST(ingest_date AS INT) - CAST(CAST(event_time AS DATE) AS INT) BETWEEN -1 AND $5
   AND ledger_day_has(txn_key(txn_id))

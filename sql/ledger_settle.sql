@@ -7,7 +7,7 @@
 --   day_rows          D's ledger rows of transactions that also have copies on a neighbouring
 --                     day (`copies` of them, the first arriving at `first_ingest_time`);
 --   neighbour_copies  those neighbouring copies, one row per raw copy.
--- Parameter: $1 D (DATE).
+-- Parameters: $1 D (DATE); $2 the bound: how many days apart one transaction's copies may name.
 --
 -- The winner is the copy that arrived first; a tie goes to the smallest (partner_id, amount,
 -- currency, status, event_time), so the winner depends on content only, never on file order
@@ -17,7 +17,10 @@
 --   copy_day          the UTC day the payload's copies name
 --   is_winner         the payload of the winning copy
 --   owned_here        the winning copy names D (D's ledger keeps the transaction)
+--   owner_day         the day the winning copy names
 --   spans_days        the copies name more than one day
+--   beyond_bound      the copies name days further apart than the bound: days that cannot see
+--                     each other's copies may disagree on the winner, so it is reported
 --   variants          how many distinct (payload, day) rows the transaction has
 --   winner_event_time, txn_copies, txn_first_ingest_time: the ledger row's values
 
@@ -86,8 +89,11 @@ SELECT
     txn_id, partner_id, amount, currency, status, copy_day,
     first_ingest_time, copies, is_winner,
     max(CASE WHEN is_winner THEN copy_day END) OVER (PARTITION BY txn_id) = $1 AS owned_here,
+    max(CASE WHEN is_winner THEN copy_day END) OVER (PARTITION BY txn_id)      AS owner_day,
     min(copy_day) OVER (PARTITION BY txn_id)
         <> max(copy_day) OVER (PARTITION BY txn_id)                           AS spans_days,
+    CAST(max(copy_day) OVER (PARTITION BY txn_id) AS INT)
+        - CAST(min(copy_day) OVER (PARTITION BY txn_id) AS INT) > $2          AS beyond_bound,
     count(*) OVER (PARTITION BY txn_id)                                       AS variants,
     max(winner_event_time_here) OVER (PARTITION BY txn_id)                    AS winner_event_time,
     sum(copies) OVER (PARTITION BY txn_id)                                    AS txn_copies,

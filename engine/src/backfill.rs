@@ -225,7 +225,9 @@ impl BackfillJob {
                     (o, r, None)
                 }
             };
-        append_run(&self.lake, day, record, None).await;
+        let mut records = vec![record];
+        records.extend(self.stale_records(&outcome));
+        append_run(&self.lake, day, records, None).await;
         if let Some(lock) = lock {
             lock.release().await;
         }
@@ -260,6 +262,39 @@ impl BackfillJob {
             .await?;
         let key = m.inputs_key.clone();
         Ok((Some(m), key))
+    }
+
+    /// The `stale` rows of the neighbouring days a built day found settling shared
+    /// transactions otherwise.
+    fn stale_records(&self, outcome: &DayOutcome) -> Vec<RunRecord> {
+        let DayOutcome::Built(m) = outcome else {
+            return Vec::new();
+        };
+        let now = chrono::Utc::now().timestamp_micros();
+        m.stale_days
+            .iter()
+            .map(|s| RunRecord {
+                run_id: self.run_id.clone(),
+                command: "ledger",
+                day: s.day,
+                started_at: now,
+                finished_at: now,
+                outcome: Outcome::Stale,
+                inputs_key: None,
+                input_files: None,
+                rows_read: None,
+                ledger_rows: None,
+                ledger_amount_cents: None,
+                row_hash: None,
+                ledger_version: None,
+                error: Some(format!(
+                    "the ledger of {} (version {}) settled {} transaction(s) shared with this day otherwise: rebuild this day",
+                    m.day, m.version, s.transactions
+                )),
+                rows_without_event_time: None,
+                conflicts_version: None,
+            })
+            .collect()
     }
 
     fn record(
@@ -319,15 +354,15 @@ impl BackfillJob {
     }
 }
 
-/// Appends a day's `runs` row (to `opened`, the table opened ahead, when there is one). A
-/// failure is logged, not returned: the day's outcome stands either way.
+/// Appends a day's `runs` rows (to `opened`, the table opened ahead, when there is one), in
+/// one commit. A failure is logged, not returned: the day's outcome stands either way.
 async fn append_run(
     lake: &Lake,
     day: NaiveDate,
-    record: RunRecord,
+    records: Vec<RunRecord>,
     opened: Option<JoinHandle<Result<DeltaTable>>>,
 ) {
-    let records = std::slice::from_ref(&record);
+    let records = records.as_slice();
     let table = match opened {
         Some(handle) => handle.await.ok().and_then(|t| t.ok()),
         None => None,
@@ -376,7 +411,9 @@ pub async fn ledger_day(
         }
     };
     let (outcome, record) = bf.record(day, started_at, shared, "ledger");
-    append_run(lake, day, record, Some(runs_table)).await;
+    let mut records = vec![record];
+    records.extend(bf.stale_records(&outcome));
+    append_run(lake, day, records, Some(runs_table)).await;
     crate::failpoint::hit("ledger_after_runs_row");
     lock.release().await;
     match (outcome, error) {

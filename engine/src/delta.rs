@@ -106,6 +106,12 @@ async fn partition_files(
         .await?)
 }
 
+/// Whether one value of a partition column has files in `table`'s snapshot (a ledger day
+/// that was built with rows).
+pub async fn partition_exists(table: &DeltaTable, column: &str, value: &str) -> Result<bool> {
+    Ok(!partition_files(table, column, value).await?.is_empty())
+}
+
 /// Rows of one partition in `table`'s snapshot, from the `numRecords` of its files; `None`
 /// when a file does not say.
 pub async fn partition_rows(table: &DeltaTable, column: &str, value: &str) -> Result<Option<u64>> {

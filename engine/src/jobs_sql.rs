@@ -11,6 +11,9 @@ pub const LEDGER_NEIGHBOURS: &str = include_str!("../../sql/ledger_neighbours.sq
 /// Settles disputed transactions and those spanning days (`sql/ledger_settle.sql`).
 pub const LEDGER_SETTLE: &str = include_str!("../../sql/ledger_settle.sql");
 
+/// The days around D that settled a shared transaction otherwise (`sql/ledger_stale_days.sql`).
+pub const LEDGER_STALE_DAYS: &str = include_str!("../../sql/ledger_stale_days.sql");
+
 /// A short, stable hash of SQL texts, recorded in commits so a re-run can prove it ran the
 /// same logic.
 pub fn sql_hash(texts: &[&str]) -> String {

@@ -4,7 +4,9 @@
 //! A day is *unchanged* when its inputs key — the raw files of its arrival window (paths and
 //! sizes), the lateness horizon and the ledger SQL's hash — equals the key of its last run
 //! whose outcome was `ok` (or `skipped`, which carried the same key forward). Raw files are
-//! immutable, so the same key means the same ledger; anything else is rebuilt.
+//! immutable, so the same key means the same ledger; anything else is rebuilt. A `stale` row
+//! newer than that run (another day's run found this day's ledger settling a shared
+//! transaction otherwise) means rebuilt too.
 
 use crate::delta;
 use crate::error::Result;
@@ -34,6 +36,10 @@ pub enum Outcome {
     /// The run refused to replace the committed day (no input, or too large a shrink; the
     /// error column says which); the ledger was left as it was.
     Refused,
+    /// Written for a neighbouring day by another day's run that settled a transaction they
+    /// share otherwise than this day's committed ledger (the error column says which run and
+    /// how many transactions): the day must be rebuilt, and a backfill over it does not skip it.
+    Stale,
 }
 
 impl Outcome {
@@ -44,6 +50,7 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Failed => "failed",
             Outcome::Refused => "refused",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -151,7 +158,8 @@ pub async fn append_to(table: &DeltaTable, records: &[RunRecord]) -> Result<u64>
     delta::append(table, vec![batch(records)?], meta).await
 }
 
-/// The inputs key of `day`'s last run that left a good ledger (`ok` or `skipped`), if any.
+/// The inputs key of `day`'s last run that left a good ledger (`ok` or `skipped`), if any and
+/// if no `stale` row came after it.
 pub async fn last_good_key(lake: &Lake, day: NaiveDate) -> Result<Option<String>> {
     let url = lake.url_of(layout::RUNS)?;
     let table = match delta::open(lake, &url).await {
@@ -167,16 +175,22 @@ pub async fn last_good_key(lake: &Lake, day: NaiveDate) -> Result<Option<String>
         .filter(
             col("day")
                 .eq(lit(day_value))
-                .and(col("outcome").in_list(vec![lit("ok"), lit("skipped")], false)),
+                .and(col("outcome").in_list(vec![lit("ok"), lit("skipped"), lit("stale")], false)),
         )?
         .sort(vec![col("finished_at").sort(false, true)])?
         .limit(0, Some(1))?
-        .select(vec![col("inputs_key")])?
+        .select(vec![col("inputs_key"), col("outcome")])?
         .collect()
         .await?;
     Ok(rows.iter().find(|b| b.num_rows() > 0).and_then(|b| {
-        let c = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).ok()?;
-        let s = c.as_string::<i32>();
-        (!arrow::array::Array::is_null(s, 0)).then(|| s.value(0).to_string())
+        let text = |i: usize| -> Option<String> {
+            let c = arrow::compute::cast(b.column(i), &arrow::datatypes::DataType::Utf8).ok()?;
+            let s = c.as_string::<i32>();
+            (!arrow::array::Array::is_null(s, 0)).then(|| s.value(0).to_string())
+        };
+        if text(1).as_deref() == Some(Outcome::Stale.as_str()) {
+            return None;
+        }
+        text(0)
     }))
 }

@@ -286,6 +286,11 @@ pub fn date32(day: chrono::NaiveDate) -> i32 {
         .num_days() as i32
 }
 
+/// The date of an Arrow `Date32` value; `None` outside chrono's calendar.
+pub fn from_date32(days: i32) -> Option<chrono::NaiveDate> {
+    chrono::NaiveDate::default().checked_add_signed(chrono::TimeDelta::try_days(days as i64)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,9 @@
 //!
 //! The ledger row comes first (its Parquet files carry a `txn_id` bloom filter, so the lookup
 //! reads little). Its event day bounds where the raw copies can be: the ledger run's read
-//! window `[D − 2, D + 1 + late_days]` (its own arrivals from D − 1, and the neighbouring
-//! days' copies it checks, since a transaction belongs to the day of its winning copy). Each
+//! window `[D − 3, D + 2 + late_days]` (its own arrivals from D − 1, and the copies of the
+//! days within two of D it checks, since a transaction belongs to the day of its winning
+//! copy; [`crate::ledger::window`]). Each
 //! raw file of that window is searched on its own, so every copy
 //! is reported with the file it came from. A transaction not in any ledger is searched in all
 //! of `raw_payments` first, to find its arrival days. The winner is recomputed with the
@@ -14,6 +15,7 @@
 
 use crate::error::{Result, TallyError};
 use crate::lake::layout;
+use crate::ledger::window::{DayWindow, SPREAD_DAYS};
 use crate::raw_files;
 use crate::schema;
 use crate::session::TallySession;
@@ -87,13 +89,7 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
     }
     let ledger = ledger_entry(session, txn_id).await?;
     let days: Vec<NaiveDate> = match &ledger {
-        Some(l) => (0..=late_days as u64 + 3)
-            .filter_map(|i| {
-                l.event_date
-                    .checked_sub_days(Days::new(2))?
-                    .checked_add_days(Days::new(i))
-            })
-            .collect(),
+        Some(l) => DayWindow::new(l.event_date, late_days)?.read_days(),
         None => arrival_days(session, txn_id).await?,
     };
     let lake = session.lake();
@@ -133,16 +129,17 @@ pub async fn trace(session: &TallySession, txn_id: &str, late_days: u32) -> Resu
             message: format!("{txn_id} is in no raw file and no ledger"),
         });
     }
-    // Copies that count for the ledger day: event_time on D or a neighbouring day (the copies
-    // the winner is chosen from); all copies if not in a ledger.
+    // Copies that count for the ledger day: event_time on D or a day within the bound (the
+    // copies the winner is chosen from); all copies if not in a ledger.
+    let spread = Days::new(SPREAD_DAYS as u64);
     let on_day = |c: &Copy| match (&ledger, c.event_time) {
         (Some(l), Some(t)) => chrono::DateTime::from_timestamp_micros(t).is_some_and(|t| {
             let d = t.date_naive();
             l.event_date
-                .checked_sub_days(Days::new(1))
+                .checked_sub_days(spread)
                 .is_some_and(|lo| d >= lo)
                 && l.event_date
-                    .checked_add_days(Days::new(1))
+                    .checked_add_days(spread)
                     .is_some_and(|hi| d <= hi)
         }),
         (Some(_), None) => false,

@@ -85,8 +85,9 @@ fn backfill_builds_exact_days_then_skips_unchanged_and_rebuilds_changed_ones() {
     assert_eq!(code, 0);
     assert!(days.iter().all(|d| d["outcome"] == "skipped"), "{days:?}");
 
-    // New arrivals on 2026-11-06 change the read windows of 11-02 (its neighbour 11-03's
-    // copies, up to 11-06) and 11-03 (late_days = 3) only.
+    // New arrivals on 2026-11-06 change the read windows of 11-03 (late_days = 3) and of the
+    // days within two of it whose copies it may share: 11-01 and 11-02 (they read 11-03's
+    // copies, up to 11-06).
     let t = micros("2026-11-03T12:00:00Z");
     let late = RawRow {
         txn_id: "late-resend-1".into(),
@@ -105,11 +106,14 @@ fn backfill_builds_exact_days_then_skips_unchanged_and_rebuilds_changed_ones() {
     assert_eq!(
         outcomes(&days),
         pairs(&[
-            ("2026-11-01", "skipped"),
+            ("2026-11-01", "built"),
             ("2026-11-02", "built"),
             ("2026-11-03", "built")
         ])
     );
+    let (code, days, _, _) = backfill(dir.path(), "2026-11-01", "2026-11-03", &[]);
+    assert_eq!(code, 0);
+    assert!(days.iter().all(|d| d["outcome"] == "skipped"), "{days:?}");
     let raw = read_raw(&lake);
     assert_eq!(
         ledger_rows(dir.path(), "2026-11-03"),
@@ -130,8 +134,8 @@ fn backfill_builds_exact_days_then_skips_unchanged_and_rebuilds_changed_ones() {
     assert_eq!(
         log,
         vec![
-            vec!["ok".to_string(), "5".into()],
-            vec!["skipped".into(), "4".into()]
+            vec!["ok".to_string(), "6".into()],
+            vec!["skipped".into(), "6".into()]
         ]
     );
 }
@@ -141,9 +145,9 @@ fn a_failed_day_is_named_the_others_build_and_a_rerun_resumes() {
     let dir = tempdir();
     generate(dir.path(), 3, 3_000, 32);
     let lake = dir.path().join("lake");
-    // A corrupt file arriving on 11-07 is in the read window of 11-03 only (of 11-01..11-03:
-    // 11-02 reads up to 11-06, its neighbour 11-03's last arrival day).
-    let bad_dir = lake.join("raw/payments/ingest_date=2026-11-07");
+    // A corrupt file arriving on 11-08 is in the read window of 11-03 only (of 11-01..11-03:
+    // 11-02 reads up to 11-07, the last arrival day of 11-04's copies).
+    let bad_dir = lake.join("raw/payments/ingest_date=2026-11-08");
     std::fs::create_dir_all(&bad_dir).unwrap();
     std::fs::write(bad_dir.join("broken.parquet"), b"PAR1 not parquet").unwrap();
     let (code, days, summary, err) = backfill(dir.path(), "2026-11-01", "2026-11-03", &[]);

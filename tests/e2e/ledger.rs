@@ -51,8 +51,8 @@ fn rank_key(r: &RawRow) -> (i64, &str, i128, &str, &str, i64) {
     )
 }
 
-/// Every transaction with an eligible copy naming `day`, with its eligible copies naming `day`
-/// or a neighbouring day (the copies both days' runs see).
+/// Every transaction with an eligible copy naming `day`, with its eligible copies naming a
+/// day at most two days from `day` (the copies every day within the ledger's bound sees).
 fn copies_of_day<'a>(
     rows: &'a [RawRow],
     day: &str,
@@ -61,7 +61,10 @@ fn copies_of_day<'a>(
     let lo = day_start(day);
     let mut by_txn: HashMap<&str, Vec<&RawRow>> = HashMap::new();
     for r in rows {
-        if r.event_time >= lo - DAY_US && r.event_time < lo + 2 * DAY_US && eligible(r, late_days) {
+        if r.event_time >= lo - 2 * DAY_US
+            && r.event_time < lo + 3 * DAY_US
+            && eligible(r, late_days)
+        {
             by_txn.entry(&r.txn_id).or_default().push(r);
         }
     }
@@ -130,8 +133,15 @@ pub fn expected_conflicts(rows: &[RawRow], day: &str, late_days: i64) -> BTreeSe
         }
         let days: BTreeSet<_> = set.iter().map(|k| k.4.clone()).collect();
         let winner = key(w);
+        let span = days
+            .first()
+            .zip(days.last())
+            .map(|(a, b)| day_start(b) - day_start(a))
+            .unwrap_or(0);
         let reason = if days.len() == 1 {
             "payload"
+        } else if span > 2 * DAY_US {
+            "spread_beyond_bound"
         } else if winner.4 == day {
             "owned_here"
         } else {

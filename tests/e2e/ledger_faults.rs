@@ -305,6 +305,221 @@ fn a_transaction_with_copies_on_two_days_is_in_exactly_one_ledger() {
     );
 }
 
+/// The ledger's bound: one transaction's copies name days at most two apart. `z` has copies
+/// naming D − 1, D and D + 1, and its earliest copy names D + 1, while D − 1's copy arrived
+/// before D's: a run of D − 1 that saw only D − 1 and D kept it, as did D + 1's. Every day
+/// must now leave it to D + 1, in any order. `w`'s copies name days three apart: the middle
+/// day that sees them all says so.
+#[test]
+fn a_transaction_with_copies_on_three_days_is_in_exactly_one_ledger() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let d0 = micros("2026-11-10T00:00:00Z");
+    let (d1, d2, d3) = (d0 + DAY_US, d0 + 2 * DAY_US, d0 + 3 * DAY_US);
+    let hour = 3_600_000_000;
+    let mut files: Vec<(&str, Vec<RawRow>)> = vec![
+        ("2026-11-10", Vec::new()),
+        ("2026-11-11", Vec::new()),
+        ("2026-11-12", Vec::new()),
+        ("2026-11-13", Vec::new()),
+    ];
+    for (k, (_, rows)) in files.iter_mut().enumerate() {
+        let start = d0 + k as i64 * DAY_US;
+        for i in 0..50 {
+            let t = start + i * 600_000_000;
+            rows.push(row(
+                &format!("f{k}-{i}"),
+                "p1",
+                t,
+                t + 1_000_000,
+                100 + i as i128,
+            ));
+        }
+    }
+    // z: the copy naming 11-12 (a clock running ahead) landed first, on the evening of 11-11.
+    files[1]
+        .1
+        .push(row("z", "p2", d2 + 60_000_000, d2 - 60_000_000, 5_000));
+    // Then a replay re-stamped on 11-10, an hour before the copy naming 11-11.
+    files[2]
+        .1
+        .push(row("z", "p2", d0 + 12 * hour, d2 + 8 * hour, 5_000));
+    files[2]
+        .1
+        .push(row("z", "p2", d1 + 12 * hour, d2 + 9 * hour, 5_000));
+    // w: copies naming 11-10, 11-11 and 11-13: three days apart, beyond the bound.
+    files[1]
+        .1
+        .push(row("w", "p3", d0 + 20 * hour, d1 + hour, 700));
+    files[1]
+        .1
+        .push(row("w", "p3", d1 + 20 * hour, d1 + 2 * hour, 700));
+    files[3]
+        .1
+        .push(row("w", "p3", d3 + hour, d3 + 2 * hour, 700));
+    for (day, rows) in &files {
+        write_raw(&lake, day, "part.parquet", rows);
+    }
+    let raw = read_raw(&lake);
+    let days = ["2026-11-10", "2026-11-11", "2026-11-12", "2026-11-13"];
+    for order in [[0, 1, 2, 3], [2, 0, 3, 1], [3, 2, 1, 0]] {
+        let mut reports = Vec::new();
+        for i in order {
+            reports.push((days[i], run_ledger(dir.path(), days[i], &[])));
+        }
+        let ledgers: Vec<_> = days.iter().map(|d| ledger_rows(dir.path(), d)).collect();
+        for (day, got) in days.iter().zip(&ledgers) {
+            assert_eq!(got, &expected_ledger(&raw, day, 3), "{day}");
+            assert_eq!(
+                conflict_rows(dir.path(), day),
+                expected_conflicts(&raw, day, 3),
+                "{day}"
+            );
+        }
+        let holders: Vec<&str> = days
+            .iter()
+            .zip(&ledgers)
+            .filter(|(_, l)| l.contains_key("z"))
+            .map(|(d, _)| *d)
+            .collect();
+        assert_eq!(holders, vec!["2026-11-12"], "order {order:?}");
+        assert_eq!(
+            ledgers[2]["z"][7], "3",
+            "every copy counted in the owning row"
+        );
+        for (day, m) in &reports {
+            let beyond = if *day == "2026-11-11" { 1 } else { 0 };
+            assert_eq!(m["spread_beyond_bound"], beyond, "{day}: {m}");
+            // Every day read the same copies: nobody's ledger is stale (w's spread beyond the
+            // bound is reported, and rebuilding would not change it).
+            assert_eq!(m["days_to_rebuild"], serde_json::json!([]), "{day}: {m}");
+        }
+    }
+    let reasons = csv_rows(&tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT DISTINCT reason FROM ledger_conflicts WHERE txn_id = 'w' AND event_date = DATE '2026-11-11'",
+            "--format",
+            "csv",
+        ],
+    ));
+    assert_eq!(reasons, vec![vec!["spread_beyond_bound".to_string()]]);
+}
+
+/// A copy landing late in an old `ingest_date` folder changes which day owns a transaction:
+/// the rerun of that day must name the neighbour whose committed ledger now disagrees (in its
+/// output and as a `stale` row in `runs`), and a backfill over the neighbour rebuilds it.
+#[test]
+fn a_rerun_that_changes_ownership_names_the_neighbour_to_rebuild() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let d0 = micros("2026-11-10T00:00:00Z");
+    let d1 = d0 + DAY_US;
+    let mut day0 = Vec::new();
+    let mut day1 = Vec::new();
+    // 200 rows a day: moving one transaction stays within the rebuild's --max-shrink of 1%.
+    for i in 0..200 {
+        let (t0, t1) = (d0 + i * 400_000_000, d1 + i * 400_000_000);
+        day0.push(row(&format!("a-{i}"), "p1", t0, t0 + 1, 10 + i as i128));
+        day1.push(row(&format!("b-{i}"), "p1", t1, t1 + 1, 20 + i as i128));
+    }
+    // s: the copy naming 11-11 arrived first; a retry re-stamped 11-10 came after it.
+    day1.push(row("s", "p2", d1 + 600_000_000, d1 + 660_000_000, 900));
+    day1.push(row("s", "p2", d1 - 60_000_000, d1 + 1_200_000_000, 900));
+    write_raw(&lake, "2026-11-10", "day0.parquet", &day0);
+    write_raw(&lake, "2026-11-11", "day1.parquet", &day1);
+    run_ledger(dir.path(), "2026-11-10", &[]);
+    run_ledger(dir.path(), "2026-11-11", &[]);
+    assert!(ledger_rows(dir.path(), "2026-11-11").contains_key("s"));
+    assert!(!ledger_rows(dir.path(), "2026-11-10").contains_key("s"));
+
+    // A delayed uploader lands the original copy naming 11-10 in the 11-10 folder: it arrived
+    // first, so 11-10 owns s now.
+    write_raw(
+        &lake,
+        "2026-11-10",
+        "delayed.parquet",
+        &[row("s", "p2", d1 - 60_000_000, d1 - 30_000_000, 900)],
+    );
+    let out = tally_cmd(dir.path())
+        .args(["ledger", "--date", "2026-11-10", "--format", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let m: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        m["days_to_rebuild"],
+        serde_json::json!([{"day": "2026-11-11", "transactions": 1}]),
+        "{m}"
+    );
+    assert!(
+        stderr.contains("rebuild it (tally ledger --date 2026-11-11"),
+        "{stderr}"
+    );
+    assert!(ledger_rows(dir.path(), "2026-11-10").contains_key("s"));
+    assert_eq!(
+        runs_of(dir.path(), "2026-11-11").last().unwrap()[0],
+        "stale",
+        "the neighbour is marked for rebuilding"
+    );
+    let commit = last_commit(&lake.join("ledger"));
+    assert!(
+        commit.contains("\"days_to_rebuild\":[{\"day\":\"2026-11-11\",\"transactions\":1}]"),
+        "{commit}"
+    );
+
+    // A backfill over the neighbour rebuilds it; then every day agrees and nothing is stale.
+    let report = tally_ok(
+        dir.path(),
+        &[
+            "backfill",
+            "--from",
+            "2026-11-11",
+            "--to",
+            "2026-11-11",
+            "--progress",
+            "json",
+        ],
+    );
+    assert!(report.contains("\"built\":[\"2026-11-11\"]"), "{report}");
+    let raw = read_raw(&lake);
+    for day in ["2026-11-10", "2026-11-11"] {
+        assert_eq!(
+            ledger_rows(dir.path(), day),
+            expected_ledger(&raw, day, 3),
+            "{day}"
+        );
+    }
+    assert!(!ledger_rows(dir.path(), "2026-11-11").contains_key("s"));
+    let again = run_ledger(dir.path(), "2026-11-10", &[]);
+    assert_eq!(again["days_to_rebuild"], serde_json::json!([]), "{again}");
+    let report = tally_ok(
+        dir.path(),
+        &[
+            "backfill",
+            "--from",
+            "2026-11-10",
+            "--to",
+            "2026-11-11",
+            "--progress",
+            "json",
+        ],
+    );
+    assert!(
+        report.contains("\"skipped\":[\"2026-11-10\",\"2026-11-11\"]"),
+        "{report}"
+    );
+}
+
 /// A run stopped (SIGSTOP: a suspended VM, a long GC pause) past its lease, while a newer run
 /// takes the day over and commits, must not commit over it when it resumes.
 #[test]

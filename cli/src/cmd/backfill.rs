@@ -63,6 +63,11 @@ pub async fn run(ctx: &Context, args: &BackfillArgs) -> Result<ExitCode> {
                 if let DayOutcome::Failed(e) = &d.outcome {
                     bar.println(format!("{} failed: {e}", d.day));
                 }
+                if let DayOutcome::Built(m) = &d.outcome {
+                    for line in super::ledger::warnings(m) {
+                        bar.println(line);
+                    }
+                }
             }
         })
         .await?;
@@ -130,6 +135,8 @@ fn day_json(d: &DayRun) -> serde_json::Value {
             v["ledger_rows"] = m.ledger_rows.into();
             v["version"] = m.version.into();
             v["fingerprint"] = m.fingerprint.to_json();
+            v["days_to_rebuild"] = super::ledger::days_to_rebuild(m);
+            v["spread_beyond_bound"] = m.beyond_bound.into();
         }
         DayOutcome::Failed(e) => v["error"] = e.clone().into(),
         DayOutcome::Skipped => {}

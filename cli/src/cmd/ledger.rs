@@ -29,8 +29,33 @@ pub async fn run(ctx: &Context, args: &LedgerArgs) -> Result<()> {
     Ok(())
 }
 
+/// What a built day says about the days around it, one line each: the neighbouring days to
+/// rebuild and the transactions beyond the ledger's bound (shared with backfill).
+pub fn warnings(m: &LedgerMetrics) -> Vec<String> {
+    let mut lines: Vec<String> = m
+        .stale_days
+        .iter()
+        .map(|s| {
+            format!(
+                "warning: the ledger of {} settles {} transaction(s) shared with {} otherwise than {}'s committed ledger: rebuild it (tally ledger --date {}, or a backfill over it)",
+                m.day, s.transactions, s.day, s.day, s.day
+            )
+        })
+        .collect();
+    if m.beyond_bound > 0 {
+        lines.push(format!(
+            "warning: {} transaction(s) of {} have copies naming days more than 2 days apart: settled on the copies this run sees, listed in ledger_conflicts with reason spread_beyond_bound",
+            m.beyond_bound, m.day
+        ));
+    }
+    lines
+}
+
 /// Prints a run's figures (shared with backfill).
 pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
+    for line in warnings(m) {
+        eprintln!("{line}");
+    }
     match format {
         SummaryFormat::Json => println!(
             "{}",
@@ -42,6 +67,8 @@ pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
                 "rows_without_event_time": m.rows_without_event_time,
                 "ledger_rows": m.ledger_rows,
                 "ceded": m.ceded,
+                "spread_beyond_bound": m.beyond_bound,
+                "days_to_rebuild": days_to_rebuild(m),
                 "conflicts_version": m.conflicts_version,
                 "disputed": m.disputed,
                 "conflict_rows": m.conflict_rows,
@@ -80,4 +107,12 @@ pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
             );
         }
     }
+}
+
+/// The neighbouring days to rebuild, as JSON.
+pub fn days_to_rebuild(m: &LedgerMetrics) -> serde_json::Value {
+    m.stale_days
+        .iter()
+        .map(|s| serde_json::json!({"day": s.day.to_string(), "transactions": s.transactions}))
+        .collect()
 }

@@ -24,7 +24,8 @@ use std::collections::HashMap;
 /// it when a change in Rust alters what a day contains — a fixed dedup rule then rebuilds
 /// days in a backfill instead of skipping them as unchanged.
 /// 2: arrivals from D − 1, one day per transaction (neighbouring days' copies).
-pub const LOGIC_VERSION: u32 = 2;
+/// 3: the neighbouring days' copies within two days of D (three-day spreads).
+pub const LOGIC_VERSION: u32 = 3;
 
 /// What one run read and produced, for its commit info.
 pub struct RunFacts<'a> {
@@ -42,6 +43,10 @@ pub struct RunFacts<'a> {
     pub disputed: u64,
     /// Transactions left to another day.
     pub ceded: u64,
+    /// Transactions whose copies name days further apart than the bound.
+    pub beyond_bound: u64,
+    /// Neighbouring days that settled shared transactions otherwise.
+    pub stale_days: &'a [super::stale_days::StaleDay],
 }
 
 fn sql_hash() -> String {
@@ -49,6 +54,7 @@ fn sql_hash() -> String {
         jobs_sql::LEDGER,
         jobs_sql::LEDGER_NEIGHBOURS,
         jobs_sql::LEDGER_SETTLE,
+        jobs_sql::LEDGER_STALE_DAYS,
     ])
 }
 
@@ -75,6 +81,11 @@ pub fn ledger_info(f: &RunFacts<'_>) -> HashMap<String, serde_json::Value> {
             "fingerprint": f.fingerprint.to_json(),
             "disputed": f.disputed,
             "ceded_to_other_days": f.ceded,
+            "spread_beyond_bound": f.beyond_bound,
+            "days_to_rebuild": f.stale_days.iter().map(|s| serde_json::json!({
+                "day": s.day.to_string(),
+                "transactions": s.transactions,
+            })).collect::<Vec<_>>(),
         }),
     )])
 }

@@ -27,6 +27,12 @@ pub struct LedgerMetrics {
     pub disputed: u64,
     /// Transactions left to another day because their winning copy names it.
     pub ceded: u64,
+    /// Transactions whose copies name days further apart than the ledger's bound (two days):
+    /// settled on the copies this run saw, listed in `ledger_conflicts` for finance to check.
+    pub beyond_bound: u64,
+    /// Neighbouring days whose committed ledger settled a shared transaction otherwise: each
+    /// must be rebuilt (recorded as `stale` in `runs`, which a backfill picks up).
+    pub stale_days: Vec<super::stale_days::StaleDay>,
     /// Rows written to `ledger_conflicts` (one per distinct payload and day).
     pub conflict_rows: u64,
     /// The content fingerprint.

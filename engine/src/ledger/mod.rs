@@ -12,6 +12,8 @@
 //!    (`partner_id`, `txn_id`) into its own Parquet file ([`sink::finish`]);
 //! 5. [`settle`]: disputed transactions and those with neighbouring copies are settled by
 //!    `sql/ledger_settle.sql`: D keeps those whose winning copy names D;
+//!    A transaction shared with a neighbouring day that this run gives another owner than
+//!    that day's committed ledger did names the day to rebuild ([`stale_days`]);
 //! 6. [`guard`]: a run that found no input, or that would shrink the committed day beyond
 //!    `--max-shrink`, refuses;
 //! 7. [`commit`]: the day's files replace the previous ones in ONE commit, made against the
@@ -34,6 +36,7 @@ mod plan_schema;
 pub mod scan;
 mod settle;
 mod sink;
+pub mod stale_days;
 mod tasks;
 pub mod window;
 
@@ -348,6 +351,8 @@ impl<'a> LedgerJob<'a> {
         };
         let mut conflicts = Vec::new();
         let mut ceded = 0;
+        let mut beyond_bound = 0;
+        let mut shared = Vec::new();
         if !to_settle.is_empty() {
             let settled = settle::settle(self.session, &window, to_settle).await?;
             drop(held_memory);
@@ -366,10 +371,17 @@ impl<'a> LedgerJob<'a> {
             adds.extend(writer.finish().await?);
             conflicts = settled.conflicts;
             ceded = settled.ceded;
+            beyond_bound = settled.beyond_bound;
+            shared = settled.shared;
         }
         self.progress.advance(1);
         failpoint::hit("ledger_after_part_files");
-        tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), disputed = disputed_count, ceded, "ledger: settled");
+        tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), disputed = disputed_count, ceded, beyond_bound, "ledger: settled");
+        let stale_days =
+            stale_days::find(self.session, &window, &ledger, &conflicts_table, shared).await?;
+        for s in &stale_days {
+            tracing::warn!(day = %self.day, stale = %s.day, transactions = s.transactions, "ledger: a neighbouring day decided shared transactions otherwise and must be rebuilt");
+        }
 
         let rows_without_event_time = match inputs.rows_without_event_time(&window) {
             Some(n) => n,
@@ -388,6 +400,8 @@ impl<'a> LedgerJob<'a> {
             fingerprint: &fp,
             disputed: disputed_count,
             ceded,
+            beyond_bound,
+            stale_days: &stale_days,
         };
         failpoint::hit("ledger_before_commit");
         self.confirm_fence().await?;
@@ -415,6 +429,8 @@ impl<'a> LedgerJob<'a> {
             ledger_rows: fp.rows,
             disputed: disputed_count,
             ceded,
+            beyond_bound,
+            stale_days,
             conflict_rows,
             fingerprint: fp,
             version,

@@ -7,7 +7,10 @@
 //! `ledger_conflicts`, with the reason:
 //! - `payload`: the copies disagree on partner, amount, currency or status (all naming D);
 //! - `owned_here`: the copies name D and another day, and the winning copy names D;
-//! - `owned_by_other_day`: the winning copy names another day, so D's ledger leaves it out.
+//! - `owned_by_other_day`: the winning copy names another day, so D's ledger leaves it out;
+//! - `spread_beyond_bound`: the copies name days further apart than the ledger's bound
+//!   ([`SPREAD_DAYS`](super::window::SPREAD_DAYS)); D settles it on the copies it sees, which days that cannot see each
+//!   other's copies may not agree on, so finance must look at it.
 
 use super::window::DayWindow;
 use crate::error::Result;
@@ -29,6 +32,12 @@ pub struct Settled {
     pub conflicts: Vec<RecordBatch>,
     /// Transactions D's ledger leaves to another day.
     pub ceded: u64,
+    /// Transactions whose copies name days further apart than [`SPREAD_DAYS`](super::window::SPREAD_DAYS).
+    pub beyond_bound: u64,
+    /// `[txn_id, day, owner_day]`: each transaction shared with another day (a day one of its
+    /// copies names, never D) and the day D's settlement gave it to, for
+    /// [`super::stale_days`].
+    pub shared: Vec<RecordBatch>,
 }
 
 /// The settlement's inputs.
@@ -106,12 +115,31 @@ pub async fn settle(
         .filter(col("is_winner").and(col("owned_here").not()))?
         .count()
         .await? as u64;
+    let beyond_bound = settled
+        .clone()
+        .filter(col("is_winner").and(col("beyond_bound")))?
+        .count()
+        .await? as u64;
+    let shared = settled
+        .clone()
+        .filter(
+            col("spans_days")
+                .and(col("beyond_bound").not())
+                .and(col("copy_day").not_eq(day_lit(window))),
+        )?
+        .select(vec![
+            col("txn_id"),
+            col("copy_day").alias("day"),
+            col("owner_day"),
+        ])?
+        .distinct()?
+        .collect()
+        .await?;
     let reason = when(col("spans_days").not(), lit("payload"))
+        .when(col("beyond_bound"), lit("spread_beyond_bound"))
         .when(col("owned_here"), lit("owned_here"))
         .otherwise(lit("owned_by_other_day"))?;
-    let day = lit(datafusion::common::ScalarValue::Date32(Some(
-        schema::date32(window.day),
-    )));
+    let day = day_lit(window);
     let conflicts = settled
         .filter(col("variants").gt(lit(1i64)))?
         .select(vec![
@@ -133,5 +161,13 @@ pub async fn settle(
         ledger_rows,
         conflicts,
         ceded,
+        beyond_bound,
+        shared,
     })
+}
+
+fn day_lit(window: &DayWindow) -> datafusion::prelude::Expr {
+    lit(datafusion::common::ScalarValue::Date32(Some(
+        schema::date32(window.day),
+    )))
 }
