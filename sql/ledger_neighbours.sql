@@ -21,6 +21,10 @@ FROM neighbour_arrivals
 WHERE event_time >= $1 AND event_time < $4
   AND (event_time < $2 OR event_time >= $3)
   -- The copy is eligible for the day it names: it arrived (ingest_date, the partition) from
-  -- the day before that day to the horizon after it, as that day's own run reads it.
-  AND CAST(ingest_date AS INT) - CAST(CAST(event_time AS DATE) AS INT) BETWEEN -1 AND $5
+  -- the day before that day to the horizon after it, as that day's own run reads it. Said the
+  -- other way round, the day it names lies in [ingest_date - horizon, ingest_date + 1]; in
+  -- integers (days since 1970 and microseconds), since a per-row cast of a UTC timestamp to
+  -- a date goes through the time-zone database.
+  AND CAST(event_time AS BIGINT) >= (CAST(ingest_date AS BIGINT) - $5) * 86400000000
+  AND CAST(event_time AS BIGINT) <  (CAST(ingest_date AS BIGINT) + 2) * 86400000000
   AND ledger_day_has(txn_key(txn_id))
