@@ -179,6 +179,86 @@ fn ledger_sums_are_exact_through_flight_sql_and_the_postgres_wire() {
     assert!(oids.contains("Decimal datetime True"), "{oids}");
 }
 
+/// What Postgres clients parse before they query: SQLAlchemy reads `version()`, libpq the
+/// `server_version` parameter; psycopg (not in autocommit) wraps reads in a transaction and
+/// nests savepoints. All work; a write inside a transaction is still refused.
+#[test]
+fn postgres_clients_parse_the_version_and_read_inside_transactions_and_savepoints() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    let want = expected_sums(dir.path(), DAY);
+    let server = Server::start(dir.path(), None, &[]);
+    let script = format!(
+        "import psycopg, sqlalchemy\n\
+         conn = psycopg.connect(host='127.0.0.1', port={port}, user='analyst', dbname='tally', password='')\n\
+         print('libpq', conn.info.server_version)\n\
+         cur = conn.cursor()\n\
+         cur.execute('SELECT version()')\n\
+         print('version', cur.fetchone()[0])\n\
+         print('status', conn.info.transaction_status.name)\n\
+         for sql in ['SAVEPOINT s1', 'ROLLBACK TO SAVEPOINT s1', 'RELEASE SAVEPOINT s1', 'SET TRANSACTION READ ONLY']:\n\
+         \x20   cur.execute(sql)\n\
+         \x20   print('tag', cur.statusmessage)\n\
+         with conn.transaction():\n\
+         \x20   with conn.transaction():\n\
+         \x20       cur.execute({sums:?})\n\
+         \x20       rows = cur.fetchall()\n\
+         conn.commit()\n\
+         for r in rows:\n\
+         \x20   print('\\t'.join(str(v) for v in r))\n\
+         try:\n\
+         \x20   cur.execute('CREATE TABLE leak AS SELECT 1')\n\
+         except psycopg.Error as e:\n\
+         \x20   print('refused', e.sqlstate)\n\
+         conn.rollback()\n\
+         conn.autocommit = True\n\
+         try:\n\
+         \x20   cur.execute('SAVEPOINT outside')\n\
+         except psycopg.Error as e:\n\
+         \x20   print('outside', e.sqlstate)\n\
+         cur.execute('SHOW server_version')\n\
+         print('show', cur.fetchone()[0])\n\
+         engine = sqlalchemy.create_engine('postgresql+psycopg://analyst:@127.0.0.1:{port}/tally')\n\
+         with engine.connect() as c:\n\
+         \x20   print('sqlalchemy', c.dialect.server_version_info)\n\
+         \x20   print('sqlalchemy rows', len(c.execute(sqlalchemy.text('SELECT txn_id FROM ledger LIMIT 5')).fetchall()))\n",
+        port = server.pg_port(),
+        sums = per_partner_sql(DAY),
+    );
+    let out = String::from_utf8(python(&script)).unwrap();
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {out}"))
+            .to_string()
+    };
+    assert_eq!(line("libpq "), "libpq 160006", "{out}");
+    let version = line("version ");
+    assert!(
+        version.starts_with("version PostgreSQL 16.6 (tally ")
+            && version.contains("on Apache DataFusion "),
+        "{out}"
+    );
+    assert_eq!(line("status "), "status INTRANS", "{out}");
+    let tags: Vec<&str> = out.lines().filter(|l| l.starts_with("tag ")).collect();
+    assert_eq!(
+        tags,
+        vec!["tag SAVEPOINT", "tag ROLLBACK", "tag RELEASE", "tag SET"],
+        "{out}"
+    );
+    let sums: String = out
+        .lines()
+        .filter(|l| l.contains('\t'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(sums_from_lines(&sums), want, "{out}");
+    assert_eq!(line("refused "), "refused 25006", "{out}");
+    assert_eq!(line("outside "), "outside 25P01", "{out}");
+    assert!(line("show ").starts_with("show 16.6 (tally "), "{out}");
+    assert_eq!(line("sqlalchemy ("), "sqlalchemy (16, 6)", "{out}");
+    assert_eq!(line("sqlalchemy rows"), "sqlalchemy rows 5", "{out}");
+}
+
 #[test]
 fn prepared_statements_bind_parameters_on_both_wires() {
     let dir = tempdir();

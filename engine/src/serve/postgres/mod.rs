@@ -16,8 +16,10 @@
 
 mod connection;
 mod cursors;
+mod pg_functions;
 mod queries;
 mod read_only;
+mod server_identity;
 
 use super::fresh_schema::{FreshSchema, PINNED};
 use super::metrics::{Endpoint, Outcome, QueryRecord};
@@ -176,6 +178,8 @@ async fn pg_context(shared: &Shared) -> Result<SessionContext> {
     )?;
     setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider)
         .map_err(|e| TallyError::Internal(format!("pg_catalog: {e}")))?;
+    ctx.register_udf(server_identity::PgVersion::udf());
+    ctx.register_udf(pg_functions::ToRegtype::udf());
     Ok(ctx)
 }
 
@@ -191,6 +195,8 @@ impl Handlers {
         let ctx = Arc::new(pg_context(&shared).await?);
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
             Arc::new(ReadOnlyHook),
+            // Before the crate's SET/SHOW and transaction hooks: savepoints and the version.
+            Arc::new(server_identity::ServerIdentityHook),
             // Ours declares (with a query slot and a deadline); the crate's fetches and closes.
             Arc::new(cursors::CursorHook {
                 shared: Arc::clone(&shared),
@@ -206,6 +212,7 @@ impl Handlers {
         let cancels = Arc::new(Cancels::default());
         let mut params = DefaultServerParameterProvider::default();
         params.default_transaction_read_only = true;
+        params.server_version = server_identity::server_version();
         params.is_superuser = false;
         Ok(Self {
             queries: Arc::new(Guarded {

@@ -23,6 +23,9 @@ pub(super) fn refusal(stmt: &Statement) -> Option<String> {
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Set(Set::SetTransaction { .. })
         | Statement::ShowVariable { .. }
         | Statement::ShowStatus { .. }
         | Statement::Fetch { .. }
