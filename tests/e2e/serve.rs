@@ -221,7 +221,12 @@ fn postgres_clients_parse_the_version_and_read_inside_transactions_and_savepoint
          engine = sqlalchemy.create_engine('postgresql+psycopg://analyst:@127.0.0.1:{port}/tally')\n\
          with engine.connect() as c:\n\
          \x20   print('sqlalchemy', c.dialect.server_version_info)\n\
-         \x20   print('sqlalchemy rows', len(c.execute(sqlalchemy.text('SELECT txn_id FROM ledger LIMIT 5')).fetchall()))\n",
+         \x20   print('sqlalchemy rows', len(c.execute(sqlalchemy.text('SELECT txn_id FROM ledger LIMIT 5')).fetchall()))\n\
+         inspector = sqlalchemy.inspect(engine)\n\
+         print('schemas', inspector.get_schema_names())\n\
+         print('tables', sorted(inspector.get_table_names()))\n\
+         cur.execute(\"SELECT 'pg_x' LIKE 'pg!_%' ESCAPE '!', 'pgax' LIKE 'pg!_%' ESCAPE '!', 'a!b' LIKE 'a!!b' ESCAPE '!', 'a\\\\b' LIKE 'a\\\\b' ESCAPE '!'\")\n\
+         print('like', cur.fetchone())\n",
         port = server.pg_port(),
         sums = per_partner_sql(DAY),
     );
@@ -257,6 +262,10 @@ fn postgres_clients_parse_the_version_and_read_inside_transactions_and_savepoint
     assert!(line("show ").starts_with("show 16.6 (tally "), "{out}");
     assert_eq!(line("sqlalchemy ("), "sqlalchemy (16, 6)", "{out}");
     assert_eq!(line("sqlalchemy rows"), "sqlalchemy rows 5", "{out}");
+    // SQLAlchemy's inspector lists schemas with `NOT LIKE 'pg!_%' ESCAPE '!'`.
+    assert!(line("schemas ").contains("'public'"), "{out}");
+    assert!(line("tables ").contains("'ledger'"), "{out}");
+    assert_eq!(line("like "), "like (True, False, True, True)", "{out}");
 }
 
 #[test]

@@ -16,6 +16,7 @@
 
 mod connection;
 mod cursors;
+mod like_escape;
 mod pg_functions;
 mod queries;
 mod read_only;
@@ -180,6 +181,8 @@ async fn pg_context(shared: &Shared) -> Result<SessionContext> {
         .map_err(|e| TallyError::Internal(format!("pg_catalog: {e}")))?;
     ctx.register_udf(server_identity::PgVersion::udf());
     ctx.register_udf(pg_functions::ToRegtype::udf());
+    ctx.register_udf(pg_functions::PgGetSerialSequence::udf());
+    ctx.add_analyzer_rule(Arc::new(like_escape::LikeEscape));
     Ok(ctx)
 }
 

@@ -2,7 +2,8 @@
 //! `pg_catalog` emulation tally serves.
 //!
 //! psycopg's `TypeInfo.fetch` (which SQLAlchemy runs on connect, for `hstore`) looks types up
-//! with `WHERE t.oid = to_regtype(%(name)s)`.
+//! with `WHERE t.oid = to_regtype(%(name)s)`; SQLAlchemy's inspector asks each column's
+//! `pg_get_serial_sequence(table, column)` (tally's tables have no sequences: NULL).
 
 use datafusion::arrow::array::{Array, AsArray, Int32Array};
 use datafusion::arrow::datatypes::DataType;
@@ -109,6 +110,42 @@ impl ScalarUDFImpl for ToRegtype {
                 Ok(ColumnarValue::Array(Arc::new(out)))
             }
         }
+    }
+}
+
+/// `pg_get_serial_sequence(table, column) -> text`: NULL, since no column of a lake table
+/// draws from a sequence.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(super) struct PgGetSerialSequence {
+    signature: Signature,
+}
+
+impl PgGetSerialSequence {
+    pub(super) fn udf() -> ScalarUDF {
+        ScalarUDF::from(Self {
+            signature: Signature::any(2, Volatility::Stable),
+        })
+    }
+}
+
+impl ScalarUDFImpl for PgGetSerialSequence {
+    fn name(&self) -> &str {
+        "pg_get_serial_sequence"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        _args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
     }
 }
 
