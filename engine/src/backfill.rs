@@ -213,7 +213,7 @@ impl BackfillJob {
         let t0 = Instant::now();
         let started_at = chrono::Utc::now().timestamp_micros();
         let wait = Duration::from_secs(24 * 3600);
-        let (outcome, record, lock) =
+        let (outcome, records, lock) =
             match day_lock::acquire(&self.lake, day, &self.run_id, wait).await {
                 Ok(lock) => {
                     let result = self.build_day(day, force, lock.fence()).await;
@@ -225,8 +225,6 @@ impl BackfillJob {
                     (o, r, None)
                 }
             };
-        let mut records = vec![record];
-        records.extend(self.stale_records(&outcome));
         append_run(&self.lake, day, records, None).await;
         if let Some(lock) = lock {
             lock.release().await;
@@ -264,64 +262,18 @@ impl BackfillJob {
         Ok((Some(m), key))
     }
 
-    /// The `stale` rows of the neighbouring days a built day found settling shared
-    /// transactions otherwise.
-    fn stale_records(&self, outcome: &DayOutcome) -> Vec<RunRecord> {
-        let DayOutcome::Built(m) = outcome else {
-            return Vec::new();
-        };
-        let now = chrono::Utc::now().timestamp_micros();
-        m.stale_days
-            .iter()
-            .map(|s| RunRecord {
-                run_id: self.run_id.clone(),
-                command: "ledger",
-                day: s.day,
-                started_at: now,
-                finished_at: now,
-                outcome: Outcome::Stale,
-                inputs_key: None,
-                input_files: None,
-                rows_read: None,
-                ledger_rows: None,
-                ledger_amount_cents: None,
-                row_hash: None,
-                ledger_version: None,
-                error: Some(format!(
-                    "the ledger of {} (version {}) settled {} transaction(s) shared with this day otherwise: rebuild this day",
-                    m.day, m.version, s.transactions
-                )),
-                rows_without_event_time: None,
-                conflicts_version: None,
-            })
-            .collect()
-    }
-
+    /// The day's `runs` row, then a `stale` row for each neighbouring day a built day found
+    /// settling shared transactions otherwise.
     fn record(
         &self,
         day: NaiveDate,
         started_at: i64,
         result: Result<(Option<LedgerMetrics>, String)>,
         command: &'static str,
-    ) -> (DayOutcome, RunRecord) {
-        let mut r = RunRecord {
-            run_id: self.run_id.clone(),
-            command,
-            day,
-            started_at,
-            finished_at: chrono::Utc::now().timestamp_micros(),
-            outcome: Outcome::Failed,
-            inputs_key: None,
-            input_files: None,
-            rows_read: None,
-            ledger_rows: None,
-            ledger_amount_cents: None,
-            row_hash: None,
-            ledger_version: None,
-            error: None,
-            rows_without_event_time: None,
-            conflicts_version: None,
-        };
+    ) -> (DayOutcome, Vec<RunRecord>) {
+        let now = chrono::Utc::now().timestamp_micros();
+        let mut r = RunRecord::new(&self.run_id, command, day, started_at, now, Outcome::Failed);
+        let mut stale = Vec::new();
         let outcome = match result {
             Ok((Some(m), key)) => {
                 r.outcome = Outcome::Ok;
@@ -334,6 +286,15 @@ impl BackfillJob {
                 r.ledger_version = Some(m.version as i64);
                 r.rows_without_event_time = Some(m.rows_without_event_time as i64);
                 r.conflicts_version = Some(m.conflicts_version as i64);
+                for s in &m.stale_days {
+                    let mut row =
+                        RunRecord::new(&self.run_id, command, s.day, now, now, Outcome::Stale);
+                    row.error = Some(format!(
+                        "the ledger of {} (version {}) settled {} transaction(s) shared with this day otherwise: rebuild this day",
+                        m.day, m.version, s.transactions
+                    ));
+                    stale.push(row);
+                }
                 DayOutcome::Built(Box::new(m))
             }
             Ok((None, key)) => {
@@ -350,7 +311,7 @@ impl BackfillJob {
                 DayOutcome::Failed(msg)
             }
         };
-        (outcome, r)
+        (outcome, std::iter::once(r).chain(stale).collect())
     }
 }
 
@@ -410,9 +371,7 @@ pub async fn ledger_day(
             (Err(shared), Some(e))
         }
     };
-    let (outcome, record) = bf.record(day, started_at, shared, "ledger");
-    let mut records = vec![record];
-    records.extend(bf.stale_records(&outcome));
+    let (outcome, records) = bf.record(day, started_at, shared, "ledger");
     append_run(lake, day, records, Some(runs_table)).await;
     crate::failpoint::hit("ledger_after_runs_row");
     lock.release().await;

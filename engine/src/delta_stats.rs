@@ -123,11 +123,7 @@ fn bounds(data_type: &DataType, stats: &[&Statistics]) -> Option<(Value, Value)>
                 Statistics::Int32(v) => Some((*v.min_opt()?, *v.max_opt()?)),
                 _ => None,
             })?;
-            let day = |d: i32| {
-                chrono::NaiveDate::default()
-                    .checked_add_signed(chrono::Duration::days(d as i64))
-                    .map(|d| Value::from(d.to_string()))
-            };
+            let day = |d: i32| crate::schema::from_date32(d).map(|d| Value::from(d.to_string()));
             Some((day(lo)?, day(hi)?))
         }
         _ => None,

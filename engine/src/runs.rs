@@ -92,6 +92,37 @@ pub struct RunRecord {
     pub conflicts_version: Option<i64>,
 }
 
+impl RunRecord {
+    /// A row with the run's identity and outcome; the figures are filled in by the caller.
+    pub fn new(
+        run_id: &str,
+        command: &'static str,
+        day: NaiveDate,
+        started_at: i64,
+        finished_at: i64,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            run_id: run_id.to_string(),
+            command,
+            day,
+            started_at,
+            finished_at,
+            outcome,
+            inputs_key: None,
+            input_files: None,
+            rows_read: None,
+            ledger_rows: None,
+            ledger_amount_cents: None,
+            row_hash: None,
+            ledger_version: None,
+            error: None,
+            rows_without_event_time: None,
+            conflicts_version: None,
+        }
+    }
+}
+
 fn batch(records: &[RunRecord]) -> Result<RecordBatch> {
     let ts = |f: &dyn Fn(&RunRecord) -> i64| -> ArrayRef {
         Arc::new(

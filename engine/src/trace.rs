@@ -245,8 +245,7 @@ async fn ledger_entry(session: &TallySession, txn_id: &str) -> Result<Option<Led
         return Ok(None);
     };
     let date = b.column(0).as_primitive::<Date32Type>().value(0);
-    let event_date = NaiveDate::default()
-        .checked_add_signed(chrono::Duration::days(date as i64))
+    let event_date = schema::from_date32(date)
         .ok_or_else(|| TallyError::Internal(format!("bad event_date {date}")))?;
     let amount = b.column(2).as_primitive::<Decimal128Type>();
     let status = arrow::compute::cast(b.column(3), &DataType::Utf8)?;
@@ -300,9 +299,7 @@ async fn arrival_days(session: &TallySession, txn_id: &str) -> Result<Vec<NaiveD
     for b in &batches {
         let a = b.column(0).as_primitive::<Date32Type>();
         for i in 0..a.len() {
-            if let Some(d) =
-                NaiveDate::default().checked_add_signed(chrono::Duration::days(a.value(i) as i64))
-            {
+            if let Some(d) = schema::from_date32(a.value(i)) {
                 days.push(d);
             }
         }

@@ -111,8 +111,5 @@ pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
 
 /// The neighbouring days to rebuild, as JSON.
 pub fn days_to_rebuild(m: &LedgerMetrics) -> serde_json::Value {
-    m.stale_days
-        .iter()
-        .map(|s| serde_json::json!({"day": s.day.to_string(), "transactions": s.transactions}))
-        .collect()
+    m.stale_days.iter().map(|s| s.to_json()).collect()
 }

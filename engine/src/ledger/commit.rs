@@ -82,10 +82,7 @@ pub fn ledger_info(f: &RunFacts<'_>) -> HashMap<String, serde_json::Value> {
             "disputed": f.disputed,
             "ceded_to_other_days": f.ceded,
             "spread_beyond_bound": f.beyond_bound,
-            "days_to_rebuild": f.stale_days.iter().map(|s| serde_json::json!({
-                "day": s.day.to_string(),
-                "transactions": s.transactions,
-            })).collect::<Vec<_>>(),
+            "days_to_rebuild": f.stale_days.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         }),
     )])
 }

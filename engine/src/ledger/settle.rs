@@ -125,7 +125,7 @@ pub async fn settle(
         .filter(
             col("spans_days")
                 .and(col("beyond_bound").not())
-                .and(col("copy_day").not_eq(day_lit(window))),
+                .and(col("copy_day").not_eq(lit(window.day_value()))),
         )?
         .select(vec![
             col("txn_id"),
@@ -139,7 +139,7 @@ pub async fn settle(
         .when(col("beyond_bound"), lit("spread_beyond_bound"))
         .when(col("owned_here"), lit("owned_here"))
         .otherwise(lit("owned_by_other_day"))?;
-    let day = day_lit(window);
+    let day = lit(window.day_value());
     let conflicts = settled
         .filter(col("variants").gt(lit(1i64)))?
         .select(vec![
@@ -164,10 +164,4 @@ pub async fn settle(
         beyond_bound,
         shared,
     })
-}
-
-fn day_lit(window: &DayWindow) -> datafusion::prelude::Expr {
-    lit(datafusion::common::ScalarValue::Date32(Some(
-        schema::date32(window.day),
-    )))
 }

@@ -31,6 +31,13 @@ pub struct StaleDay {
     pub transactions: u64,
 }
 
+impl StaleDay {
+    /// As the commit info and the JSON output name it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"day": self.day.to_string(), "transactions": self.transactions})
+    }
+}
+
 /// The days around `window`'s day that decided a transaction of `shared` (`[txn_id, day,
 /// owner_day]` rows from the settlement) otherwise, as of the `ledger` and `conflicts`
 /// snapshots this run read.
@@ -63,7 +70,9 @@ pub async fn find(
     )]));
     let built_batch = RecordBatch::try_new(
         Arc::clone(&built_schema),
-        vec![Arc::new(Date32Array::from(built.clone()))],
+        vec![Arc::new(Date32Array::from_iter_values(
+            built.iter().copied(),
+        ))],
     )?;
     ctx.register_table(
         "built_days",

@@ -96,9 +96,14 @@ impl DayWindow {
         ScalarValue::Date32(Some(schema::date32(d)))
     }
 
+    /// D, as a SQL value.
+    pub fn day_value(&self) -> ScalarValue {
+        Self::date(self.day)
+    }
+
     /// Parameters of `sql/ledger.sql`: D, D 00:00, D + 1 00:00.
     pub fn ledger_params(&self) -> Vec<ScalarValue> {
-        vec![Self::date(self.day), self.midnight(0), self.midnight(1)]
+        vec![self.day_value(), self.midnight(0), self.midnight(1)]
     }
 
     /// Parameters of `sql/ledger_neighbours.sql`: D − 2 00:00, D 00:00, D + 1 00:00,
@@ -115,7 +120,7 @@ impl DayWindow {
 
     /// Parameters of `sql/ledger_settle.sql`: D and the bound in days.
     pub fn settle_params(&self) -> Vec<ScalarValue> {
-        vec![Self::date(self.day), ScalarValue::Int64(Some(SPREAD_DAYS))]
+        vec![self.day_value(), ScalarValue::Int64(Some(SPREAD_DAYS))]
     }
 
     /// The other days a transaction of D can be shared with: D − 2 … D + 2 but D.

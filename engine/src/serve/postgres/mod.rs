@@ -179,9 +179,15 @@ async fn pg_context(shared: &Shared) -> Result<SessionContext> {
     )?;
     setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider)
         .map_err(|e| TallyError::Internal(format!("pg_catalog: {e}")))?;
-    ctx.register_udf(server_identity::PgVersion::udf());
+    // DataFusion's own version() names no Postgres release; clients parse this one.
+    let version = server_identity::version_text();
+    ctx.register_udf(pg_functions::ConstantText::udf("version", 0, Some(version)));
+    ctx.register_udf(pg_functions::ConstantText::udf(
+        "pg_get_serial_sequence",
+        2,
+        None,
+    ));
     ctx.register_udf(pg_functions::ToRegtype::udf());
-    ctx.register_udf(pg_functions::PgGetSerialSequence::udf());
     ctx.add_analyzer_rule(Arc::new(like_escape::LikeEscape));
     Ok(ctx)
 }

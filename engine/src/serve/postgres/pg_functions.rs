@@ -3,7 +3,8 @@
 //!
 //! psycopg's `TypeInfo.fetch` (which SQLAlchemy runs on connect, for `hstore`) looks types up
 //! with `WHERE t.oid = to_regtype(%(name)s)`; SQLAlchemy's inspector asks each column's
-//! `pg_get_serial_sequence(table, column)` (tally's tables have no sequences: NULL).
+//! `pg_get_serial_sequence(table, column)` (tally's tables have no sequences: NULL), and
+//! `version()` answers in the form their dialects parse ([`super::server_identity`]).
 
 use datafusion::arrow::array::{Array, AsArray, Int32Array};
 use datafusion::arrow::datatypes::DataType;
@@ -113,24 +114,35 @@ impl ScalarUDFImpl for ToRegtype {
     }
 }
 
-/// `pg_get_serial_sequence(table, column) -> text`: NULL, since no column of a lake table
-/// draws from a sequence.
+/// A function that always answers the same text, whatever its arguments:
+/// `version()` (what the server says it is) and `pg_get_serial_sequence(table, column)`
+/// (NULL: no column of a lake table draws from a sequence).
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub(super) struct PgGetSerialSequence {
+pub(super) struct ConstantText {
+    name: &'static str,
+    value: Option<String>,
     signature: Signature,
 }
 
-impl PgGetSerialSequence {
-    pub(super) fn udf() -> ScalarUDF {
+impl ConstantText {
+    /// `name` of `args` arguments of any type, answering `value`.
+    pub(super) fn udf(name: &'static str, args: usize, value: Option<String>) -> ScalarUDF {
+        let signature = if args == 0 {
+            Signature::exact(vec![], Volatility::Stable)
+        } else {
+            Signature::any(args, Volatility::Stable)
+        };
         ScalarUDF::from(Self {
-            signature: Signature::any(2, Volatility::Stable),
+            name,
+            value,
+            signature,
         })
     }
 }
 
-impl ScalarUDFImpl for PgGetSerialSequence {
+impl ScalarUDFImpl for ConstantText {
     fn name(&self) -> &str {
-        "pg_get_serial_sequence"
+        self.name
     }
 
     fn signature(&self) -> &Signature {
@@ -145,7 +157,7 @@ impl ScalarUDFImpl for PgGetSerialSequence {
         &self,
         _args: ScalarFunctionArgs,
     ) -> datafusion::common::Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(self.value.clone())))
     }
 }
 

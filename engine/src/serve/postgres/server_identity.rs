@@ -13,12 +13,7 @@
 //! the transaction status clients see in ReadyForQuery. Writes inside are still refused.
 
 use super::*;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{
-    ColumnarValue, EmptyRelation, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
-};
+use datafusion::logical_expr::{EmptyRelation, LogicalPlan};
 use pgwire::api::results::{DataRowEncoder, FieldFormat, QueryResponse, Tag};
 use pgwire::messages::response::TransactionStatus;
 
@@ -39,57 +34,21 @@ pub(super) fn version_text() -> String {
     format!("PostgreSQL {}", server_version())
 }
 
-/// `version()` as Postgres clients parse it (replaces DataFusion's on the serve context).
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub(super) struct PgVersion {
-    signature: Signature,
-}
-
-impl PgVersion {
-    pub(super) fn udf() -> ScalarUDF {
-        ScalarUDF::from(Self {
-            signature: Signature::exact(vec![], Volatility::Stable),
-        })
-    }
-}
-
-impl ScalarUDFImpl for PgVersion {
-    fn name(&self) -> &str {
-        "version"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _args: &[DataType]) -> datafusion::common::Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-
-    fn invoke_with_args(
-        &self,
-        _args: ScalarFunctionArgs,
-    ) -> datafusion::common::Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
-            version_text(),
-        ))))
-    }
-}
-
 /// Answers `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`, `SET TRANSACTION` and `SHOW server_version`.
 pub(super) struct ServerIdentityHook;
 
-fn is_no_op(stmt: &Statement) -> bool {
-    matches!(
-        stmt,
-        Statement::Savepoint { .. }
-            | Statement::ReleaseSavepoint { .. }
-            | Statement::Rollback {
-                savepoint: Some(_),
-                ..
-            }
-            | Statement::Set(Set::SetTransaction { .. })
-    )
+/// The command tag of a transaction statement answered here as a no-op.
+fn no_op_tag(stmt: &Statement) -> Option<&'static str> {
+    Some(match stmt {
+        Statement::Savepoint { .. } => "SAVEPOINT",
+        Statement::ReleaseSavepoint { .. } => "RELEASE",
+        // Only ROLLBACK TO: a plain ROLLBACK ends the transaction, in the crate's hook.
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => "ROLLBACK",
+        Statement::Set(Set::SetTransaction { .. }) => "SET",
+        _ => return None,
+    })
 }
 
 fn is_show_version(stmt: &Statement) -> bool {
@@ -101,16 +60,7 @@ fn respond(stmt: &Statement, client: &dyn HookClient) -> Option<PgWireResult<Res
     if is_show_version(stmt) {
         return Some(show("server_version", &server_version()));
     }
-    let tag = match stmt {
-        Statement::Savepoint { .. } => "SAVEPOINT",
-        Statement::ReleaseSavepoint { .. } => "RELEASE",
-        Statement::Rollback { .. } => "ROLLBACK",
-        Statement::Set(Set::SetTransaction { .. }) => "SET",
-        _ => return None,
-    };
-    if !is_no_op(stmt) {
-        return None;
-    }
+    let tag = no_op_tag(stmt)?;
     // As Postgres: savepoints exist only inside a transaction block.
     if tag != "SET" && client.transaction_status() == TransactionStatus::Idle {
         return Some(Err(PgWireError::UserError(Box::new(ErrorInfo::new(
@@ -157,7 +107,7 @@ impl QueryHook for ServerIdentityHook {
         _client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
         // Nothing to plan: the statement is answered at execute.
-        (is_no_op(statement) || is_show_version(statement)).then(|| {
+        (no_op_tag(statement).is_some() || is_show_version(statement)).then(|| {
             Ok(LogicalPlan::EmptyRelation(EmptyRelation {
                 produce_one_row: false,
                 schema: Arc::new(datafusion::common::DFSchema::empty()),
