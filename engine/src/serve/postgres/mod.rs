@@ -14,13 +14,17 @@
 //!   crate only races the planning step);
 //! - **SQLSTATE codes** for DataFusion errors instead of one generic XX000.
 
+mod catalog_arrays;
+mod catalog_lookups;
 mod connection;
 mod cursors;
+mod information_schema;
 mod like_escape;
 mod pg_functions;
 mod queries;
 mod read_only;
 mod server_identity;
+mod set_returning;
 
 use super::fresh_schema::{FreshSchema, PINNED};
 use super::metrics::{Endpoint, Outcome, QueryRecord};
@@ -29,12 +33,15 @@ use crate::error::{Result, TallyError};
 use crate::query;
 use crate::session::TallySession;
 use connection::*;
+use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::{
+    setup_pg_catalog, PgCatalogSchemaProvider, PgCatalogStaticTables,
+};
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
@@ -169,26 +176,64 @@ async fn refuse_connection(mut socket: tokio::net::TcpStream, max: usize) {
 async fn pg_context(shared: &Shared) -> Result<SessionContext> {
     let newest = shared.catalog.session().await?;
     // The sessions' runtime and planner: one memory pool, and the result cache on both wires.
-    let ctx = newest.sibling_context(newest.ctx().copied_config());
+    let mut config = newest.ctx().copied_config();
+    // `information_schema` is ours (Postgres type names), registered below as a schema.
+    config.options_mut().catalog.information_schema = false;
+    let ctx = newest.sibling_context(config);
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| TallyError::Internal("no default catalog".into()))?;
+    catalog.register_schema(
+        "information_schema",
+        Arc::new(information_schema::PgInformationSchema::new(
+            ctx.state().catalog_list().clone(),
+        )),
+    )?;
     catalog.register_schema(
         "public",
         Arc::new(FreshSchema::new(Arc::clone(&shared.catalog))),
     )?;
     setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider)
         .map_err(|e| TallyError::Internal(format!("pg_catalog: {e}")))?;
+    // The crate's pg_catalog (its functions are registered above), over the lake's catalogs
+    // without our information_schema, with its vector columns as arrays.
+    let internal = |e| TallyError::Internal(format!("pg_catalog: {e}"));
+    let pg_catalog = PgCatalogSchemaProvider::try_new(
+        information_schema::WithoutInformationSchema(ctx.state().catalog_list().clone()),
+        Arc::new(PgCatalogStaticTables::try_new().map_err(internal)?),
+        EmptyContextProvider,
+    )
+    .map_err(internal)?;
+    catalog.register_schema(
+        "pg_catalog",
+        Arc::new(catalog_arrays::PgCatalogArrays::new(Arc::new(pg_catalog))),
+    )?;
     // DataFusion's own version() names no Postgres release; clients parse this one.
-    let version = server_identity::version_text();
-    ctx.register_udf(pg_functions::ConstantText::udf("version", 0, Some(version)));
-    ctx.register_udf(pg_functions::ConstantText::udf(
+    let version = ScalarValue::Utf8(Some(server_identity::version_text()));
+    ctx.register_udf(pg_functions::Constant::udf("version", 0, version));
+    let no_sequence = ScalarValue::Utf8(None);
+    ctx.register_udf(pg_functions::Constant::udf(
         "pg_get_serial_sequence",
         2,
-        None,
+        no_sequence,
+    ));
+    // No index is on a lake table; the catalog's own indexes are never asked for by oid.
+    ctx.register_udf(pg_functions::Constant::udf(
+        "pg_get_indexdef",
+        3,
+        ScalarValue::Utf8(None),
+    ));
+    let visible = ScalarValue::Boolean(Some(true));
+    ctx.register_udf(pg_functions::Constant::udf(
+        "pg_collation_is_visible",
+        1,
+        visible,
     ));
     ctx.register_udf(pg_functions::ToRegtype::udf());
+    ctx.register_udf(pg_functions::JsonBuildObject::udf());
+    ctx.register_udf(pg_functions::CurrentSetting::udf());
     ctx.add_analyzer_rule(Arc::new(like_escape::LikeEscape));
+    ctx.add_analyzer_rule(Arc::new(catalog_lookups::CatalogLookups));
     Ok(ctx)
 }
 

@@ -123,8 +123,9 @@ impl QueryParser for FreshParser {
                 .map_err(|e| refresh_error(&e));
         let parsed = match refreshed {
             Ok(session) => {
+                let sql = super::set_returning::lower(sql);
                 PINNED
-                    .scope(session, self.inner.parse_sql(client, sql, types))
+                    .scope(session, self.inner.parse_sql(client, &sql, types))
                     .await
             }
             Err(e) => Err(e),
@@ -316,9 +317,10 @@ impl SimpleQueryHandler for Guarded {
         }
         let admit = !only_cursor_statements(query);
         let (session, token, deadline, timeout) = self.begin(client, &mut record, admit).await?;
+        let query = super::set_returning::lower(query);
         let work = PINNED.scope(
             session,
-            SimpleQueryHandler::do_query(self.inner.as_ref(), client, query),
+            SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query),
         );
         match race(work, &token, deadline, timeout).await {
             Ok(responses) => Ok(finish_responses(

@@ -29,6 +29,13 @@ pub(super) fn server_version() -> String {
     )
 }
 
+/// `server_version_num`: `160006` for 16.6 (Grafana reads `current_setting('server_version_num')`).
+pub(super) fn server_version_num() -> String {
+    let mut parts = PG_VERSION.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major * 10_000 + minor).to_string()
+}
+
 /// `version()`: `PostgreSQL 16.6 (tally … on Apache DataFusion …)`.
 pub(super) fn version_text() -> String {
     format!("PostgreSQL {}", server_version())
