@@ -268,6 +268,99 @@ fn postgres_clients_parse_the_version_and_read_inside_transactions_and_savepoint
     assert_eq!(line("like "), "like (True, False, True, True)", "{out}");
 }
 
+/// The BI tools' own libraries against the Postgres wire: SQLAlchemy's inspector (Superset's
+/// table browser), a Superset-style aggregate and `pandas.read_sql` with exact decimals, and
+/// Grafana's table and column queries (its source's texts) and a macro-expanded time series.
+#[test]
+fn bi_tools_browse_the_catalog_and_read_exact_answers() {
+    let dir = tempdir();
+    lake_with_ledger(dir.path());
+    tally_ok(dir.path(), &["live", "--once"]);
+    let want = expected_sums(dir.path(), DAY);
+    let server = Server::start(dir.path(), None, &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/clients/bi_tools.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([server.pg_port().to_string().as_str(), DAY])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {stdout}"))
+            .to_string()
+    };
+    assert_eq!(line("schemas "), "schemas ['public']");
+    assert!(
+        line("tables ").contains("'ledger', 'ledger_conflicts'"),
+        "{stdout}"
+    );
+    // The live view is a view over its Delta table (one row per key).
+    assert_eq!(line("views "), "views ['live_late', 'live_view']");
+    let columns: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("column "))
+        .collect();
+    for want_column in [
+        "column txn_id TEXT() False",
+        "column event_time TIMESTAMP(timezone=True) True",
+        "column event_date DATE() False",
+        "column amount NUMERIC() True",
+    ] {
+        assert!(
+            columns.contains(&want_column),
+            "{want_column} in {columns:?}"
+        );
+    }
+    assert_eq!(line("pk "), "pk []");
+    assert_eq!(line("indexes "), "indexes []");
+    assert_eq!(line("unique "), "unique []");
+    assert_eq!(line("fks "), "fks []");
+    let rows = |prefix: &str| -> String {
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_eq!(sums_from_lines(&rows("superset\t")), want, "{stdout}");
+    assert_eq!(sums_from_lines(&rows("pandas\t")), want, "{stdout}");
+    assert_eq!(line("pandas types"), "pandas types ['Decimal']");
+    // The lake's tables and views as SQLAlchemy's inspector lists them, nothing from the catalogs.
+    let grafana_tables = line("grafana tables");
+    assert_eq!(
+        grafana_tables.trim_start_matches("grafana tables "),
+        line("relations ").trim_start_matches("relations "),
+        "{stdout}"
+    );
+    let grafana_columns = line("grafana columns");
+    assert!(
+        grafana_columns.contains("('window_start', 'timestamp with time zone')")
+            && grafana_columns.contains("('events', 'bigint')")
+            && grafana_columns.contains("('amount', 'numeric')"),
+        "{grafana_columns}"
+    );
+    assert_eq!(line("grafana version"), "grafana version 1600");
+    let live_events = line("live events ")
+        .trim_start_matches("live events ")
+        .to_string();
+    assert!(live_events.parse::<u64>().unwrap() > 0, "{stdout}");
+    assert!(
+        line("grafana points").ends_with(&format!("events {live_events}")),
+        "every live event is in a Grafana bucket: {stdout}"
+    );
+    assert_eq!(
+        line("grafana buckets aligned"),
+        "grafana buckets aligned True"
+    );
+}
+
 #[test]
 fn prepared_statements_bind_parameters_on_both_wires() {
     let dir = tempdir();

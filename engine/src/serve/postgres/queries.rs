@@ -2,6 +2,7 @@
 //! client's cancel around datafusion-postgres's handlers, and the query metrics.
 
 use super::*;
+use std::borrow::Cow;
 
 /// datafusion-postgres's handlers with a refresh before, and a deadline and cancel token
 /// around, every query.
@@ -123,9 +124,22 @@ impl QueryParser for FreshParser {
                 .map_err(|e| refresh_error(&e));
         let parsed = match refreshed {
             Ok(session) => {
-                let sql = super::set_returning::lower(sql);
+                let inner = &self.inner;
+                let lowered = super::set_returning::lower(sql);
                 PINNED
-                    .scope(session, self.inner.parse_sql(client, &sql, types))
+                    .scope(session, async move {
+                        match &lowered {
+                            // The Postgres form lowered; when DataFusion cannot plan that, the
+                            // text as sent (the crate's compatibility rewrites then apply).
+                            Cow::Owned(text) => match inner.parse_sql(client, text, types).await {
+                                Err(e) if is_planning_error(&e) => {
+                                    inner.parse_sql(client, sql, types).await
+                                }
+                                other => other,
+                            },
+                            Cow::Borrowed(_) => inner.parse_sql(client, sql, types).await,
+                        }
+                    })
                     .await
             }
             Err(e) => Err(e),
@@ -156,6 +170,22 @@ impl QueryParser for FreshParser {
     ) -> PgWireResult<Vec<FieldInfo>> {
         self.inner.get_result_schema(stmt, column_format)
     }
+}
+
+/// Whether `e` is DataFusion refusing to plan a statement (nothing of it ran).
+fn is_planning_error(e: &PgWireError) -> bool {
+    let PgWireError::ApiError(inner) = e else {
+        return false;
+    };
+    inner.downcast_ref::<DataFusionError>().is_some_and(|df| {
+        matches!(
+            df.find_root(),
+            DataFusionError::Plan(_)
+                | DataFusionError::SQL(..)
+                | DataFusionError::SchemaError(..)
+                | DataFusionError::NotImplemented(_)
+        )
+    })
 }
 
 pub(super) fn timeout_error(timeout: Duration) -> PgWireError {
@@ -317,11 +347,20 @@ impl SimpleQueryHandler for Guarded {
         }
         let admit = !only_cursor_statements(query);
         let (session, token, deadline, timeout) = self.begin(client, &mut record, admit).await?;
-        let query = super::set_returning::lower(query);
-        let work = PINNED.scope(
-            session,
-            SimpleQueryHandler::do_query(self.inner.as_ref(), client, &query),
-        );
+        let inner = self.inner.as_ref();
+        let lowered = super::set_returning::lower(query);
+        let work = PINNED.scope(session, async {
+            match &lowered {
+                // As in `FreshParser`: the lowered text, else the text as sent.
+                Cow::Owned(text) => match SimpleQueryHandler::do_query(inner, client, text).await {
+                    Err(e) if is_planning_error(&e) => {
+                        SimpleQueryHandler::do_query(inner, client, query).await
+                    }
+                    other => other,
+                },
+                Cow::Borrowed(_) => SimpleQueryHandler::do_query(inner, client, query).await,
+            }
+        });
         match race(work, &token, deadline, timeout).await {
             Ok(responses) => Ok(finish_responses(
                 responses, token, deadline, timeout, record,
