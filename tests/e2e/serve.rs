@@ -351,14 +351,24 @@ fn bi_tools_browse_the_catalog_and_read_exact_answers() {
         .trim_start_matches("live events ")
         .to_string();
     assert!(live_events.parse::<u64>().unwrap() > 0, "{stdout}");
+    // The provisioned dashboard: every live event is in a per-minute point; error rates are rates.
     assert!(
-        line("grafana points").ends_with(&format!("events {live_events}")),
-        "every live event is in a Grafana bucket: {stdout}"
+        line("grafana panel 1 points").ends_with(&format!("sum {live_events}")),
+        "{stdout}"
     );
     assert_eq!(
-        line("grafana buckets aligned"),
-        "grafana buckets aligned True"
+        line("grafana panel 1 minutes"),
+        "grafana panel 1 minutes aligned True"
     );
+    assert_eq!(
+        line("grafana panel 2 minutes"),
+        "grafana panel 2 minutes aligned True"
+    );
+    let max_rate: f64 = line("grafana panel 2 max")
+        .trim_start_matches("grafana panel 2 max ")
+        .parse()
+        .unwrap();
+    assert!(max_rate > 0.0 && max_rate <= 1.0, "{stdout}");
 }
 
 #[test]

@@ -5,7 +5,9 @@ SQLAlchemy's inspector (what Superset's table browser calls), a Superset-style a
 pandas.read_sql with exact decimals, and Grafana's data-source queries (texts beside this
 file) with its macros expanded as its Go backend expands them.
 """
+import json
 import os
+import re
 import sys
 from decimal import Decimal
 
@@ -53,14 +55,26 @@ with open(os.path.join(here, "grafana_columns.sql")) as f:
 print("grafana columns", sorted(tuple(r) for r in grafana.execute(columns)))
 version = grafana.execute("SELECT current_setting('server_version_num')::int/100 as version")
 print("grafana version", version.fetchone()[0])
-# $__timeGroupAlias(window_start,'5m') and $__timeFilter(window_start) over three days.
-panel = (
-    "SELECT floor(extract(epoch from window_start)/300)*300 AS \"time\", partner_id AS metric, "
-    "sum(events) AS value, sum(errors)::float8 / sum(events) AS error_rate FROM live_view "
-    f"WHERE window_start BETWEEN '{day}T00:00:00Z' AND '2026-11-04T00:00:00Z' "
-    "GROUP BY 1, 2 ORDER BY 1"
-)
-rows = grafana.execute(panel).fetchall()
-print("grafana points", len(rows), "events", sum(r[2] for r in rows))
-print("grafana buckets aligned", all(int(r[0]) % 300 == 0 for r in rows))
+# The provisioned dashboard's panels (deploy/grafana), with the macros expanded as Grafana's
+# Go backend expands them (pkg/tsdb/grafana-postgresql-datasource/macros.go).
+def expand(sql, start, end):
+    def macro(m):
+        name, args = m.group(1), [a.strip() for a in m.group(2).split(",")]
+        if name == "__timeFilter":
+            return f"{args[0]} BETWEEN '{start}' AND '{end}'"
+        if name in ("__timeGroup", "__timeGroupAlias"):
+            seconds = {"s": 1, "m": 60, "h": 3600}[args[1].strip("'")[-1]] * int(args[1].strip("'")[:-1])
+            group = f"floor(extract(epoch from {args[0]})/{seconds})*{seconds}"
+            return group + (' AS "time"' if name == "__timeGroupAlias" else "")
+        raise ValueError(f"macro {name} is not used by the dashboard")
+    return re.sub(r"\$([_a-zA-Z0-9]+)\(([^\)]*)\)", macro, sql)
+
+with open(os.path.join(here, "../../../deploy/grafana/dashboards/live_view.json")) as f:
+    dashboard = json.load(f)
+for panel in dashboard["panels"]:
+    sql = expand(panel["targets"][0]["rawSql"], f"{day}T00:00:00Z", "2026-11-04T00:00:00Z")
+    rows = grafana.execute(sql).fetchall()
+    print("grafana panel", panel["id"], "points", len(rows), "sum", sum(r[2] or 0 for r in rows))
+    print("grafana panel", panel["id"], "minutes aligned", all(int(r[0]) % 60 == 0 for r in rows))
+    print("grafana panel", panel["id"], "max", max(r[2] or 0 for r in rows))
 print("live events", grafana.execute("SELECT sum(events) FROM live_view").fetchone()[0])
