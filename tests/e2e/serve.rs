@@ -332,19 +332,26 @@ fn bi_tools_browse_the_catalog_and_read_exact_answers() {
     assert_eq!(sums_from_lines(&rows("superset\t")), want, "{stdout}");
     assert_eq!(sums_from_lines(&rows("pandas\t")), want, "{stdout}");
     assert_eq!(line("pandas types"), "pandas types ['Decimal']");
-    // The lake's tables and views as SQLAlchemy's inspector lists them, nothing from the catalogs.
-    let grafana_tables = line("grafana tables");
+    // The lake's tables and views as SQLAlchemy's inspector lists them, nothing from the
+    // catalogs, by both Grafana generations' queries; and the live view's columns by type.
+    for version in ["10", "11.4"] {
+        let tables = line(&format!("grafana {version} tables "));
+        assert_eq!(
+            tables.trim_start_matches(&format!("grafana {version} tables ")),
+            line("relations ").trim_start_matches("relations "),
+            "{stdout}"
+        );
+        let columns = line(&format!("grafana {version} columns "));
+        assert!(
+            columns.contains("('window_start', 'timestamp with time zone')")
+                && columns.contains("('events', 'bigint')")
+                && columns.contains("('amount', 'numeric')"),
+            "{columns}"
+        );
+    }
     assert_eq!(
-        grafana_tables.trim_start_matches("grafana tables "),
-        line("relations ").trim_start_matches("relations "),
-        "{stdout}"
-    );
-    let grafana_columns = line("grafana columns");
-    assert!(
-        grafana_columns.contains("('window_start', 'timestamp with time zone')")
-            && grafana_columns.contains("('events', 'bigint')")
-            && grafana_columns.contains("('amount', 'numeric')"),
-        "{grafana_columns}"
+        line("in subquery"),
+        "in subquery [(1, True, True, False), (2, None, False, False), (None, None, None, False)]"
     );
     assert_eq!(line("grafana version"), "grafana version 1600");
     let live_events = line("live events ")

@@ -48,11 +48,18 @@ for row in frame.itertuples(index=False):
 
 # Grafana: the table dropdown, the column list, the version probe and a time-series panel.
 grafana = psycopg.connect(host="127.0.0.1", port=port, user="analyst", dbname="tally", autocommit=True)
-with open(os.path.join(here, "grafana_tables.sql")) as f:
-    print("grafana tables", sorted(r[0] for r in grafana.execute(f.read())))
-with open(os.path.join(here, "grafana_columns.sql")) as f:
-    columns = f.read().replace("${table}", "live_view")
-print("grafana columns", sorted(tuple(r) for r in grafana.execute(columns)))
+for version, suffix in [("10", ""), ("11.4", "_11_4")]:
+    with open(os.path.join(here, f"grafana_tables{suffix}.sql")) as f:
+        print(f"grafana {version} tables", sorted(r[0] for r in grafana.execute(f.read())))
+    with open(os.path.join(here, f"grafana_columns{suffix}.sql")) as f:
+        columns = f.read().replace("${table}", "live_view")
+    print(f"grafana {version} columns", sorted(tuple(r) for r in grafana.execute(columns)))
+# `IN (subquery)` in a select list (Grafana 11.4+ uses it), with SQL's three-valued answers.
+three_valued = grafana.execute(
+    "SELECT x, x IN (SELECT * FROM (VALUES (1), (NULL)) t(v)) AS a, x NOT IN (SELECT 2) AS b, "
+    "x IN (SELECT 1 WHERE false) AS c FROM (VALUES (1), (2), (NULL)) s(x) ORDER BY x"
+).fetchall()
+print("in subquery", three_valued)
 version = grafana.execute("SELECT current_setting('server_version_num')::int/100 as version")
 print("grafana version", version.fetchone()[0])
 # The provisioned dashboard's panels (deploy/grafana), with the macros expanded as Grafana's

@@ -18,6 +18,7 @@ mod catalog_arrays;
 mod catalog_lookups;
 mod connection;
 mod cursors;
+mod in_subquery_values;
 mod information_schema;
 mod like_escape;
 mod pg_functions;
@@ -234,6 +235,7 @@ async fn pg_context(shared: &Shared) -> Result<SessionContext> {
     ctx.register_udf(pg_functions::CurrentSetting::udf());
     ctx.add_analyzer_rule(Arc::new(like_escape::LikeEscape));
     ctx.add_analyzer_rule(Arc::new(catalog_lookups::CatalogLookups));
+    ctx.add_analyzer_rule(Arc::new(in_subquery_values::InSubqueryValues));
     Ok(ctx)
 }
 
