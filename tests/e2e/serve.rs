@@ -311,7 +311,7 @@ fn bi_tools_browse_the_catalog_and_read_exact_answers() {
         "column txn_id TEXT() False",
         "column event_time TIMESTAMP(timezone=True) True",
         "column event_date DATE() False",
-        "column amount NUMERIC() True",
+        "column amount NUMERIC(precision=18, scale=2) True",
     ] {
         assert!(
             columns.contains(&want_column),

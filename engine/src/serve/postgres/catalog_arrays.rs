@@ -10,12 +10,13 @@
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int16Builder, Int32Builder, ListBuilder};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::Column;
 use datafusion::common::{exec_err, Result, ScalarValue};
 use datafusion::datasource::provider_as_source;
 use datafusion::datasource::view::ViewTable;
 use datafusion::logical_expr::{
-    col, ColumnarValue, Expr, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
+    cast, col, lit, ColumnarValue, Expr, JoinType, LogicalPlanBuilder, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use std::sync::Arc;
 
@@ -55,15 +56,112 @@ impl Element {
     }
 }
 
-/// The crate's `pg_catalog`, with [`VECTOR_COLUMNS`] as arrays.
+/// The crate's `pg_catalog`, with [`VECTOR_COLUMNS`] as arrays and `pg_attribute.atttypmod`
+/// carrying decimals' precision and scale.
 #[derive(Debug)]
 pub(super) struct PgCatalogArrays {
     inner: Arc<dyn SchemaProvider>,
+    information_schema: Arc<dyn SchemaProvider>,
 }
 
 impl PgCatalogArrays {
-    pub(super) fn new(inner: Arc<dyn SchemaProvider>) -> Self {
-        Self { inner }
+    pub(super) fn new(
+        inner: Arc<dyn SchemaProvider>,
+        information_schema: Arc<dyn SchemaProvider>,
+    ) -> Self {
+        Self {
+            inner,
+            information_schema,
+        }
+    }
+
+    /// `pg_attribute` with `atttypmod` = `((precision << 16) | scale) + 4` for `numeric`
+    /// columns, as Postgres stores `numeric(p,s)`: `format_type` then answers
+    /// `numeric(18,2)` (psql `\d`, SQLAlchemy's `NUMERIC(18, 2)`). The crate writes -1 for
+    /// every column; precision and scale come from `information_schema.columns`.
+    async fn attributes_with_typmod(
+        &self,
+        attribute: Arc<dyn TableProvider>,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        let (Some(class), Some(namespace), Some(columns)) = (
+            self.inner.table("pg_class").await?,
+            self.inner.table("pg_namespace").await?,
+            self.information_schema.table("columns").await?,
+        ) else {
+            return Ok(Some(attribute));
+        };
+        let schema = attribute.schema();
+        let class = LogicalPlanBuilder::scan("r", provider_as_source(class), None)?
+            .project(vec![
+                col("r.oid").alias("tally_rel_oid"),
+                col("r.relname").alias("tally_rel_name"),
+                col("r.relnamespace").alias("tally_rel_ns"),
+            ])?
+            .build()?;
+        let namespace = LogicalPlanBuilder::scan("n", provider_as_source(namespace), None)?
+            .project(vec![
+                col("n.oid").alias("tally_ns_oid"),
+                col("n.nspname").alias("tally_ns_name"),
+            ])?
+            .build()?;
+        let columns = LogicalPlanBuilder::scan("c", provider_as_source(columns), None)?
+            .filter(col("c.numeric_scale").is_not_null())?
+            .project(vec![
+                col("c.table_schema").alias("tally_c_schema"),
+                col("c.table_name").alias("tally_c_table"),
+                col("c.column_name").alias("tally_c_column"),
+                col("c.numeric_precision").alias("tally_c_precision"),
+                col("c.numeric_scale").alias("tally_c_scale"),
+            ])?
+            .build()?;
+        let typmod = Expr::Case(datafusion::logical_expr::expr::Case::new(
+            None,
+            vec![(
+                Box::new(
+                    col("a.atttypid")
+                        .eq(lit(1700))
+                        .and(col("tally_c_precision").is_not_null()),
+                ),
+                Box::new(cast(
+                    col("tally_c_precision") * lit(65536u64) + col("tally_c_scale") + lit(4u64),
+                    DataType::Int32,
+                )),
+            )],
+            Some(Box::new(col("a.atttypmod"))),
+        ));
+        let projection: Vec<Expr> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "atttypmod" => typmod.clone().alias("atttypmod"),
+                name => Expr::Column(Column::new(Some("a"), name)),
+            })
+            .collect();
+        let plan = LogicalPlanBuilder::scan("a", provider_as_source(attribute), None)?
+            .join(
+                class,
+                JoinType::Left,
+                (vec!["a.attrelid"], vec!["tally_rel_oid"]),
+                None,
+            )?
+            .join(
+                namespace,
+                JoinType::Left,
+                (vec!["tally_rel_ns"], vec!["tally_ns_oid"]),
+                None,
+            )?
+            .join(
+                columns,
+                JoinType::Left,
+                (
+                    vec!["tally_ns_name", "tally_rel_name", "a.attname"],
+                    vec!["tally_c_schema", "tally_c_table", "tally_c_column"],
+                ),
+                None,
+            )?
+            .project(projection)?
+            .build()?;
+        Ok(Some(Arc::new(ViewTable::new(plan, None))))
     }
 }
 
@@ -83,6 +181,9 @@ impl SchemaProvider for PgCatalogArrays {
         let Some(table) = self.inner.table(name).await? else {
             return Ok(None);
         };
+        if name.eq_ignore_ascii_case("pg_attribute") {
+            return self.attributes_with_typmod(table).await;
+        }
         let vectors: Vec<_> = VECTOR_COLUMNS
             .iter()
             .filter(|(t, _, _)| t.eq_ignore_ascii_case(name))

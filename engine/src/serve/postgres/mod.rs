@@ -184,12 +184,10 @@ async fn pg_context(shared: &Shared) -> Result<SessionContext> {
     let catalog = ctx
         .catalog("datafusion")
         .ok_or_else(|| TallyError::Internal("no default catalog".into()))?;
-    catalog.register_schema(
-        "information_schema",
-        Arc::new(information_schema::PgInformationSchema::new(
-            ctx.state().catalog_list().clone(),
-        )),
-    )?;
+    let information_schema: Arc<dyn datafusion::catalog::SchemaProvider> = Arc::new(
+        information_schema::PgInformationSchema::new(ctx.state().catalog_list().clone()),
+    );
+    catalog.register_schema("information_schema", Arc::clone(&information_schema))?;
     catalog.register_schema(
         "public",
         Arc::new(FreshSchema::new(Arc::clone(&shared.catalog))),
@@ -207,7 +205,10 @@ async fn pg_context(shared: &Shared) -> Result<SessionContext> {
     .map_err(internal)?;
     catalog.register_schema(
         "pg_catalog",
-        Arc::new(catalog_arrays::PgCatalogArrays::new(Arc::new(pg_catalog))),
+        Arc::new(catalog_arrays::PgCatalogArrays::new(
+            Arc::new(pg_catalog),
+            information_schema,
+        )),
     )?;
     // DataFusion's own version() names no Postgres release; clients parse this one.
     let version = ScalarValue::Utf8(Some(server_identity::version_text()));
