@@ -331,6 +331,11 @@ fn bi_tools_browse_the_catalog_and_read_exact_answers() {
     };
     assert_eq!(sums_from_lines(&rows("superset\t")), want, "{stdout}");
     assert_eq!(sums_from_lines(&rows("pandas\t")), want, "{stdout}");
+    assert_eq!(sums_from_lines(&rows("psycopg2\t")), want, "{stdout}");
+    assert_eq!(
+        line("psycopg2 amount"),
+        "psycopg2 amount ['NUMERIC(precision=18, scale=2)']"
+    );
     assert_eq!(line("pandas types"), "pandas types ['Decimal']");
     // The lake's tables and views as SQLAlchemy's inspector lists them, nothing from the
     // catalogs, by both Grafana generations' queries; and the live view's columns by type.

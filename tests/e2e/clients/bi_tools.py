@@ -41,6 +41,15 @@ with engine.connect() as conn:
         assert isinstance(total, Decimal), type(total)
         print("superset", f"{partner}\t{total}\t{n}", sep="\t")
 
+# Superset's default driver: `postgresql://` is SQLAlchemy on psycopg2.
+superset_default = sqlalchemy.create_engine(f"postgresql://analyst:@127.0.0.1:{port}/tally")
+reflected = sqlalchemy.inspect(superset_default).get_columns("ledger")
+print("psycopg2 amount", [repr(c["type"]) for c in reflected if c["name"] == "amount"])
+with superset_default.connect() as conn:
+    for partner, total, n in conn.execute(superset, {"day": day}):
+        assert isinstance(total, Decimal), type(total)
+        print("psycopg2", f"{partner}\t{total}\t{n}", sep="\t")
+
 frame = pandas.read_sql(superset, engine, params={"day": day}, coerce_float=False)
 print("pandas types", sorted({type(v).__name__ for v in frame["total"]}))
 for row in frame.itertuples(index=False):

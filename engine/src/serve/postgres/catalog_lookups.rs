@@ -53,22 +53,53 @@ fn is_unaggregated_catalog_lookup(subquery: &Subquery) -> Result<bool> {
     {
         return Ok(false);
     }
+    Ok(reads_only_catalog_tables(&subquery.subquery)?.is_some_and(|tables| tables > 0))
+}
+
+/// How many tables `plan` reads when every one is in `pg_catalog` or `information_schema`
+/// or is a table function (`generate_series`, `range`) — `Some(0)` for inline data only —
+/// and `None` when it reads any other (lake) table: rules that change how a subquery is
+/// evaluated apply only to the former.
+pub(super) fn reads_only_catalog_tables(plan: &LogicalPlan) -> Result<Option<usize>> {
     let (mut scans, mut catalog_only) = (0, true);
-    subquery.subquery.apply_with_subqueries(|plan| {
+    plan.apply_with_subqueries(|plan| {
         if let LogicalPlan::TableScan(scan) = plan {
             scans += 1;
-            let schema = scan.table_name.schema().unwrap_or_default();
-            if !CATALOG_SCHEMAS
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case(schema))
-            {
+            let in_catalog = match scan.table_name.schema() {
+                Some(schema) => CATALOG_SCHEMAS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(schema)),
+                // A table function's scan is named after it: `generate_series()`.
+                None => {
+                    let name = scan.table_name.table();
+                    let name = name.strip_suffix("()").unwrap_or(name);
+                    super::set_returning::TABLE_FUNCTIONS
+                        .iter()
+                        .any(|f| f.eq_ignore_ascii_case(name))
+                }
+            };
+            if !in_catalog {
                 catalog_only = false;
                 return Ok(TreeNodeRecursion::Stop);
             }
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    Ok(scans > 0 && catalog_only)
+    Ok(catalog_only.then_some(scans))
+}
+
+/// Whether `e` holds a subquery of any kind (moving it out of a lookup would rebind it).
+pub(super) fn has_subquery(e: &Expr) -> bool {
+    e.exists(|e| {
+        Ok(matches!(
+            e,
+            Expr::ScalarSubquery(_)
+                | Expr::InSubquery(_)
+                | Expr::Exists(_)
+                | Expr::SetComparison(_)
+        ))
+    })
+    .unwrap_or(true)
 }
 
 fn rewrite(expr: Expr) -> Result<Transformed<Expr>> {
@@ -85,13 +116,18 @@ fn rewrite(expr: Expr) -> Result<Transformed<Expr>> {
         return Ok(Transformed::no(expr));
     };
     let value = value.clone().unalias_nested().data;
+    if has_subquery(&value) {
+        return Ok(Transformed::no(expr));
+    }
 
     // Conjuncts on the outer row alone guard the lookup from outside.
     let (input, guards) = match top.input.as_ref() {
         LogicalPlan::Filter(filter) => {
             let (guards, kept): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&filter.predicate)
                 .into_iter()
-                .partition(|e| e.contains_outer() && e.column_refs().is_empty());
+                .partition(|e| {
+                    e.contains_outer() && e.column_refs().is_empty() && !has_subquery(e)
+                });
             let mut input = LogicalPlanBuilder::from(filter.input.as_ref().clone());
             if let Some(kept) = conjunction(kept.into_iter().cloned()) {
                 input = input.filter(kept)?;

@@ -2,15 +2,18 @@
 //!
 //! Grafana 11.4+ lists tables with `CASE WHEN quote_ident(table_schema) IN (SELECT … search
 //! path …) THEN … END` in the select list and again in `ORDER BY`. DataFusion 55 decorrelates
-//! `IN (subquery)` only in filters and refuses subqueries in a sort. This analyzer rule:
+//! `IN (subquery)` only in filters, and in a sort plans only uncorrelated scalar subqueries. This analyzer rule:
 //! - moves sort keys that hold a subquery into a projection below the sort (sorted by those
 //!   columns, which a projection above removes again);
 //! - answers an uncorrelated `x IN (q)` in a projection from one aggregate of `q`: its values,
 //!   whether one is NULL and how many rows there are, with SQL's three-valued result
 //!   (false on no rows; NULL when `x` is NULL, or when `x` is not found and a value is NULL).
 //!   That aggregate is an uncorrelated scalar subquery, which DataFusion plans as a cross join
-//!   with its single row.
+//!   with its single row. Its values are held as one list, so this applies only to subqueries
+//!   over the catalogs, table functions and inline values (a lake table's column could be
+//!   billions of values; such a query is still refused, as before).
 
+use super::catalog_lookups::{has_subquery, reads_only_catalog_tables};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, Result};
@@ -31,20 +34,6 @@ pub(super) struct InSubqueryValues;
 
 const SORT_KEY: &str = "tally_sort_key";
 const VALUES: &str = "tally_in_values";
-
-/// Whether `e` holds a subquery of any kind.
-fn has_subquery(e: &Expr) -> bool {
-    e.exists(|e| {
-        Ok(matches!(
-            e,
-            Expr::ScalarSubquery(_)
-                | Expr::InSubquery(_)
-                | Expr::Exists(_)
-                | Expr::SetComparison(_)
-        ))
-    })
-    .unwrap_or(false)
-}
 
 /// A sort whose keys hold subqueries, as project → sort → project (see the module docs).
 fn sort_keys_projected(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
@@ -88,7 +77,10 @@ fn in_from_values(expr: Expr) -> Result<Transformed<Expr>> {
     else {
         return Ok(Transformed::no(expr));
     };
-    if !subquery.outer_ref_columns.is_empty() || subquery.subquery.schema().fields().len() != 1 {
+    if !subquery.outer_ref_columns.is_empty()
+        || subquery.subquery.schema().fields().len() != 1
+        || reads_only_catalog_tables(&subquery.subquery)?.is_none()
+    {
         return Ok(Transformed::no(expr));
     }
     let plan = subquery.subquery.as_ref().clone();

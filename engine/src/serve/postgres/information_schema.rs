@@ -179,8 +179,12 @@ fn sql_name(t: &Type) -> String {
 }
 
 fn describe(part: Part, arrow: &str) -> Result<Option<PgAnswer>> {
+    // A type arrow cannot read back (e.g. nested fields with metadata) keeps its Arrow name.
     let Ok(data_type) = DataType::from_str(arrow) else {
-        return exec_err!("information_schema: unknown column type {arrow:?}");
+        return Ok(match part {
+            Part::DataType => Some(PgAnswer::Text(arrow.to_string())),
+            Part::UdtName | Part::DatetimePrecision => None,
+        });
     };
     let pg = into_pg_type(&data_type).unwrap_or(Type::TEXT);
     Ok(match part {

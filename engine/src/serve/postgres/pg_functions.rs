@@ -332,9 +332,10 @@ impl ScalarUDFImpl for CurrentSetting {
             });
             match value {
                 Some(v) => out.append_value(v),
-                None if missing_ok
-                    .as_ref()
-                    .is_some_and(|m| m.as_boolean().value(row)) =>
+                None if missing_ok.as_ref().is_some_and(|m| {
+                    let m = m.as_boolean();
+                    m.is_valid(row) && m.value(row)
+                }) =>
                 {
                     out.append_null()
                 }

@@ -2,7 +2,6 @@
 //! client's cancel around datafusion-postgres's handlers, and the query metrics.
 
 use super::*;
-use std::borrow::Cow;
 
 /// datafusion-postgres's handlers with a refresh before, and a deadline and cancel token
 /// around, every query.
@@ -125,20 +124,19 @@ impl QueryParser for FreshParser {
         let parsed = match refreshed {
             Ok(session) => {
                 let inner = &self.inner;
-                let lowered = super::set_returning::lower(sql);
                 PINNED
                     .scope(session, async move {
-                        match &lowered {
-                            // The Postgres form lowered; when DataFusion cannot plan that, the
-                            // text as sent (the crate's compatibility rewrites then apply).
-                            Cow::Owned(text) => match inner.parse_sql(client, text, types).await {
-                                Err(e) if is_planning_error(&e) => {
-                                    inner.parse_sql(client, sql, types).await
-                                }
-                                other => other,
-                            },
-                            Cow::Borrowed(_) => inner.parse_sql(client, sql, types).await,
+                        let texts = super::set_returning::texts_to_try(sql);
+                        let last = texts.len() - 1;
+                        let mut parsed = Ok(None);
+                        for (i, text) in texts.iter().enumerate() {
+                            parsed = inner.parse_sql(client, text, types).await;
+                            match &parsed {
+                                Err(e) if i < last && is_planning_error(e) => continue,
+                                _ => break,
+                            }
                         }
+                        parsed
                     })
                     .await
             }
@@ -172,7 +170,8 @@ impl QueryParser for FreshParser {
     }
 }
 
-/// Whether `e` is DataFusion refusing to plan a statement (nothing of it ran).
+/// Whether `e` is DataFusion refusing to plan a statement (nothing of it ran: the texts
+/// tried one after another are single statements).
 fn is_planning_error(e: &PgWireError) -> bool {
     let PgWireError::ApiError(inner) = e else {
         return false;
@@ -348,18 +347,19 @@ impl SimpleQueryHandler for Guarded {
         let admit = !only_cursor_statements(query);
         let (session, token, deadline, timeout) = self.begin(client, &mut record, admit).await?;
         let inner = self.inner.as_ref();
-        let lowered = super::set_returning::lower(query);
+        // As in `FreshParser`; a text of several statements is only ever tried as sent.
         let work = PINNED.scope(session, async {
-            match &lowered {
-                // As in `FreshParser`: the lowered text, else the text as sent.
-                Cow::Owned(text) => match SimpleQueryHandler::do_query(inner, client, text).await {
-                    Err(e) if is_planning_error(&e) => {
-                        SimpleQueryHandler::do_query(inner, client, query).await
-                    }
-                    other => other,
-                },
-                Cow::Borrowed(_) => SimpleQueryHandler::do_query(inner, client, query).await,
+            let texts = super::set_returning::texts_to_try(query);
+            let last = texts.len() - 1;
+            let mut answered = Ok(vec![]);
+            for (i, text) in texts.iter().enumerate() {
+                answered = SimpleQueryHandler::do_query(inner, client, text).await;
+                match &answered {
+                    Err(e) if i < last && is_planning_error(e) => continue,
+                    _ => break,
+                }
             }
+            answered
         });
         match race(work, &token, deadline, timeout).await {
             Ok(responses) => Ok(finish_responses(

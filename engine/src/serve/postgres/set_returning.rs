@@ -1,6 +1,9 @@
 //! Postgres function forms DataFusion lacks, lowered to what it has, on the parsed statement
 //! (not by matching query texts).
 //!
+//! Each applies to a one-statement text; [`texts_to_try`] orders the lowered texts and the
+//! text as sent, and `queries` runs the first that plans.
+//!
 //! **Functions in FROM.** Postgres takes any function as a relation: a table function
 //! aliased `AS i` names its one column `i` too, and a scalar function is a one-row relation
 //! whose column is named by the alias. Grafana's table list reads the search path as
@@ -26,23 +29,33 @@ use std::ops::ControlFlow;
 
 /// DataFusion's table functions (and the `pg_catalog` crate's): every other function named
 /// in FROM is a scalar one.
-const TABLE_FUNCTIONS: &[&str] = &["generate_series", "range", "pg_get_keywords"];
+/// (Only single-column ones: Postgres names the column after the alias only for those.)
+pub(super) const TABLE_FUNCTIONS: &[&str] = &["generate_series", "range"];
 
-/// `sql` with the forms above lowered; the text itself when it has none (or does not parse:
-/// the planner then reports it as it would have).
-pub(super) fn lower(sql: &str) -> Cow<'_, str> {
+/// `sql` with the Postgres forms above lowered (`with_user_keyword`: also unquoted `user` as
+/// `current_user`); the text itself when it has none, does not parse, or is not exactly one
+/// statement (a multi-statement text is never re-run: see `queries`).
+///
+/// The `user` keyword is a separate, later stage because DataFusion reads an unquoted `user`
+/// as a column when the query has one; only when that fails is it the Postgres keyword.
+pub(super) fn lower_postgres_forms(sql: &str, with_user_keyword: bool) -> Cow<'_, str> {
     let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Cow::Borrowed(sql);
     };
+    if statements.len() != 1 {
+        return Cow::Borrowed(sql);
+    }
     let mut changed = false;
+    let _ = lower_functions_in_from(&mut statements, &mut changed);
     let _ = visit_expressions_mut(&mut statements, |expr| {
-        if let Some(lowered) = generate_subscripts(expr).or_else(|| user_keyword(expr)) {
+        let lowered = generate_subscripts(expr)
+            .or_else(|| with_user_keyword.then(|| user_keyword(expr)).flatten());
+        if let Some(lowered) = lowered {
             *expr = lowered;
             changed = true;
         }
         ControlFlow::<()>::Continue(())
     });
-    let _ = visit_relations_factors(&mut statements, &mut changed);
     if !changed {
         return Cow::Borrowed(sql);
     }
@@ -55,8 +68,32 @@ pub(super) fn lower(sql: &str) -> Cow<'_, str> {
     )
 }
 
+/// The texts to plan `sql` as, in order, until one plans: with a Postgres form lowered, the
+/// lowered text first (without, then with, the `user` keyword; the text as sent last, since
+/// datafusion-postgres answers some such texts with a fixed substitute); otherwise the text as
+/// sent, then with `user` as the keyword.
+pub(super) fn texts_to_try(sql: &str) -> Vec<Cow<'_, str>> {
+    let structural = lower_postgres_forms(sql, false);
+    let keyword = lower_postgres_forms(sql, true);
+    let mut texts = Vec::with_capacity(3);
+    if let Cow::Owned(_) = structural {
+        if keyword != structural {
+            texts.extend([structural, keyword]);
+        } else {
+            texts.push(structural);
+        }
+        texts.push(Cow::Borrowed(sql));
+    } else {
+        texts.push(Cow::Borrowed(sql));
+        if let Cow::Owned(_) = keyword {
+            texts.push(keyword);
+        }
+    }
+    texts
+}
+
 /// Rewrites each aliased function in FROM (see the module docs).
-fn visit_relations_factors(statements: &mut Vec<Statement>, changed: &mut bool) -> ControlFlow<()> {
+fn lower_functions_in_from(statements: &mut Vec<Statement>, changed: &mut bool) -> ControlFlow<()> {
     struct Functions<'a>(&'a mut bool);
     impl VisitorMut for Functions<'_> {
         type Break = ();
@@ -198,7 +235,11 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
 
 #[cfg(test)]
 mod tests {
-    use super::lower;
+    use super::lower_postgres_forms;
+
+    fn lower(sql: &str) -> std::borrow::Cow<'_, str> {
+        lower_postgres_forms(sql, true)
+    }
 
     #[test]
     fn generate_subscripts_becomes_the_unnested_series_of_the_array_length() {
@@ -223,6 +264,12 @@ mod tests {
             lower(user),
             "SELECT CASE WHEN x = '\"$user\"' THEN current_user ELSE x END FROM t"
         );
+        assert!(matches!(
+            lower_postgres_forms(user, false),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let two = "SELECT unnest(a), generate_subscripts(a, 1) FROM t; SELECT 1";
+        assert!(matches!(lower(two), std::borrow::Cow::Borrowed(_)));
         let plain = "SELECT * FROM generate_series(1, 2) AS g(n), ledger AS l";
         assert!(matches!(lower(plain), std::borrow::Cow::Borrowed(_)));
     }
