@@ -7,7 +7,10 @@
 //! views over the crate's, each such column parsed into a list of integers; every other table
 //! is the crate's own.
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int16Builder, Int32Builder, ListBuilder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, ListBuilder, PrimitiveBuilder, StringArray,
+};
+use datafusion::arrow::datatypes::{ArrowPrimitiveType, Int16Type, Int32Type};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::Column;
@@ -271,38 +274,31 @@ impl ScalarUDFImpl for VectorToArray {
         let texts = arg.to_array(args.number_rows)?;
         let texts = datafusion::arrow::compute::cast(&texts, &DataType::Utf8)?;
         let texts = texts.as_string::<i32>();
-        let out: ArrayRef = match self.element {
-            Element::Int16 => {
-                let mut b = ListBuilder::new(Int16Builder::new());
-                for i in 0..texts.len() {
-                    if texts.is_null(i) {
-                        b.append_null();
-                        continue;
-                    }
-                    for n in numbers(texts.value(i)) {
-                        b.values().append_value(n?);
-                    }
-                    b.append(true);
-                }
-                Arc::new(b.finish())
-            }
-            Element::Oid => {
-                let mut b = ListBuilder::new(Int32Builder::new());
-                for i in 0..texts.len() {
-                    if texts.is_null(i) {
-                        b.append_null();
-                        continue;
-                    }
-                    for n in numbers(texts.value(i)) {
-                        b.values().append_value(n?);
-                    }
-                    b.append(true);
-                }
-                Arc::new(b.finish())
-            }
+        let out = match self.element {
+            Element::Int16 => parse_lists::<Int16Type>(texts)?,
+            Element::Oid => parse_lists::<Int32Type>(texts)?,
         };
         Ok(ColumnarValue::Array(out))
     }
+}
+
+/// Each vector text as a list of `T` (NULL stays NULL).
+fn parse_lists<T: ArrowPrimitiveType>(texts: &StringArray) -> Result<ArrayRef>
+where
+    T::Native: std::str::FromStr,
+{
+    let mut b = ListBuilder::new(PrimitiveBuilder::<T>::new());
+    for i in 0..texts.len() {
+        if texts.is_null(i) {
+            b.append_null();
+            continue;
+        }
+        for n in numbers::<T::Native>(texts.value(i)) {
+            b.values().append_value(n?);
+        }
+        b.append(true);
+    }
+    Ok(Arc::new(b.finish()))
 }
 
 /// The integers of one vector text, in order.

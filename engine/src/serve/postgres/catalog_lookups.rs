@@ -21,7 +21,7 @@ use datafusion::common::{Column, Result};
 use datafusion::functions::core::expr_fn::{get_field, named_struct};
 use datafusion::functions_aggregate::expr_fn::first_value;
 use datafusion::logical_expr::expr::Case;
-use datafusion::logical_expr::expr_rewriter::{strip_outer_reference, NamePreserver};
+use datafusion::logical_expr::expr_rewriter::strip_outer_reference;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{col, lit, Expr, LogicalPlan, LogicalPlanBuilder, Subquery};
 use datafusion::optimizer::AnalyzerRule;
@@ -186,14 +186,7 @@ fn rewrite(expr: Expr) -> Result<Transformed<Expr>> {
 
 impl AnalyzerRule for CatalogLookups {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|p| {
-            let names = NamePreserver::new(&p);
-            p.map_expressions(|e| {
-                let saved = names.save(&e);
-                Ok(e.transform_up(rewrite)?.update_data(|e| saved.restore(e)))
-            })
-        })
-        .map(|t| t.data)
+        super::like_escape::rewrite_expressions(plan, rewrite)
     }
 
     fn name(&self) -> &str {

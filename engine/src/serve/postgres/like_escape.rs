@@ -65,21 +65,30 @@ fn rewrite(expr: Expr) -> datafusion::common::Result<Transformed<Expr>> {
     })))
 }
 
+/// Applies `rewrite` bottom-up to every expression of `plan` and of its subqueries, keeping
+/// each expression's name (a rewritten expression must not rename a column the plan above
+/// refers to). The driver of tally's analyzer rules on the Postgres endpoint.
+pub(super) fn rewrite_expressions(
+    plan: LogicalPlan,
+    rewrite: impl Fn(Expr) -> datafusion::common::Result<Transformed<Expr>>,
+) -> datafusion::common::Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|p| {
+        let names = NamePreserver::new(&p);
+        p.map_expressions(|e| {
+            let saved = names.save(&e);
+            Ok(e.transform_up(&rewrite)?.update_data(|e| saved.restore(e)))
+        })
+    })
+    .map(|t| t.data)
+}
+
 impl AnalyzerRule for LikeEscape {
     fn analyze(
         &self,
         plan: LogicalPlan,
         _config: &ConfigOptions,
     ) -> datafusion::common::Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|p| {
-            // The rewritten pattern must not rename a column the plan above refers to.
-            let names = NamePreserver::new(&p);
-            p.map_expressions(|e| {
-                let saved = names.save(&e);
-                Ok(e.transform_up(rewrite)?.update_data(|e| saved.restore(e)))
-            })
-        })
-        .map(|t| t.data)
+        rewrite_expressions(plan, rewrite)
     }
 
     fn name(&self) -> &str {
