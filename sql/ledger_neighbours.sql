@@ -5,7 +5,9 @@
 -- one txn_id disagree on the day, every day they name must see all of them to pick the same
 -- winner, so D's run also reads the copies each of those days would read for itself.
 --
--- Input `neighbour_arrivals`: the checked raw files of ingest_date D-3 .. D+2 + horizon.
+-- Input `neighbour_arrivals`: the checked raw files of ingest_date D-3 .. D+2 + horizon, of
+-- which tally reads only the rows its key index says carry one of D's keys (the filters below
+-- still decide: the index only spares the reading of rows they would drop).
 -- Parameters: $1 D-2 00:00, $2 D 00:00, $3 D+1 00:00, $4 D+3 00:00 (TIMESTAMP, UTC);
 --   $5 the lateness horizon in days.
 --

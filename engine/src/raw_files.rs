@@ -12,6 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::parquet_to_arrow_schema;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::statistics::Statistics;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -32,6 +33,16 @@ pub struct InputFile {
 
 /// Checks one raw file; the error names it (relative to the lake root).
 pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
+    Ok(check_with_range(lake, meta).await?.0)
+}
+
+/// [`check`], with the file's `event_time` range from its footer statistics (microseconds
+/// since 1970, min and max; `None` when a row group lacks the statistic): which days the file
+/// can hold, known without reading a row.
+pub async fn check_with_range(
+    lake: &Lake,
+    meta: ObjectMeta,
+) -> Result<(InputFile, Option<(i64, i64)>)> {
     let rel = lake.relative_path(&meta.location);
     let bad = |message: String| TallyError::BadRawFile {
         file: rel.clone(),
@@ -83,12 +94,38 @@ pub async fn check(lake: &Lake, meta: ObjectMeta) -> Result<InputFile> {
     let rows_without_event_time = (!event_time_nulls.is_empty())
         .then(|| event_time_nulls.into_iter().sum::<Option<u64>>())
         .flatten();
-    Ok(InputFile {
+    let input = InputFile {
         path: rel.clone(),
         size: meta.size,
         rows: md.file_metadata().num_rows() as u64,
         rows_without_event_time,
-    })
+    };
+    Ok((input, event_time_range(&md)))
+}
+
+/// The smallest and largest `event_time` of a file's row groups (see [`check_with_range`]).
+fn event_time_range(md: &ParquetMetaData) -> Option<(i64, i64)> {
+    let i = md
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "event_time")?;
+    let mut range: Option<(i64, i64)> = None;
+    for rg in md.row_groups() {
+        if rg.num_rows() == 0 {
+            continue;
+        }
+        let (lo, hi) = match rg.column(i).statistics()? {
+            Statistics::Int64(s) => (*s.min_opt()?, *s.max_opt()?),
+            _ => return None,
+        };
+        range = Some(match range {
+            Some((a, b)) => (a.min(lo), b.max(hi)),
+            None => (lo, hi),
+        });
+    }
+    range
 }
 
 /// Whether a file or directory name below a raw table's root can hold data. As in Hive and

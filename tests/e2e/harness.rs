@@ -402,12 +402,21 @@ fn http(endpoint_port: u16, method: &str, path: &str) -> Option<String> {
     Some(resp)
 }
 
+/// The shell command that starts the S3 test server (add `-H HOST -p PORT`): moto, with its
+/// conditional writes made atomic (`tests/e2e/s3_server.py` says why).
+pub fn s3_server_command() -> String {
+    format!(
+        "python3 '{}/../tests/e2e/s3_server.py'",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 /// The shared S3 server; panics (fails the test loudly) if it cannot be started.
 pub fn s3() -> &'static S3Server {
     static SERVER: OnceLock<S3Server> = OnceLock::new();
     SERVER.get_or_init(|| {
         let port = free_port();
-        let bin = std::env::var("TALLY_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
+        let bin = std::env::var("TALLY_TEST_MOTO").unwrap_or_else(|_| s3_server_command());
         // A shell wrapper keeps the server only as long as this test process lives: a static
         // is never dropped, and CI must not be left with a stray server.
         let script = format!(
@@ -423,13 +432,13 @@ pub fn s3() -> &'static S3Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn sh");
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
+        let found = Command::new("python3")
+            .args(["-c", "import moto.server"])
             .output()
             .is_ok_and(|o| o.status.success());
         assert!(
             found,
-            "cannot find the S3 test server `{bin}`: install it with `pip install 'moto[server]'` (.ci/run does this)"
+            "cannot find the S3 test server (moto): install it with `pip install 'moto[server]'` (.ci/run does this)"
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

@@ -897,3 +897,99 @@ print(partner)
         "{err}"
     );
 }
+
+/// Every key index under the lake, by path.
+fn key_indexes(lake: &Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![lake.join("_tally/key_index")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".keys.parquet") {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn key_indexes_are_reused_and_a_wrong_or_broken_one_is_rebuilt_not_trusted() {
+    let dir = tempdir();
+    generate(dir.path(), 3, 20_000, 23);
+    let lake = dir.path().join("lake");
+    let day = "2026-11-02";
+    // Thirty of the day's transactions get a re-stamped copy naming a neighbouring day, among
+    // unrelated rows, so the lookup must pick single rows out of a file: a copy naming 11-01
+    // that arrived first (11-01 owns it) or one naming 11-03 that arrived last (D keeps it).
+    let generated = read_raw(&lake);
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    for (i, r) in generated
+        .iter()
+        .filter(|r| day_of(r.event_time) == day && eligible(r, 3))
+        .take(30)
+        .enumerate()
+    {
+        let pad = |n: i64| {
+            ok_row(
+                &format!("pad-{i}-{n}"),
+                "p9",
+                r.event_time - DAY_US + n,
+                r.event_time + n,
+                100,
+            )
+        };
+        let mut copy = r.clone();
+        if i % 2 == 0 {
+            copy.event_time -= DAY_US;
+            copy.ingest_time = copy.event_time + 1;
+            before.extend([pad(1), copy, pad(2)]);
+        } else {
+            copy.event_time += DAY_US;
+            copy.ingest_time = r.ingest_time + 5 * DAY_US;
+            after.extend([pad(3), copy, pad(4)]);
+        }
+    }
+    write_raw(&lake, "2026-11-01", "restamped.parquet", &before);
+    write_raw(&lake, "2026-11-03", "restamped.parquet", &after);
+    let raw = read_raw(&lake);
+    let want = expected_ledger(&raw, day, 3);
+    let want_conflicts = expected_conflicts(&raw, day, 3);
+    assert!(
+        want_conflicts.iter().any(|r| r[7] != day),
+        "the generator should give the day transactions shared with a neighbouring day"
+    );
+    let check = |label: &str| {
+        let summary = run_ledger(dir.path(), day, &[]);
+        assert_eq!(ledger_rows(dir.path(), day), want, "{label}: ledger rows");
+        assert_eq!(
+            conflict_rows(dir.path(), day),
+            want_conflicts,
+            "{label}: conflicts"
+        );
+        summary
+    };
+    // Cold: every index is built from the raw files and left beside the lake.
+    let cold = check("cold");
+    let built = key_indexes(&lake);
+    assert!(built.len() >= 5, "indexes written: {:?}", built.keys());
+    // Warm: read, not rebuilt (same bytes), same answer.
+    let warm = check("warm");
+    assert_eq!(warm["fingerprint"], cold["fingerprint"]);
+    assert_eq!(key_indexes(&lake), built);
+    // Each index replaced by another file's (it names another raw file's size and row count),
+    // one by garbage, one removed: each is rebuilt, never used.
+    let paths: Vec<_> = built.keys().cloned().collect();
+    for (i, p) in paths.iter().enumerate() {
+        let other = &built[&paths[(i + 1) % paths.len()]];
+        std::fs::write(p, other).unwrap();
+    }
+    std::fs::write(&paths[0], b"PAR1 not an index PAR1").unwrap();
+    std::fs::remove_file(&paths[1]).unwrap();
+    let forged = check("forged");
+    assert_eq!(forged["fingerprint"], cold["fingerprint"]);
+    assert_eq!(key_indexes(&lake), built, "every index rebuilt as it was");
+}

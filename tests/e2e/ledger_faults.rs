@@ -716,8 +716,11 @@ fn an_outage_during_the_footer_check_says_retry_and_names_the_endpoint_not_a_fil
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
     // A private server: this test takes it down.
-    let mut server = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let mut server = Command::new("sh")
+        .args([
+            "-c",
+            &format!("exec {} -H 127.0.0.1 -p {port}", s3_server_command()),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -25,6 +25,8 @@ pub struct CheckedFile {
     pub meta: ObjectMeta,
     /// Its arrival day (the `ingest_date=` directory).
     pub ingest_date: NaiveDate,
+    /// Its smallest and largest `event_time` (microseconds), from the footer statistics.
+    pub event_time_range: Option<(i64, i64)>,
 }
 
 /// The checked files of a ledger run, sorted by path.
@@ -95,11 +97,12 @@ pub async fn collect(lake: &Lake, window: &DayWindow) -> Result<Inputs> {
     crate::failpoint::hit("ledger_after_listing");
     let mut files: Vec<CheckedFile> = futures::stream::iter(metas)
         .map(|(meta, ingest_date)| async move {
-            let input = raw_files::check(lake, meta.clone()).await?;
+            let (input, event_time_range) = raw_files::check_with_range(lake, meta.clone()).await?;
             Ok::<_, crate::TallyError>(CheckedFile {
                 input,
                 meta,
                 ingest_date,
+                event_time_range,
             })
         })
         .buffer_unordered(16)

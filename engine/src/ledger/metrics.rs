@@ -55,8 +55,7 @@ impl LedgerJob<'_> {
     /// Rows of arrival day D with a NULL `event_time`, counted by a scan: for files whose
     /// footers carry no null counts.
     pub(super) async fn count_rows_without_event_time(&self) -> Result<u64> {
-        let sql =
-            "SELECT count(*) FROM neighbour_arrivals WHERE ingest_date = $1 AND event_time IS NULL";
+        let sql = "SELECT count(*) FROM day_arrivals WHERE ingest_date = $1 AND event_time IS NULL";
         let batches = self
             .session
             .ctx()

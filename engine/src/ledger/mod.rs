@@ -24,10 +24,12 @@
 //! changes nothing but leaves unreferenced files (removed by `tally vacuum`).
 
 mod commit;
+mod day_keys;
 mod fingerprint;
 pub mod guard;
 mod held_rows;
 pub mod inputs;
+pub mod key_index;
 mod metrics;
 mod neighbours;
 mod part_writer;
@@ -62,6 +64,7 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::DataFrame;
+use day_keys::DayKeys;
 use inputs::Inputs;
 use part_writer::PartWriter;
 use plan_schema::{project, schema_of};
@@ -137,21 +140,17 @@ impl<'a> LedgerJob<'a> {
         DayWindow::new(self.day, self.late_days)
     }
 
-    /// Registers the checked files as `day_arrivals` (D's own) and `neighbour_arrivals`
-    /// (every file read) for the jobs' SQL.
+    /// Registers D's own checked files as `day_arrivals` for `sql/ledger.sql` (the
+    /// neighbours' rows are registered by [`neighbours::find`], once it knows which to read).
     fn register_inputs(&self, window: &DayWindow, inputs: &Inputs) -> Result<()> {
         let ctx = self.session.ctx();
         let url = ObjectStoreUrl::parse(self.session.lake().store_url().as_str())?;
-        for (name, files) in [
-            (
-                "day_arrivals",
-                inputs.scan_files(|f| window.is_own(f.ingest_date)),
-            ),
-            ("neighbour_arrivals", inputs.scan_files(|_| true)),
-        ] {
-            ctx.deregister_table(name)?;
-            ctx.register_table(name, Arc::new(scan::CheckedFiles::new(url.clone(), files)))?;
-        }
+        let files = inputs.scan_files(|f| window.is_own(f.ingest_date));
+        ctx.deregister_table("day_arrivals")?;
+        ctx.register_table(
+            "day_arrivals",
+            Arc::new(scan::CheckedFiles::new(url, files)),
+        )?;
         Ok(())
     }
 
@@ -278,14 +277,6 @@ impl<'a> LedgerJob<'a> {
         tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), "ledger: main plan collected");
 
         // The day's keys among the neighbours' copies.
-        let key_count: usize = collected
-            .iter()
-            .map(|c| {
-                c.held.rows()
-                    + c.early_keys.len()
-                    + c.disputed.iter().map(|b| b.num_rows()).sum::<usize>()
-            })
-            .sum();
         let parts: Vec<Vec<&[i64]>> = collected
             .iter()
             .map(|c| {
@@ -300,11 +291,22 @@ impl<'a> LedgerJob<'a> {
                     .collect()
             })
             .collect();
-        let keys = neighbours::day_keys(parts, key_count)?;
-        tracing::info!(day = %self.day, keys = key_count, secs = started.elapsed().as_secs_f64(), "ledger: day's key filter built");
-        let found = neighbours::find(self.session.ctx(), keys, window.neighbour_params()).await?;
+        let keys = Arc::new(DayKeys::new(&parts));
+        drop(parts);
+        tracing::info!(day = %self.day, keys = keys.len(), secs = started.elapsed().as_secs_f64(), "ledger: day's key set built");
+        self.progress
+            .message(&format!("{}: looking up the neighbouring days", self.day));
+        let found = neighbours::find(self.session, &inputs, &window, keys).await?;
         self.progress.advance(1);
-        tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), neighbour_copies = found.copies.iter().map(|b| b.num_rows()).sum::<usize>(), "ledger: neighbours looked up");
+        tracing::info!(
+            day = %self.day,
+            secs = started.elapsed().as_secs_f64(),
+            key_indexes_read = found.indexes_read,
+            key_indexes_built = found.indexes_built,
+            rows_selected = found.rows_selected,
+            neighbour_copies = found.copies.iter().map(|b| b.num_rows()).sum::<usize>(),
+            "ledger: neighbours looked up"
+        );
 
         // Each partition writes what it owns for sure.
         let settle_keys = Arc::new(found.keys);

@@ -1,86 +1,50 @@
 //! The day's transactions looked up among the neighbouring days' copies.
 //!
-//! A copy of one of D's transactions may name D − 1 or D + 1 (a partner resending with a
+//! A copy of one of D's transactions may name D − 2 … D + 2 (a partner resending with a
 //! shifted timestamp, a clock near midnight). The transaction then belongs to the day its
-//! winning copy names, and both days must see the same copies to agree on it. Reading the
-//! neighbours' copies of *every* transaction would cost a second ledger; instead D's keys go
-//! into a split-block Bloom filter (Parquet's own, 1% false positives: about 12 MiB for ten
-//! million keys), and `sql/ledger_neighbours.sql` keeps only the neighbours' rows whose key
-//! it may hold. The filter is a SQL function evaluated inside the Parquet reader on `txn_id`
-//! alone, so the rest of a row is decoded only for the few that pass.
+//! winning copy names, and every day named must see the same copies to agree on it. Reading
+//! the neighbours' copies of *every* transaction would cost a second ledger; instead:
+//! 1. D's keys go into an exact set laid out for ordered probes ([`DayKeys`]);
+//! 2. each file's keys come from its key index ([`key_index`]: read, or computed once from the
+//!    file's ids), sorted by event day and key; the keys of each neighbouring day the file is
+//!    eligible for (and, by its footer, holds) are walked in order against the set;
+//! 3. only the rows whose key is one of D's are read from the raw files (a row selection per
+//!    file), through `sql/ledger_neighbours.sql`, which filters them exactly as a full scan
+//!    would.
 
+use super::day_keys::DayKeys;
+use super::inputs::{CheckedFile, Inputs};
+use super::key_index;
+use super::scan::CheckedFiles;
+use super::window::DayWindow;
 use crate::error::{Result, TallyError};
 use crate::jobs_sql;
+use crate::schema;
+use crate::session::TallySession;
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::{exec_err, ScalarValue};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-use datafusion::prelude::{DataFrame, SessionContext};
-use parquet::bloom_filter::Sbbf;
+use datafusion::prelude::DataFrame;
+use futures::{StreamExt, TryStreamExt};
+use parquet::arrow::arrow_reader::RowSelection;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-/// False-positive rate of the day's key filter: a false positive costs one row decoded and
-/// dropped by the settlement, so a larger filter would not pay for its memory.
-const FALSE_POSITIVES: f64 = 0.01;
-
-/// The day's keys, as a Bloom filter. `parts` holds each hash partition's keys (as slices);
-/// the partitions are inserted on all cores, each thread into its own filter of the same
-/// size, and the filters are OR-ed: the same bits as one filter filled key by key.
-pub fn day_keys(parts: Vec<Vec<&[i64]>>, count: usize) -> Result<Arc<Sbbf>> {
-    let bytes = Sbbf::new_with_ndv_fpp(count.max(1) as u64, FALSE_POSITIVES)?.num_blocks() * 32;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, parts.len().max(1));
-    let mut groups: Vec<Vec<&[i64]>> = vec![Vec::new(); threads];
-    for (i, part) in parts.into_iter().enumerate() {
-        groups[i % threads].extend(part);
-    }
-    let bitsets: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = groups
-            .iter()
-            .map(|slices| {
-                scope.spawn(move || -> Result<Vec<u8>> {
-                    let mut bloom = Sbbf::new_with_num_of_bytes(bytes);
-                    for k in slices.iter().flat_map(|s| s.iter()) {
-                        bloom.insert(k);
-                    }
-                    let mut out = Vec::with_capacity(bytes);
-                    bloom.write_bitset(&mut out)?;
-                    Ok(out)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .map_err(|_| TallyError::Internal("key filter thread panicked".into()))?
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    let mut merged = bitsets.first().cloned().unwrap_or_default();
-    for other in bitsets.iter().skip(1) {
-        for (a, b) in merged.iter_mut().zip(other) {
-            *a |= *b;
-        }
-    }
-    Ok(Arc::new(Sbbf::new(&merged)))
-}
-
 /// `ledger_day_has(txn_key) -> BOOLEAN`: whether the key may be one of the day's.
 #[derive(Debug)]
 pub struct LedgerDayHas {
-    keys: Arc<Sbbf>,
+    keys: Arc<DayKeys>,
     signature: Signature,
 }
 
 impl LedgerDayHas {
     /// The function over `keys`.
-    pub fn new(keys: Arc<Sbbf>) -> Self {
+    pub fn new(keys: Arc<DayKeys>) -> Self {
         Self {
             keys,
             signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
@@ -124,7 +88,7 @@ impl ScalarUDFImpl for LedgerDayHas {
         };
         match arg {
             ColumnarValue::Scalar(ScalarValue::Int64(k)) => Ok(ColumnarValue::Scalar(
-                ScalarValue::Boolean(k.map(|k| self.keys.check(&k))),
+                ScalarValue::Boolean(k.map(|k| self.keys.contains(k))),
             )),
             ColumnarValue::Array(a) => {
                 let Some(keys) = a.as_primitive_opt::<Int64Type>() else {
@@ -132,7 +96,7 @@ impl ScalarUDFImpl for LedgerDayHas {
                 };
                 let hits: BooleanArray = keys
                     .iter()
-                    .map(|k| k.map(|k| self.keys.check(&k)))
+                    .map(|k| k.map(|k| self.keys.contains(k)))
                     .collect();
                 Ok(ColumnarValue::Array(Arc::new(hits) as ArrayRef))
             }
@@ -146,26 +110,115 @@ impl ScalarUDFImpl for LedgerDayHas {
 
 /// What the lookup found.
 pub struct Found {
-    /// The neighbours' copies whose key may be one of the day's (`sql/ledger_neighbours.sql`).
+    /// The neighbours' copies of the day's transactions (`sql/ledger_neighbours.sql`).
     pub copies: Vec<RecordBatch>,
     /// Their keys: the transactions to settle.
     pub keys: HashSet<i64>,
     /// The copies' schema.
     pub schema: arrow::datatypes::SchemaRef,
+    /// Files whose key index was read, and those whose keys were computed from the raw file.
+    pub indexes_read: usize,
+    /// See `indexes_read`.
+    pub indexes_built: usize,
+    /// Raw rows read back from the files (the rows whose key is one of the day's).
+    pub rows_selected: usize,
 }
 
-/// Runs `sql/ledger_neighbours.sql` on `ctx` (which has `neighbour_arrivals` registered) with
-/// the day's keys.
+/// The event days (days since 1970) whose copies in `file` the day's lookup wants: the
+/// neighbouring days the file's arrival day is eligible for, that its footer says it holds.
+fn wanted_days(window: &DayWindow, file: &CheckedFile) -> Vec<i32> {
+    let ingest = schema::date32(file.ingest_date);
+    let range = file
+        .event_time_range
+        .map(|(lo, hi)| (key_index::day_of(lo), key_index::day_of(hi)));
+    window
+        .neighbour_days()
+        .into_iter()
+        .map(schema::date32)
+        .filter(|d| *d >= ingest - window.late_days as i32 && *d <= ingest + 1)
+        .filter(|d| range.is_none_or(|(lo, hi)| *d >= lo && *d <= hi))
+        .collect()
+}
+
+/// What one file's key index says: the rows to read (the row numbers of D's keys, ascending).
+struct FileHits {
+    file: usize,
+    rows: Vec<u32>,
+    origin: key_index::Origin,
+}
+
+/// Looks the day's keys up among the copies of the neighbouring days in every file read, and
+/// runs `sql/ledger_neighbours.sql` (over `neighbour_arrivals`: the rows found) for them.
 pub async fn find(
-    ctx: &SessionContext,
-    keys: Arc<Sbbf>,
-    params: Vec<ScalarValue>,
+    session: &TallySession,
+    inputs: &Inputs,
+    window: &DayWindow,
+    day: Arc<DayKeys>,
 ) -> Result<Found> {
-    ctx.register_udf(ScalarUDF::from(LedgerDayHas::new(keys)));
+    let lake = session.lake();
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut hits: Vec<FileHits> = futures::stream::iter(inputs.files.iter().enumerate())
+        .filter_map(|(i, file)| {
+            let wanted = wanted_days(window, file);
+            futures::future::ready((!wanted.is_empty()).then(|| (i, file.clone(), wanted)))
+        })
+        .map(|(i, file, wanted)| {
+            let lake = lake.clone();
+            let day = Arc::clone(&day);
+            tokio::spawn(async move {
+                let (keys, origin) = key_index::load_or_build(&lake, &file).await?;
+                let mut rows = Vec::new();
+                for d in wanted {
+                    let (keys, numbers) = keys.segment(d);
+                    rows.extend(
+                        keys.iter()
+                            .zip(numbers)
+                            .filter(|(k, _)| day.contains(**k))
+                            .map(|(_, r)| *r),
+                    );
+                }
+                rows.sort_unstable();
+                Ok::<_, TallyError>(FileHits {
+                    file: i,
+                    rows,
+                    origin,
+                })
+            })
+        })
+        .buffer_unordered(parallel * 2)
+        .map(join_result)
+        .try_collect()
+        .await?;
+    hits.sort_by_key(|h| h.file);
+    let indexes_built = hits
+        .iter()
+        .filter(|h| h.origin == key_index::Origin::Built)
+        .count();
+    let indexes_read = hits.len() - indexes_built;
+    let mut rows_selected = 0;
+    let mut files = Vec::new();
+    for h in hits.into_iter().filter(|h| !h.rows.is_empty()) {
+        let file = &inputs.files[h.file];
+        rows_selected += h.rows.len();
+        let selection = RowSelection::from_consecutive_ranges(
+            h.rows.iter().map(|r| *r as usize..*r as usize + 1),
+            file.input.rows as usize,
+        );
+        files.push((file.meta.clone(), file.ingest_date, Some(selection)));
+    }
+
+    let ctx = session.ctx();
+    let url = ObjectStoreUrl::parse(lake.store_url().as_str())?;
+    ctx.deregister_table("neighbour_arrivals")?;
+    ctx.register_table(
+        "neighbour_arrivals",
+        Arc::new(CheckedFiles::with_selections(url, files)),
+    )?;
+    ctx.register_udf(ScalarUDF::from(LedgerDayHas::new(day)));
     let df: DataFrame = ctx
         .sql(jobs_sql::LEDGER_NEIGHBOURS)
         .await?
-        .with_param_values(params)?;
+        .with_param_values(window.neighbour_params())?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let copies: Vec<RecordBatch> = df
         .collect()
@@ -185,5 +238,12 @@ pub async fn find(
         copies,
         keys: found,
         schema,
+        indexes_read,
+        indexes_built,
+        rows_selected,
     })
+}
+
+fn join_result<T>(joined: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    joined.map_err(|e| TallyError::Internal(format!("key lookup task failed: {e}")))?
 }

@@ -17,6 +17,7 @@ use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
@@ -26,13 +27,15 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::ObjectMeta;
+use parquet::arrow::arrow_reader::RowSelection;
 use std::sync::Arc;
 
-/// A fixed set of raw Parquet files, each with its `ingest_date`.
+/// A fixed set of raw Parquet files, each with its `ingest_date` and, optionally, the only
+/// rows to read of it (an external index's answer: see [`super::key_index`]).
 #[derive(Debug)]
 pub struct CheckedFiles {
     store_url: ObjectStoreUrl,
-    files: Vec<(ObjectMeta, NaiveDate)>,
+    files: Vec<(ObjectMeta, NaiveDate, Option<RowSelection>)>,
     /// The file columns and the `ingest_date` partition column.
     table_schema: TableSchema,
 }
@@ -40,6 +43,18 @@ pub struct CheckedFiles {
 impl CheckedFiles {
     /// The table over `files` in the store registered under `store_url`.
     pub fn new(store_url: ObjectStoreUrl, files: Vec<(ObjectMeta, NaiveDate)>) -> Self {
+        Self::with_selections(
+            store_url,
+            files.into_iter().map(|(m, d)| (m, d, None)).collect(),
+        )
+    }
+
+    /// The table over `files`, of which only the selected rows are read (DataFusion's row
+    /// groups and pages are pruned from the selection, and its filters still apply).
+    pub fn with_selections(
+        store_url: ObjectStoreUrl,
+        files: Vec<(ObjectMeta, NaiveDate, Option<RowSelection>)>,
+    ) -> Self {
         let table_schema = TableSchema::builder(Arc::clone(&schema::RAW_PAYMENTS))
             .with_table_partition_cols(vec![Arc::new(Field::new(
                 INGEST_DATE,
@@ -92,9 +107,13 @@ impl TableProvider for CheckedFiles {
         let files: Vec<PartitionedFile> = self
             .files
             .iter()
-            .map(|(meta, day)| {
-                PartitionedFile::new_from_meta(meta.clone())
-                    .with_partition_values(vec![ScalarValue::Date32(Some(schema::date32(*day)))])
+            .map(|(meta, day, rows)| {
+                let file = PartitionedFile::new_from_meta(meta.clone())
+                    .with_partition_values(vec![ScalarValue::Date32(Some(schema::date32(*day)))]);
+                match rows {
+                    Some(rows) => file.with_extension(ParquetRowSelection::new(rows.clone())),
+                    None => file,
+                }
             })
             .collect();
         let groups = FileGroup::new(files).split_files(state.config().target_partitions());
