@@ -11,7 +11,7 @@ process, best of --runs:
 - cold: no key index yet (removed before each run): the first run over these files;
 - warm: the indexes the previous run left (a daily schedule finds all but the newest
   arrivals' indexes built by the days before);
-and, from the run's own log (`-v`), the seconds between the main plan's end and the end of the
+and, from the run's own info log, the seconds between the main plan's end and the end of the
 lookup: the check's share of the day is total / (total − lookup), against no check at all.
 With `--before PATH` the same run of another tally binary is measured too.
 Writes its section of bench/RESULTS.md.
@@ -114,7 +114,7 @@ def main():
         f"{a['files_read']} files and {a['rows_read']} raw rows in the read window (own window D − 1 .. D + 3 and those of D − 2 .. D + 2), "
         f"{a['ledger_rows']} ledger rows, {a['ceded']} transactions left to a neighbouring day, {a['conflict_rows']} conflict rows. "
         f"Same fingerprint in every run: {len(fps) == 1}.",
-        "Lookup: from the end of the main plan to the end of the neighbour lookup (the run's `-v` log); "
+        "Lookup: from the end of the main plan to the end of the neighbour lookup (the run's info log); "
         "share = total / (total − lookup), the day with the check against the day without it.",
         "",
         "| run | time | lookup | share | peak RSS |",

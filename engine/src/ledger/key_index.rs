@@ -21,6 +21,7 @@ use crate::error::{Result, TallyError};
 use crate::lake::{one_line, Lake};
 use crate::ledger::inputs::CheckedFile;
 use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, UInt32Array};
+use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{
     DataType, Field, Int32Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType, UInt32Type,
 };
@@ -69,9 +70,9 @@ static SCHEMA: LazyLock<Arc<Schema>> = LazyLock::new(|| {
 /// [`day_keys::order`] orders it.
 #[derive(Debug, Default)]
 pub struct FileKeys {
-    days: Vec<i32>,
-    keys: Vec<i64>,
-    rows: Vec<u32>,
+    days: ScalarBuffer<i32>,
+    keys: ScalarBuffer<i64>,
+    rows: ScalarBuffer<u32>,
 }
 
 impl FileKeys {
@@ -175,24 +176,35 @@ fn decode(bytes: Bytes, file: &CheckedFile) -> Result<Option<FileKeys>> {
         return Ok(None);
     }
     let rows = file.input.rows as usize;
-    let mut out = FileKeys {
-        days: Vec::with_capacity(rows),
-        keys: Vec::with_capacity(rows),
-        rows: Vec::with_capacity(rows),
+    // One batch per row group (an index of up to 1M rows is one): the decoded buffers are
+    // kept as they are, not copied.
+    let batches = builder
+        .with_batch_size(rows.max(1))
+        .build()?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let column = |i: usize| -> Result<ArrayRef> {
+        let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+        Ok(match parts.as_slice() {
+            [one] => one.slice(0, one.len()),
+            _ => arrow::compute::concat(&parts)?,
+        })
     };
-    for batch in builder.with_batch_size(64 * 1024).build()? {
-        let batch = batch?;
-        let (Some(days), Some(keys), Some(numbers)) = (
-            batch.column(0).as_primitive_opt::<Int32Type>(),
-            batch.column(1).as_primitive_opt::<Int64Type>(),
-            batch.column(2).as_primitive_opt::<UInt32Type>(),
-        ) else {
-            return Ok(None);
-        };
-        out.days.extend_from_slice(days.values());
-        out.keys.extend_from_slice(keys.values());
-        out.rows.extend_from_slice(numbers.values());
+    if batches.is_empty() {
+        return Ok((rows == 0).then(FileKeys::default));
     }
+    let (days, keys, numbers) = (column(0)?, column(1)?, column(2)?);
+    let (Some(days), Some(keys), Some(numbers)) = (
+        days.as_primitive_opt::<Int32Type>(),
+        keys.as_primitive_opt::<Int64Type>(),
+        numbers.as_primitive_opt::<UInt32Type>(),
+    ) else {
+        return Ok(None);
+    };
+    let out = FileKeys {
+        days: days.values().clone(),
+        keys: keys.values().clone(),
+        rows: numbers.values().clone(),
+    };
     Ok(out.is_well_formed(rows).then_some(out))
 }
 
@@ -217,9 +229,9 @@ fn encode(keys: &FileKeys, file: &CheckedFile) -> Result<Vec<u8>> {
         let batch = RecordBatch::try_new(
             Arc::clone(&SCHEMA),
             vec![
-                Arc::new(Int32Array::from(keys.days[start..end].to_vec())) as ArrayRef,
-                Arc::new(Int64Array::from(keys.keys[start..end].to_vec())) as ArrayRef,
-                Arc::new(UInt32Array::from(keys.rows[start..end].to_vec())) as ArrayRef,
+                Arc::new(Int32Array::new(keys.days.slice(start, end - start), None)) as ArrayRef,
+                Arc::new(Int64Array::new(keys.keys.slice(start, end - start), None)) as ArrayRef,
+                Arc::new(UInt32Array::new(keys.rows.slice(start, end - start), None)) as ArrayRef,
             ],
         )?;
         writer.write(&batch)?;
@@ -254,11 +266,8 @@ async fn build(lake: &Lake, file: &CheckedFile) -> Result<FileKeys> {
     if rows > u32::MAX as usize {
         return Err(bad(format!("{rows} rows: more than a key index numbers")));
     }
-    let mut out = FileKeys {
-        days: Vec::with_capacity(rows),
-        keys: Vec::with_capacity(rows),
-        rows: Vec::new(),
-    };
+    let mut days: Vec<i32> = Vec::with_capacity(rows);
+    let mut keys: Vec<i64> = Vec::with_capacity(rows);
     while let Some(batch) = stream
         .try_next()
         .await
@@ -270,30 +279,28 @@ async fn build(lake: &Lake, file: &CheckedFile) -> Result<FileKeys> {
                 .cloned()
                 .ok_or_else(|| bad(format!("no {name} column")))
         };
-        push_ids(&column("txn_id")?, &mut out.keys).map_err(bad)?;
+        push_ids(&column("txn_id")?, &mut keys).map_err(bad)?;
         let times = arrow::compute::cast(
             &column("event_time")?,
             &DataType::Timestamp(TimeUnit::Microsecond, None),
         )?;
         let times = times.as_primitive::<TimestampMicrosecondType>();
-        out.days
-            .extend(times.iter().map(|t| t.map_or(NO_DAY, day_of)));
+        days.extend(times.iter().map(|t| t.map_or(NO_DAY, day_of)));
     }
-    if out.keys.len() != rows || out.days.len() != rows {
+    if keys.len() != rows || days.len() != rows {
         return Err(bad(format!(
             "{} rows read where the footer says {rows}",
-            out.keys.len()
+            keys.len()
         )));
     }
     // Sorted by (day, key): a day's keys are then one run, probed in ascending order.
-    let mut sorted: Vec<(i32, u64, u32)> = out
-        .days
+    let mut sorted: Vec<(i32, u64, u32)> = days
         .iter()
-        .zip(&out.keys)
+        .zip(&keys)
         .zip(0u32..)
         .map(|((d, k), r)| (*d, day_keys::order(*k), r))
         .collect();
-    drop(out);
+    drop((days, keys));
     sorted.sort_unstable();
     Ok(FileKeys {
         days: sorted.iter().map(|t| t.0).collect(),

@@ -155,6 +155,7 @@ pub async fn find(
     window: &DayWindow,
     day: Arc<DayKeys>,
 ) -> Result<Found> {
+    let started = std::time::Instant::now();
     let lake = session.lake();
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut hits: Vec<FileHits> = futures::stream::iter(inputs.files.iter().enumerate())
@@ -190,6 +191,11 @@ pub async fn find(
         .try_collect()
         .await?;
     hits.sort_by_key(|h| h.file);
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        indexes = hits.len(),
+        "ledger: key indexes walked"
+    );
     let indexes_built = hits
         .iter()
         .filter(|h| h.origin == key_index::Origin::Built)
