@@ -138,6 +138,63 @@ impl DayKeys {
             self.keys[lo..hi].contains(&k)
         }
     }
+
+    /// For each of `segments` (keys sorted as [`order`] sorts them), the positions of its keys
+    /// that are in the set, ascending.
+    ///
+    /// Probed partition-major: the set's coarse buckets one after the other (split between
+    /// the cores), and in each, every segment's run of keys that fall in it. The set's part in
+    /// use (a few thousand keys and their directory) then stays in cache while all segments
+    /// probe it, and each segment is read front to back once: probing segment by segment would
+    /// sweep the whole set once per segment and miss the cache on nearly every key.
+    ///
+    /// A panicking worker (a bug) loses its part of the answer, so it panics here too.
+    pub fn positions_in(&self, segments: &[&[i64]]) -> Vec<Vec<u32>> {
+        let coarse = 1usize << COARSE_BITS;
+        let threads = thread::available_parallelism().map_or(1, |n| n.get());
+        let bounds: Vec<usize> = (0..=threads).map(|t| t * coarse / threads).collect();
+        let coarse_of = |k: i64| bucket(order(k), COARSE_BITS);
+        let found: Vec<Vec<(u32, u32)>> = thread::scope(|scope| {
+            let handles: Vec<_> = bounds
+                .windows(2)
+                .map(|w| {
+                    let (first, end) = (w[0], w[1]);
+                    scope.spawn(move || {
+                        let mut cursors: Vec<usize> = segments
+                            .iter()
+                            .map(|s| s.partition_point(|k| coarse_of(*k) < first))
+                            .collect();
+                        let mut out = Vec::new();
+                        for p in first..end {
+                            for (i, s) in segments.iter().enumerate() {
+                                let mut c = cursors[i];
+                                while c < s.len() && coarse_of(s[c]) == p {
+                                    if self.contains(s[c]) {
+                                        out.push((i as u32, c as u32));
+                                    }
+                                    c += 1;
+                                }
+                                cursors[i] = c;
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut out = vec![Vec::new(); segments.len()];
+        for (segment, position) in found.into_iter().flatten() {
+            out[segment as usize].push(position);
+        }
+        for o in &mut out {
+            o.sort_unstable();
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +227,33 @@ mod tests {
             misses += usize::from(!want.contains(&k));
         }
         assert!(misses > 99_000);
+    }
+
+    #[test]
+    fn ordered_probes_find_exactly_the_keys_in_the_set() {
+        let day_keys: Vec<i64> = (0..40_000i64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15u64 as i64))
+            .collect();
+        let day = DayKeys::new(&[vec![&day_keys[..]]]);
+        let mut segments: Vec<Vec<i64>> = (0..5i64)
+            .map(|s| {
+                (0..9_000i64)
+                    .map(|i| (i * 5 + s).wrapping_mul(0x9e37_79b9_7f4a_7c15u64 as i64) ^ (s % 2))
+                    .collect()
+            })
+            .collect();
+        for s in &mut segments {
+            s.sort_unstable_by_key(|k| order(*k));
+        }
+        let views: Vec<&[i64]> = segments.iter().map(|s| &s[..]).collect();
+        let got = day.positions_in(&views);
+        for (s, positions) in segments.iter().zip(&got) {
+            let want: Vec<u32> = (0..s.len() as u32)
+                .filter(|i| day_keys.contains(&s[*i as usize]))
+                .collect();
+            assert_eq!(positions, &want);
+        }
+        assert!(got.iter().any(|p| !p.is_empty()) && got.iter().any(|p| p.len() < 9_000));
     }
 
     #[test]

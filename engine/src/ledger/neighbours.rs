@@ -140,6 +140,9 @@ fn wanted_days(window: &DayWindow, file: &CheckedFile) -> Vec<i32> {
         .collect()
 }
 
+/// Raw rows whose key indexes are loaded and probed together (about 12 bytes each in memory).
+const BATCH_ROWS: u64 = 16 * 1024 * 1024;
+
 /// What one file's key index says: the rows to read (the row numbers of D's keys, ascending).
 struct FileHits {
     file: usize,
@@ -158,38 +161,74 @@ pub async fn find(
     let started = std::time::Instant::now();
     let lake = session.lake();
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut hits: Vec<FileHits> = futures::stream::iter(inputs.files.iter().enumerate())
-        .filter_map(|(i, file)| {
-            let wanted = wanted_days(window, file);
-            futures::future::ready((!wanted.is_empty()).then(|| (i, file.clone(), wanted)))
-        })
-        .map(|(i, file, wanted)| {
-            let lake = lake.clone();
-            let day = Arc::clone(&day);
-            tokio::spawn(async move {
-                let (keys, origin) = key_index::load_or_build(&lake, &file).await?;
-                let mut rows = Vec::new();
-                for d in wanted {
-                    let (keys, numbers) = keys.segment(d);
-                    rows.extend(
-                        keys.iter()
-                            .zip(numbers)
-                            .filter(|(k, _)| day.contains(**k))
-                            .map(|(_, r)| *r),
-                    );
-                }
-                rows.sort_unstable();
-                Ok::<_, TallyError>(FileHits {
-                    file: i,
-                    rows,
-                    origin,
+    // The files with a wanted day, in batches of about BATCH_ROWS rows: each batch's indexes
+    // are loaded at once and probed together (see `DayKeys::positions_in`).
+    let mut batches: Vec<Vec<(usize, CheckedFile, Vec<i32>)>> = vec![Vec::new()];
+    let mut batch_rows = 0;
+    for (i, file) in inputs.files.iter().enumerate() {
+        let wanted = wanted_days(window, file);
+        if wanted.is_empty() {
+            continue;
+        }
+        if batch_rows >= BATCH_ROWS {
+            batches.push(Vec::new());
+            batch_rows = 0;
+        }
+        batch_rows += file.input.rows;
+        if let Some(b) = batches.last_mut() {
+            b.push((i, file.clone(), wanted));
+        }
+    }
+    let mut hits: Vec<FileHits> = Vec::new();
+    for batch in batches {
+        let loaded: Vec<(usize, key_index::FileKeys, Vec<i32>, key_index::Origin)> =
+            futures::stream::iter(batch)
+                .map(|(i, file, wanted)| {
+                    let lake = lake.clone();
+                    tokio::spawn(async move {
+                        let (keys, origin) = key_index::load_or_build(&lake, &file).await?;
+                        Ok::<_, TallyError>((i, keys, wanted, origin))
+                    })
                 })
-            })
+                .buffer_unordered(parallel * 2)
+                .map(join_result)
+                .try_collect()
+                .await?;
+        let day = Arc::clone(&day);
+        let probed = tokio::task::spawn_blocking(move || {
+            let mut owners = Vec::new();
+            let mut segments: Vec<&[i64]> = Vec::new();
+            let mut numbers: Vec<&[u32]> = Vec::new();
+            for (n, (_, keys, wanted, _)) in loaded.iter().enumerate() {
+                for d in wanted {
+                    let (k, r) = keys.segment(*d);
+                    owners.push(n);
+                    segments.push(k);
+                    numbers.push(r);
+                }
+            }
+            let positions = day.positions_in(&segments);
+            let mut rows: Vec<Vec<u32>> = vec![Vec::new(); loaded.len()];
+            for ((owner, found), numbers) in owners.iter().zip(positions).zip(numbers) {
+                rows[*owner].extend(found.iter().map(|p| numbers[*p as usize]));
+            }
+            loaded
+                .iter()
+                .zip(rows)
+                .map(|((i, _, _, origin), mut rows)| {
+                    rows.sort_unstable();
+                    FileHits {
+                        file: *i,
+                        rows,
+                        origin: *origin,
+                    }
+                })
+                .collect::<Vec<_>>()
         })
-        .buffer_unordered(parallel * 2)
-        .map(join_result)
-        .try_collect()
-        .await?;
+        .await
+        .map_err(|e| TallyError::Internal(format!("key lookup task failed: {e}")))?;
+        hits.extend(probed);
+    }
     hits.sort_by_key(|h| h.file);
     tracing::debug!(
         secs = started.elapsed().as_secs_f64(),
