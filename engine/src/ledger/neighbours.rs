@@ -141,7 +141,7 @@ fn wanted_days(window: &DayWindow, file: &CheckedFile) -> Vec<i32> {
 }
 
 /// Raw rows whose key indexes are loaded and probed together (about 12 bytes each in memory).
-const BATCH_ROWS: u64 = 16 * 1024 * 1024;
+const BATCH_ROWS: u64 = 8 * 1024 * 1024;
 
 /// What one file's key index says: the rows to read (the row numbers of D's keys, ascending).
 struct FileHits {
