@@ -43,6 +43,7 @@ use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::KeyValue;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::reader::ChunkReader;
 use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
@@ -130,19 +131,34 @@ fn metadata(file: &CheckedFile) -> Vec<KeyValue> {
 pub async fn load_or_build(lake: &Lake, file: &CheckedFile) -> Result<(FileKeys, Origin)> {
     let store = lake.store();
     let path = index_path(lake, file)?;
-    match store.get(&path).await {
-        Ok(got) => {
-            let bytes = got.bytes().await.map_err(|e| lake.storage_error(e))?;
-            match decode(bytes, file) {
-                Ok(Some(keys)) => return Ok((keys, Origin::Read)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(index = %path, error = %one_line(&e.to_string()), "ledger: unreadable key index, rebuilding it")
-                }
+    // `None`: no index; `Some(Ok(None))`: one for another file or format.
+    let existing: Option<Result<Option<FileKeys>>> = if lake.is_local() {
+        // Read in place on local disk (no copy of the whole file into a buffer first).
+        let local = std::path::PathBuf::from(format!("/{}", path.as_ref()));
+        let f = file.clone();
+        tokio::task::spawn_blocking(move || match std::fs::File::open(&local) {
+            Ok(handle) => Some(decode(handle, &f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(e.into())),
+        })
+        .await
+        .map_err(|e| TallyError::Internal(format!("key index task: {e}")))?
+    } else {
+        match store.get(&path).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(|e| lake.storage_error(e))?;
+                Some(decode(bytes, file))
             }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(lake.storage_error(e)),
         }
-        Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(lake.storage_error(e)),
+    };
+    match existing {
+        Some(Ok(Some(keys))) => return Ok((keys, Origin::Read)),
+        Some(Err(e)) => {
+            tracing::warn!(index = %path, error = %one_line(&e.to_string()), "ledger: unreadable key index, rebuilding it")
+        }
+        Some(Ok(None)) | None => {}
     }
     let keys = build(lake, file).await?;
     match encode(&keys, file) {
@@ -159,8 +175,8 @@ pub async fn load_or_build(lake: &Lake, file: &CheckedFile) -> Result<(FileKeys,
 }
 
 /// Reads an index; `None` when it belongs to another version of the file or of the format.
-fn decode(bytes: Bytes, file: &CheckedFile) -> Result<Option<FileKeys>> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+fn decode<R: ChunkReader + 'static>(reader: R, file: &CheckedFile) -> Result<Option<FileKeys>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader)?;
     let kv = builder
         .metadata()
         .file_metadata()

@@ -180,6 +180,8 @@ pub async fn find(
         }
     }
     let mut hits: Vec<FileHits> = Vec::new();
+    // One batch is probed (on the cores' own threads) while the next one loads.
+    let mut probing: Option<tokio::task::JoinHandle<Vec<FileHits>>> = None;
     for batch in batches {
         let loaded: Vec<(usize, key_index::FileKeys, Vec<i32>, key_index::Origin)> =
             futures::stream::iter(batch)
@@ -195,7 +197,7 @@ pub async fn find(
                 .try_collect()
                 .await?;
         let day = Arc::clone(&day);
-        let probed = tokio::task::spawn_blocking(move || {
+        let next = tokio::task::spawn_blocking(move || {
             let mut owners = Vec::new();
             let mut segments: Vec<&[i64]> = Vec::new();
             let mut numbers: Vec<&[u32]> = Vec::new();
@@ -224,10 +226,13 @@ pub async fn find(
                     }
                 })
                 .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| TallyError::Internal(format!("key lookup task failed: {e}")))?;
-        hits.extend(probed);
+        });
+        if let Some(previous) = probing.replace(next) {
+            hits.extend(join_result(previous.await.map(Ok))?);
+        }
+    }
+    if let Some(last) = probing {
+        hits.extend(join_result(last.await.map(Ok))?);
     }
     hits.sort_by_key(|h| h.file);
     tracing::debug!(
