@@ -64,7 +64,6 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::DataFrame;
-use day_keys::DayKeys;
 use inputs::Inputs;
 use part_writer::PartWriter;
 use plan_schema::{project, schema_of};
@@ -291,12 +290,10 @@ impl<'a> LedgerJob<'a> {
                     .collect()
             })
             .collect();
-        let keys = Arc::new(DayKeys::new(&parts));
-        drop(parts);
-        tracing::info!(day = %self.day, keys = keys.len(), secs = started.elapsed().as_secs_f64(), "ledger: day's key set built");
         self.progress
             .message(&format!("{}: looking up the neighbouring days", self.day));
-        let found = neighbours::find(self.session, &inputs, &window, keys).await?;
+        let found = neighbours::find(self.session, &inputs, &window, &parts).await?;
+        drop(parts);
         self.progress.advance(1);
         tracing::info!(
             day = %self.day,

@@ -19,6 +19,7 @@ use super::scan::CheckedFiles;
 use super::window::DayWindow;
 use crate::error::{Result, TallyError};
 use crate::jobs_sql;
+use crate::lake::Lake;
 use crate::schema;
 use crate::session::TallySession;
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -143,6 +144,61 @@ fn wanted_days(window: &DayWindow, file: &CheckedFile) -> Vec<i32> {
 /// Raw rows whose key indexes are loaded and probed together (about 12 bytes each in memory).
 const BATCH_ROWS: u64 = 8 * 1024 * 1024;
 
+/// Files to look up together: (position in the inputs, the file, its wanted days).
+type Batch = Vec<(usize, CheckedFile, Vec<i32>)>;
+
+/// A batch with its key indexes loaded.
+type Loaded = Vec<(usize, key_index::FileKeys, Vec<i32>, key_index::Origin)>;
+
+/// Loads (or builds) the key indexes of a batch, a few files at a time per core.
+async fn load(lake: Lake, batch: Batch) -> Result<Loaded> {
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    futures::stream::iter(batch)
+        .map(|(i, file, wanted)| {
+            let lake = lake.clone();
+            tokio::spawn(async move {
+                let (keys, origin) = key_index::load_or_build(&lake, &file).await?;
+                Ok::<_, TallyError>((i, keys, wanted, origin))
+            })
+        })
+        .buffer_unordered(parallel * 2)
+        .map(join_result)
+        .try_collect()
+        .await
+}
+
+/// The rows of a loaded batch whose key is one of the day's.
+fn probe(day: &DayKeys, loaded: Loaded) -> Vec<FileHits> {
+    let mut owners = Vec::new();
+    let mut segments: Vec<&[i64]> = Vec::new();
+    let mut numbers: Vec<&[u32]> = Vec::new();
+    for (n, (_, keys, wanted, _)) in loaded.iter().enumerate() {
+        for d in wanted {
+            let (k, r) = keys.segment(*d);
+            owners.push(n);
+            segments.push(k);
+            numbers.push(r);
+        }
+    }
+    let positions = day.positions_in(&segments);
+    let mut rows: Vec<Vec<u32>> = vec![Vec::new(); loaded.len()];
+    for ((owner, found), numbers) in owners.iter().zip(positions).zip(numbers) {
+        rows[*owner].extend(found.iter().map(|p| numbers[*p as usize]));
+    }
+    loaded
+        .iter()
+        .zip(rows)
+        .map(|((i, _, _, origin), mut rows)| {
+            rows.sort_unstable();
+            FileHits {
+                file: *i,
+                rows,
+                origin: *origin,
+            }
+        })
+        .collect()
+}
+
 /// What one file's key index says: the rows to read (the row numbers of D's keys, ascending).
 struct FileHits {
     file: usize,
@@ -156,14 +212,13 @@ pub async fn find(
     session: &TallySession,
     inputs: &Inputs,
     window: &DayWindow,
-    day: Arc<DayKeys>,
+    day_parts: &[Vec<&[i64]>],
 ) -> Result<Found> {
     let started = std::time::Instant::now();
     let lake = session.lake();
-    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
     // The files with a wanted day, in batches of about BATCH_ROWS rows: each batch's indexes
     // are loaded at once and probed together (see `DayKeys::positions_in`).
-    let mut batches: Vec<Vec<(usize, CheckedFile, Vec<i32>)>> = vec![Vec::new()];
+    let mut batches: Vec<Batch> = vec![Vec::new()];
     let mut batch_rows = 0;
     for (i, file) in inputs.files.iter().enumerate() {
         let wanted = wanted_days(window, file);
@@ -179,54 +234,23 @@ pub async fn find(
             b.push((i, file.clone(), wanted));
         }
     }
+    // A pipeline: batch k + 1 loads while batch k is probed; the first one loads while the
+    // day's key set is built.
+    let mut batches = batches.into_iter();
+    let mut loading = batches.next().map(|b| tokio::spawn(load(lake.clone(), b)));
+    let day = Arc::new(DayKeys::new(day_parts));
+    tracing::info!(
+        keys = day.len(),
+        secs = started.elapsed().as_secs_f64(),
+        "ledger: day's key set built"
+    );
     let mut hits: Vec<FileHits> = Vec::new();
-    // One batch is probed (on the cores' own threads) while the next one loads.
     let mut probing: Option<tokio::task::JoinHandle<Vec<FileHits>>> = None;
-    for batch in batches {
-        let loaded: Vec<(usize, key_index::FileKeys, Vec<i32>, key_index::Origin)> =
-            futures::stream::iter(batch)
-                .map(|(i, file, wanted)| {
-                    let lake = lake.clone();
-                    tokio::spawn(async move {
-                        let (keys, origin) = key_index::load_or_build(&lake, &file).await?;
-                        Ok::<_, TallyError>((i, keys, wanted, origin))
-                    })
-                })
-                .buffer_unordered(parallel * 2)
-                .map(join_result)
-                .try_collect()
-                .await?;
+    while let Some(current) = loading.take() {
+        let loaded = join_result(current.await)?;
+        loading = batches.next().map(|b| tokio::spawn(load(lake.clone(), b)));
         let day = Arc::clone(&day);
-        let next = tokio::task::spawn_blocking(move || {
-            let mut owners = Vec::new();
-            let mut segments: Vec<&[i64]> = Vec::new();
-            let mut numbers: Vec<&[u32]> = Vec::new();
-            for (n, (_, keys, wanted, _)) in loaded.iter().enumerate() {
-                for d in wanted {
-                    let (k, r) = keys.segment(*d);
-                    owners.push(n);
-                    segments.push(k);
-                    numbers.push(r);
-                }
-            }
-            let positions = day.positions_in(&segments);
-            let mut rows: Vec<Vec<u32>> = vec![Vec::new(); loaded.len()];
-            for ((owner, found), numbers) in owners.iter().zip(positions).zip(numbers) {
-                rows[*owner].extend(found.iter().map(|p| numbers[*p as usize]));
-            }
-            loaded
-                .iter()
-                .zip(rows)
-                .map(|((i, _, _, origin), mut rows)| {
-                    rows.sort_unstable();
-                    FileHits {
-                        file: *i,
-                        rows,
-                        origin: *origin,
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
+        let next = tokio::task::spawn_blocking(move || probe(&day, loaded));
         if let Some(previous) = probing.replace(next) {
             hits.extend(join_result(previous.await.map(Ok))?);
         }
