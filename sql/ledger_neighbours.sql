@@ -11,9 +11,8 @@
 -- Parameters: $1 D-2 00:00, $2 D 00:00, $3 D+1 00:00, $4 D+3 00:00 (TIMESTAMP, UTC);
 --   $5 the lateness horizon in days.
 --
--- `ledger_day_has(key)` is true for every txn_key of D's ledger rows (and, rarely, a few
--- others: it is a Bloom filter), so only the ids of D are kept. It is evaluated on txn_id
--- alone inside the Parquet reader; the other columns are decoded only for the rows it keeps.
+-- `ledger_day_has(key)` is true exactly for the txn_keys of D's transactions, so only the ids
+-- of D are kept (the key index already chose those rows; this keeps the text exact on its own).
 SELECT
     txn_key(txn_id) AS txn_key,
     txn_id, partner_id, event_time, ingest_time, amount, currency, status

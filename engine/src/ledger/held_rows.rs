@@ -52,8 +52,9 @@ impl HeldRows {
         self.run.rows()
     }
 
-    /// Every held row's key (including rows held out by a selection: harmless for the Bloom
-    /// filter they feed, which only narrows a lookup).
+    /// Every held row's key (including rows held out by a selection: disputed transactions of
+    /// the day, whose neighbouring copies the lookup may then read too; the settlement takes
+    /// them either way).
     pub fn keys(&self) -> impl Iterator<Item = i64> + '_ {
         self.keys.iter().flat_map(|k| k.values().iter().copied())
     }

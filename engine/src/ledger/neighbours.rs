@@ -16,6 +16,7 @@ use super::day_keys::DayKeys;
 use super::inputs::{CheckedFile, Inputs};
 use super::key_index;
 use super::scan::CheckedFiles;
+use super::tasks::join;
 use super::window::DayWindow;
 use crate::error::{Result, TallyError};
 use crate::jobs_sql;
@@ -36,7 +37,7 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-/// `ledger_day_has(txn_key) -> BOOLEAN`: whether the key may be one of the day's.
+/// `ledger_day_has(txn_key) -> BOOLEAN`: whether the key is one of the day's.
 #[derive(Debug)]
 pub struct LedgerDayHas {
     keys: Arc<DayKeys>,
@@ -156,13 +157,13 @@ async fn load(lake: Lake, batch: Batch) -> Result<Loaded> {
     futures::stream::iter(batch)
         .map(|(i, file, wanted)| {
             let lake = lake.clone();
-            tokio::spawn(async move {
+            join(tokio::spawn(async move {
                 let (keys, origin) = key_index::load_or_build(&lake, &file).await?;
                 Ok::<_, TallyError>((i, keys, wanted, origin))
-            })
+            }))
         })
         .buffer_unordered(parallel * 2)
-        .map(join_result)
+        .map(|joined| joined?)
         .try_collect()
         .await
 }
@@ -247,16 +248,16 @@ pub async fn find(
     let mut hits: Vec<FileHits> = Vec::new();
     let mut probing: Option<tokio::task::JoinHandle<Vec<FileHits>>> = None;
     while let Some(current) = loading.take() {
-        let loaded = join_result(current.await)?;
+        let loaded = join(current).await??;
         loading = batches.next().map(|b| tokio::spawn(load(lake.clone(), b)));
         let day = Arc::clone(&day);
         let next = tokio::task::spawn_blocking(move || probe(&day, loaded));
         if let Some(previous) = probing.replace(next) {
-            hits.extend(join_result(previous.await.map(Ok))?);
+            hits.extend(join(previous).await?);
         }
     }
     if let Some(last) = probing {
-        hits.extend(join_result(last.await.map(Ok))?);
+        hits.extend(join(last).await?);
     }
     hits.sort_by_key(|h| h.file);
     tracing::debug!(
@@ -316,8 +317,4 @@ pub async fn find(
         indexes_built,
         rows_selected,
     })
-}
-
-fn join_result<T>(joined: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
-    joined.map_err(|e| TallyError::Internal(format!("key lookup task failed: {e}")))?
 }
