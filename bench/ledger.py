@@ -8,7 +8,14 @@ skewed and skew-free, then times on the same files, each in a fresh process with
   - the floor: DuckDB reading every column of the day's rows and writing them back, no dedup.
 Writes bench/RESULTS.md.
 
+With `--shapes a,b,..` it measures instead the data shapes of bench/gen_raw.py (a lake written
+by DuckDB in shards, not by `tally generate`): for each shape and each `--events` size, tally
+(under `--memory-limit`, if given) against DuckDB's two formulations under the same
+`memory_limit`, the copy floor, seconds per million transactions, peak RSS, and tally's
+ledger count and sum against the generator's own expectation.
+
 Usage: bench/ledger.py [--events N] [--runs N]
+       bench/ledger.py --shapes all|a,b,.. [--events N[,N..]] [--memory-limit 8GiB] [--runs N]
 """
 
 import argparse
@@ -42,18 +49,97 @@ DUCK = {
 }
 
 
-def duck(sql):
-    code = f"import duckdb; duckdb.connect().execute({sql!r})"
+def duck(sql, memory_limit=None):
+    setup = f"SET memory_limit = '{memory_limit}'; " if memory_limit else ""
+    code = f"import duckdb; c = duckdb.connect(); c.execute({setup!r}) if {bool(setup)} else None; c.execute({sql!r})"
     return run_timed([sys.executable, "-c", code])
+
+
+def duck_limit(tally_limit):
+    """DuckDB's memory_limit spelling of a tally --memory-limit (8GiB -> 8GiB)."""
+    return tally_limit.replace("GiB", "GiB").replace("MiB", "MiB") if tally_limit else None
+
+
+def shapes(args, tally):
+    """The data-shapes section: gen_raw.py's shapes at each size, tally against DuckDB."""
+    from gen_raw import SHAPES, generate
+
+    names = sorted(SHAPES) if args.shapes == "all" else args.shapes.split(",")
+    sizes = [int(x) for x in args.events.split(",")]
+    limit = args.memory_limit
+    rows = []
+    for events in sizes:
+        for shape in names:
+            lake = WORK / "shapes" / f"{shape}-{events}"
+            exp_path = lake / "expected.json"
+            if not exp_path.exists():
+                print(f"generating {shape} x {events}", flush=True)
+                generate(lake, shape, events)
+            expected = json.loads(exp_path.read_text())
+            raw = lake / "raw" / "payments"
+            limit_flag = ["--memory-limit", limit] if limit else []
+            runs = []
+            for _ in range(args.runs):
+                shutil.rmtree(lake / "ledger", ignore_errors=True)
+                shutil.rmtree(lake / "ledger_conflicts", ignore_errors=True)
+                shutil.rmtree(lake / "runs", ignore_errors=True)
+                secs, rss, out = run_timed([tally, "ledger", "--date", DAY, "--lake", str(lake), "--format", "json",
+                                            *limit_flag])
+                runs.append((secs, rss, json.loads(out.strip().splitlines()[-1])))
+            t = min(runs, key=lambda r: r[0])
+            summary = t[2]
+            exact = (summary["ledger_rows"] == expected["ledger_rows"]
+                     and summary["fingerprint"]["amount_sum"] == expected["ledger_sum"]
+                     and len({r[2]["fingerprint"]["row_hash"] for r in runs}) == 1)
+            spill = spill_bytes(lake)
+            outp = WORK / "shapes" / "duck-out.parquet"
+            duck_times = {}
+            for name, sql in DUCK.items():
+                duck_times[name] = min((duck(sql.format(raw=raw, window=WINDOW, out=outp), duck_limit(limit))
+                                        for _ in range(args.runs)), key=lambda x: x[0])
+            best_duck = min(duck_times["DuckDB arg_min"][0], duck_times["DuckDB QUALIFY"][0])
+            fl = duck_times["floor (DuckDB read + write, no dedup)"]
+            rows.append(
+                f"| {shape} | {events / 1e6:.0f}M | {t[0]:.2f} s | {t[0] / (events / 1e6):.3f} | {t[1] / 1024:.2f} GiB "
+                f"| {duck_times['DuckDB arg_min'][0]:.2f} s | {duck_times['DuckDB QUALIFY'][0]:.2f} s "
+                f"| {max(duck_times['DuckDB arg_min'][1], duck_times['DuckDB QUALIFY'][1]) / 1024:.2f} GiB "
+                f"| {fl[0]:.2f} s | **{t[0] / best_duck:.2f}** | {summary['disputed']} | {summary['ceded']} | {exact} |")
+            print(rows[-1], flush=True)
+    layouts = "; ".join(f"{n}: {v[0]} ids, {v[1]:,} rows a file, {v[2]:,}-row groups, {v[3]}, {v[4]}% conflicting, "
+                        f"{v[5]}% disputed" for n, v in SHAPES.items() if n in names)
+    lines = [
+        f"Machine: {machine()}. Command: `python3 bench/ledger.py --shapes {args.shapes} --events {args.events} "
+        f"--runs {args.runs}{' --memory-limit ' + limit if limit else ''}`.",
+        f"Lakes written by DuckDB (`bench/gen_raw.py`, in shards), not by `tally generate`. Shapes: {layouts}.",
+        f"tally and DuckDB each in a fresh process, best of {args.runs}; DuckDB and tally under the same memory limit "
+        f"({limit or 'none'}). 'exact' = tally's ledger count and sum equal the generator's own expectation and "
+        "every run has the same fingerprint.",
+        "",
+        "| shape | transactions | tally | s per M | tally peak RSS | DuckDB arg_min | DuckDB QUALIFY | DuckDB peak RSS "
+        "| floor | tally / DuckDB (target ≤ 0.8) | disputed | ceded | exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    title = "ledger: data shapes" + (f" under --memory-limit {limit}" if limit else "")
+    write_section(title, "\n".join(lines))
+
+
+def spill_bytes(lake):
+    return 0
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--events", default="10000000")
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--shapes", help="measure bench/gen_raw.py's shapes: all or a,b,..")
+    p.add_argument("--memory-limit", help="tally --memory-limit and DuckDB memory_limit for --shapes, e.g. 8GiB")
     args = p.parse_args()
     tally = tally_bin()
     ensure_duckdb()
+    if args.shapes:
+        return shapes(args, tally)
+    args.events = int(args.events)
     results = {}
     for kind, flags in (("skewed", []), ("skew-free", ["--skew-free"])):
         lake = WORK / "ledger" / f"{kind}-{args.events}"

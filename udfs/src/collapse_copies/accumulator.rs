@@ -1,8 +1,9 @@
 //! The DataFusion side: `GroupsAccumulator` for `CollapseGroups` (update, emit, state, merge)
 //! and `OneGroup`, its row-at-a-time `Accumulator` form. Separate from the state it drives.
 
-use super::state::{own_row, CollapseGroups, Taken, Variant};
-use super::variants::lists_by_group;
+use super::state::{CollapseGroups, Taken, Variant};
+use super::variant_copies::Slot;
+use super::variants::{lists_by_group, CopyAt};
 use super::NO_TIME;
 use datafusion::arrow::array::{
     new_null_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, StructArray,
@@ -43,8 +44,9 @@ impl GroupsAccumulator for CollapseGroups {
             } else {
                 arrival.value(row)
             };
-            self.add(g, p, 1, t, copy, row)?;
+            self.add(g, p, 1, t, row)?;
         }
+        self.variant_copies.finish_batch([Some(copy), None])?;
         self.picks.finish_batch(copy)
     }
 
@@ -53,6 +55,7 @@ impl GroupsAccumulator for CollapseGroups {
             copy,
             mut totals,
             others,
+            other_copies,
         } = self.take_groups(emit_to)?;
         let n = totals.len();
         // A disagreeing group lists its first payload, then every other one; its totals are
@@ -60,7 +63,7 @@ impl GroupsAccumulator for CollapseGroups {
         let lists = lists_by_group(others, |g| {
             let t = totals.get(g);
             Ok(if t.copies > 0 {
-                vec![(t.payload, t.copies, t.first, own_row(&copy, g)?)]
+                vec![(t.payload, t.copies, t.first, (CopyAt::Group, g))]
             } else {
                 Vec::new()
             })
@@ -71,7 +74,7 @@ impl GroupsAccumulator for CollapseGroups {
             t.first = list.iter().map(|e| e.2).fold(t.first, i64::min);
         }
         let valid: Vec<bool> = totals.iter().map(|t| t.copies > 0).collect();
-        let variants = self.variants_list(n, lists, false)?;
+        let variants = self.variants_list(n, lists, false, [&copy, &other_copies])?;
         let columns = vec![
             copy,
             Arc::new(Int64Array::from_iter_values(
@@ -93,6 +96,7 @@ impl GroupsAccumulator for CollapseGroups {
         let totals = &taken.totals;
         let n = totals.len();
         let lists = lists_by_group(taken.others, |_| Ok(Vec::new()))?;
+        let others = self.variants_list(n, lists, true, [&taken.copy, &taken.other_copies])?;
         let copies: Int64Array = totals
             .iter()
             .map(|t| (t.copies > 0).then_some(t.copies))
@@ -104,7 +108,7 @@ impl GroupsAccumulator for CollapseGroups {
             Arc::new(copies),
             self.arrival_array(totals.iter().map(|t| t.first))?,
             taken.copy,
-            self.variants_list(n, lists, true)?,
+            others,
         ])
     }
 
@@ -122,6 +126,16 @@ impl GroupsAccumulator for CollapseGroups {
         let first = cast(first, &DataType::Int64)?;
         let first = first.as_primitive::<Int64Type>();
         let others = others.as_list::<i32>();
+        // The side entries of every row, flattened: row `r`'s are `offsets[r]..offsets[r + 1]`.
+        let entries = others.values().as_struct();
+        let [p, v, c, f] = entries.columns() else {
+            return exec_err!("collapse_copies: malformed side entries");
+        };
+        let p = p.as_primitive::<Int64Type>();
+        let c = c.as_primitive::<Int64Type>();
+        let f = cast(f, &DataType::Int64)?;
+        let f = f.as_primitive::<Int64Type>();
+        let offsets = others.value_offsets();
         self.resize(total_num_groups);
         for (row, &g) in group_indices.iter().enumerate() {
             if copies.is_valid(row) && copies.value(row) > 0 {
@@ -130,30 +144,22 @@ impl GroupsAccumulator for CollapseGroups {
                 } else {
                     first.value(row)
                 };
-                self.add(g, payload.value(row), copies.value(row), t, copy, row)?;
+                self.add(g, payload.value(row), copies.value(row), t, row)?;
             }
             if others.is_valid(row) {
-                let list = others.value(row);
-                let list = list.as_struct();
-                let [p, v, c, f] = list.columns() else {
-                    return exec_err!("collapse_copies: malformed side entries");
-                };
-                let p = p.as_primitive::<Int64Type>();
-                let c = c.as_primitive::<Int64Type>();
-                let f = cast(f, &DataType::Int64)?;
-                let f = f.as_primitive::<Int64Type>();
-                for i in 0..list.len() {
+                for i in offsets[row] as usize..offsets[row + 1] as usize {
                     let t = if f.is_null(i) { NO_TIME } else { f.value(i) };
                     let totals = self.totals.get_mut(g);
                     if totals.copies > 0 && totals.payload == p.value(i) {
                         totals.copies += c.value(i);
                         totals.first = totals.first.min(t);
                     } else {
-                        self.add_other(g, p.value(i), c.value(i), t, || own_row(v, i))?;
+                        self.add_other(g, p.value(i), c.value(i), t, Slot::ListValues, i);
                     }
                 }
             }
         }
+        self.variant_copies.finish_batch([Some(copy), Some(v)])?;
         self.picks.finish_batch(copy)
     }
 
@@ -186,11 +192,8 @@ impl GroupsAccumulator for CollapseGroups {
     fn size(&self) -> usize {
         self.totals.allocated_size()
             + self.picks.size()
-            + self
-                .others
-                .iter()
-                .map(|v| std::mem::size_of::<Variant>() + v.copy.size())
-                .sum::<usize>()
+            + self.others.capacity() * std::mem::size_of::<Variant>()
+            + self.variant_copies.size()
             + self.other_at.capacity() * 24
     }
 }

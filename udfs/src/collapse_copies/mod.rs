@@ -26,6 +26,7 @@
 
 mod accumulator;
 mod state;
+mod variant_copies;
 mod variants;
 
 use accumulator::OneGroup;

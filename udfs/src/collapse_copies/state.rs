@@ -2,12 +2,12 @@
 //! entry for every other payload. Kept apart from the DataFusion trait impls (`accumulator`)
 //! that drive it and from the list building (`variants`) that reads it.
 
+use super::variant_copies::{Slot, VariantCopies};
 use super::{Types, NO_TIME};
 use crate::group_blocks::GroupBlocks;
-use crate::picks::{compact, Picks};
-use datafusion::arrow::array::{ArrayRef, UInt32Array};
-use datafusion::arrow::compute::take;
-use datafusion::common::{Result, ScalarValue};
+use crate::picks::Picks;
+use datafusion::arrow::array::ArrayRef;
+use datafusion::common::Result;
 use datafusion::logical_expr::EmitTo;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -18,7 +18,9 @@ pub(super) struct Variant {
     pub(super) payload: i64,
     pub(super) copies: i64,
     pub(super) first: i64,
-    pub(super) copy: ScalarValue,
+    /// Its copy: an entry of [`CollapseGroups::variant_copies`] (in [`Taken`], a row of
+    /// `other_copies`).
+    pub(super) copy: usize,
 }
 
 /// A group's first payload: its hash, how many copies carried it and when the first arrived.
@@ -44,6 +46,8 @@ pub(super) struct CollapseGroups {
     pub(super) totals: GroupBlocks<Totals>,
     pub(super) picks: Picks,
     pub(super) others: Vec<Variant>,
+    /// The side entries' copies.
+    pub(super) variant_copies: VariantCopies,
     /// (group, payload) → position in `others`.
     pub(super) other_at: HashMap<(usize, i64), usize>,
 }
@@ -52,6 +56,7 @@ impl CollapseGroups {
     pub(super) fn new(types: Types) -> Self {
         Self {
             picks: Picks::new(types.copy.clone()),
+            variant_copies: VariantCopies::new(types.copy.clone()),
             types,
             totals: GroupBlocks::default(),
             others: Vec::new(),
@@ -65,14 +70,13 @@ impl CollapseGroups {
     }
 
     /// `copies` copies of `payload` for group `g`, the first arriving at `first`; the copy
-    /// itself is row `row` of `copy` (picked only if it becomes the group's first payload).
+    /// itself is row `row` of the batch's copy column.
     pub(super) fn add(
         &mut self,
         g: usize,
         payload: i64,
         copies: i64,
         first: i64,
-        copy: &ArrayRef,
         row: usize,
     ) -> Result<()> {
         let t = self.totals.get_mut(g);
@@ -92,17 +96,20 @@ impl CollapseGroups {
             t.first = t.first.min(first);
             return Ok(());
         }
-        self.add_other(g, payload, copies, first, || own_row(copy, row))
+        self.add_other(g, payload, copies, first, Slot::Copy, row);
+        Ok(())
     }
 
+    /// A payload other than the group's first; its copy is `row` of the batch's `slot` array.
     pub(super) fn add_other(
         &mut self,
         g: usize,
         payload: i64,
         copies: i64,
         first: i64,
-        copy: impl FnOnce() -> Result<ScalarValue>,
-    ) -> Result<()> {
+        slot: Slot,
+        row: usize,
+    ) {
         match self.other_at.entry((g, payload)) {
             Entry::Occupied(at) => {
                 let v = &mut self.others[*at.get()];
@@ -116,11 +123,10 @@ impl CollapseGroups {
                     payload,
                     copies,
                     first,
-                    copy: copy()?,
+                    copy: self.variant_copies.push(slot, row),
                 });
             }
         }
-        Ok(())
     }
 
     /// The first `n` groups' columns and side entries; the rest are renumbered from 0.
@@ -132,48 +138,46 @@ impl CollapseGroups {
         });
         let n = totals.len();
         let mut emitted = Vec::new();
-        if !self.others.is_empty() {
-            let mut rest = Vec::new();
-            for mut v in std::mem::take(&mut self.others) {
-                if v.group < n {
-                    emitted.push(v);
-                } else {
-                    v.group -= n;
-                    rest.push(v);
-                }
+        let mut rest = Vec::new();
+        for mut v in std::mem::take(&mut self.others) {
+            if v.group < n {
+                emitted.push(v);
+            } else {
+                v.group -= n;
+                rest.push(v);
             }
-            self.other_at = rest
-                .iter()
-                .enumerate()
-                .map(|(i, v)| ((v.group, v.payload), i))
-                .collect();
-            self.others = rest;
         }
         emitted.sort_by_key(|v| v.group);
+        let other_copies = self.variant_copies.gather(emitted.iter().map(|v| v.copy))?;
+        for (i, v) in emitted.iter_mut().enumerate() {
+            v.copy = i;
+        }
+        let kept: Vec<usize> = rest.iter().map(|v| v.copy).collect();
+        self.variant_copies.retain(&kept)?;
+        for (i, v) in rest.iter_mut().enumerate() {
+            v.copy = i;
+        }
+        self.other_at = rest
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((v.group, v.payload), i))
+            .collect();
+        self.others = rest;
         Ok(Taken {
             copy,
             totals,
             others: emitted,
+            other_copies,
         })
     }
-}
-
-/// Row `row` of `array` as a value that owns its bytes. A plain `try_from_array` would be a
-/// one-row slice still holding every buffer of `array` (a whole batch's string pages), and a
-/// list built from many such values would drag all of them along.
-pub(super) fn own_row(array: &ArrayRef, row: usize) -> Result<ScalarValue> {
-    let one = compact(take(
-        array.as_ref(),
-        &UInt32Array::from(vec![row as u32]),
-        None,
-    )?);
-    ScalarValue::try_from_array(&one, 0)
 }
 
 /// The columns of the groups being emitted.
 pub(super) struct Taken {
     pub(super) copy: ArrayRef,
     pub(super) totals: GroupBlocks<Totals>,
-    /// Side entries of the emitted groups, sorted by group.
+    /// Side entries of the emitted groups, sorted by group; entry `i`'s copy is row `i` of
+    /// `other_copies`.
     pub(super) others: Vec<Variant>,
+    pub(super) other_copies: ArrayRef,
 }

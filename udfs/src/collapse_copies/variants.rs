@@ -7,12 +7,12 @@ use super::NO_TIME;
 use crate::picks::compact;
 use datafusion::arrow::array::NullBufferBuilder;
 use datafusion::arrow::array::{
-    new_empty_array, new_null_array, ArrayRef, Int64Array, ListArray, StructArray,
+    new_empty_array, new_null_array, Array, ArrayRef, Int64Array, ListArray, StructArray,
 };
 use datafusion::arrow::buffer::OffsetBuffer;
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast, interleave};
 use datafusion::arrow::datatypes::{DataType, Field};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::Result;
 use std::sync::Arc;
 
 impl CollapseGroups {
@@ -22,12 +22,13 @@ impl CollapseGroups {
     }
 
     /// A list for each of `n` groups: the entries `lists` gives it (sorted by group, each
-    /// group once), NULL for a group it does not name.
+    /// group once), NULL for a group it does not name. Entries' copies are rows of `sources`.
     pub(super) fn variants_list(
         &self,
         n: usize,
         lists: Vec<(usize, Vec<ListEntry>)>,
         with_payload: bool,
+        sources: [&ArrayRef; 2],
     ) -> Result<ArrayRef> {
         let fields = self.types.variant_fields(with_payload);
         if lists.is_empty() {
@@ -60,7 +61,9 @@ impl CollapseGroups {
         let copy_array = if copy.is_empty() {
             new_empty_array(&self.types.copy)
         } else {
-            compact(ScalarValue::iter_to_array(copy)?)
+            let sources: Vec<&dyn Array> = sources.iter().map(|a| a.as_ref()).collect();
+            let at: Vec<(usize, usize)> = copy.iter().map(|c| (c.0 as usize, c.1)).collect();
+            compact(interleave(&sources, &at)?)
         };
         let mut columns: Vec<ArrayRef> = Vec::new();
         if with_payload {
@@ -80,8 +83,16 @@ impl CollapseGroups {
     }
 }
 
-/// One variant in a list: (payload hash, copies, first arrival, the copy).
-pub(super) type ListEntry = (i64, i64, i64, ScalarValue);
+/// Where a list entry's copy is: a row of the emitted groups' copy column, or of their side
+/// entries' copies.
+#[derive(Clone, Copy)]
+pub(super) enum CopyAt {
+    Group = 0,
+    Other = 1,
+}
+
+/// One variant in a list: (payload hash, copies, first arrival, where its copy is).
+pub(super) type ListEntry = (i64, i64, i64, (CopyAt, usize));
 
 /// One list per group named by `others` (sorted by group): the entries `start` gives the
 /// group, then its side entries in order.
@@ -95,7 +106,7 @@ pub(super) fn lists_by_group(
             lists.push((v.group, start(v.group)?));
         }
         if let Some((_, list)) = lists.last_mut() {
-            list.push((v.payload, v.copies, v.first, v.copy));
+            list.push((v.payload, v.copies, v.first, (CopyAt::Other, v.copy)));
         }
     }
     Ok(lists)
