@@ -381,10 +381,12 @@ fn under_a_memory_limit_the_allocator_returns_freed_memory_sooner() {
 #[test]
 fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory_limit() {
     // A partner resends every transaction of the day with a corrected amount: every
-    // transaction is disputed. Most resends arrive a day later (the original wins); every third
-    // claims an arrival a second before the original (the resend wins). Each transaction must
-    // be settled by the first arrival, every variant listed, and a memory limit must not
-    // change any of it.
+    // transaction is disputed. A third of the resends arrive a day later (the original wins),
+    // a third claim an arrival a second before the original (the resend wins), and a third the
+    // very instant of the original (a tie: the smaller payload wins, which only the settlement
+    // SQL decides; the others a partition settles on its own). Each transaction must be
+    // settled by the first arrival, every variant listed, and a memory limit must not change
+    // any of it.
     let dir = tempdir();
     generate(dir.path(), 1, 20_000, 27);
     let lake = dir.path().join("lake");
@@ -403,10 +405,10 @@ fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory
         .enumerate()
         .map(|(i, r)| RawRow {
             amount: r.amount + 1,
-            ingest_time: if i % 3 == 0 {
-                r.ingest_time - 1_000_000
-            } else {
-                r.ingest_time + DAY_US
+            ingest_time: match i % 3 {
+                0 => r.ingest_time - 1_000_000,
+                1 => r.ingest_time,
+                _ => r.ingest_time + DAY_US,
             },
             ingest_date: add_days(day, 1),
             ..r

@@ -34,6 +34,7 @@ mod metrics;
 mod neighbours;
 mod part_writer;
 mod partition_sort;
+mod payload_disputes;
 mod plan_schema;
 pub mod scan;
 mod settle;
@@ -307,6 +308,7 @@ impl<'a> LedgerJob<'a> {
 
         // Each partition writes what it owns for sure.
         let settle_keys = Arc::new(found.keys);
+        let held_schema = schema_of(&plan_schema)?;
         let mut tasks = Vec::new();
         for (p, part) in collected.into_iter().enumerate() {
             let rewrite = PartWriter::new(
@@ -319,8 +321,9 @@ impl<'a> LedgerJob<'a> {
             let keys = Arc::clone(&settle_keys);
             let store = Arc::clone(&store);
             let day = self.day;
+            let held_schema = Arc::clone(&held_schema);
             tasks.push(tokio::spawn(async move {
-                sink::finish(part, &keys, day, rewrite, store).await
+                sink::finish(part, &keys, day, held_schema, rewrite, store).await
             }));
         }
         let mut adds = Vec::new();
@@ -328,6 +331,8 @@ impl<'a> LedgerJob<'a> {
         let mut disputed = Vec::new();
         let mut taken = Vec::new();
         let mut held_memory = Vec::new();
+        let mut conflicts = Vec::new();
+        let mut settled_here = 0;
         for t in tasks {
             let part = join(t).await??;
             adds.extend(part.adds);
@@ -335,6 +340,8 @@ impl<'a> LedgerJob<'a> {
             disputed.extend(part.disputed);
             taken.extend(part.taken);
             held_memory.push(part.disputed_memory);
+            conflicts.extend(part.conflicts);
+            settled_here += part.settled_here;
         }
         // The settlement accounts for what it holds itself. The main plan goes too: its
         // operators' memory consumers stay registered while it lives, and a fair pool splits
@@ -342,13 +349,13 @@ impl<'a> LedgerJob<'a> {
         drop(plan);
         drop(task_ctx);
         let disputed_count: u64 = disputed.iter().map(|b| b.num_rows() as u64).sum::<u64>()
-            + taken.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            + taken.iter().map(|b| b.num_rows() as u64).sum::<u64>()
+            + settled_here;
         let to_settle = settle::ToSettle {
             disputed: (project(&plan_schema, &["txn_key", "variants"])?, disputed),
             day_rows: (schema_of(&plan_schema)?, taken),
             neighbour_copies: (found.schema, found.copies),
         };
-        let mut conflicts = Vec::new();
         let mut ceded = 0;
         let mut beyond_bound = 0;
         let mut shared = Vec::new();
@@ -368,7 +375,7 @@ impl<'a> LedgerJob<'a> {
                 writer.write(&b).await?;
             }
             adds.extend(writer.finish().await?);
-            conflicts = settled.conflicts;
+            conflicts.extend(settled.conflicts);
             ceded = settled.ceded;
             beyond_bound = settled.beyond_bound;
             shared = settled.shared;

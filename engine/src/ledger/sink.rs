@@ -15,6 +15,7 @@ use super::fingerprint::Fingerprint;
 use super::held_rows::HeldRows;
 use super::part_writer::PartWriter;
 use super::partition_sort::SortedRun;
+use super::payload_disputes;
 use super::ROW_GROUP_ROWS;
 use crate::error::{Result, TallyError};
 use crate::schema::{self, EVENT_DATE};
@@ -131,15 +132,21 @@ pub struct Finished {
     pub disputed: Vec<RecordBatch>,
     /// Keeps the disputed variants counted in the pool until they are settled.
     pub disputed_memory: MemoryReservation,
+    /// `ledger_conflicts` rows of the disputes the partition settled itself.
+    pub conflicts: Vec<RecordBatch>,
+    /// How many disputed transactions the partition settled itself.
+    pub settled_here: u64,
 }
 
-/// Takes the transactions in `settle` out of the partition and writes the rest (see the
-/// module docs). `store` and `rewrite` name the table's store and the file to write in place
-/// of one that must lose rows it already holds.
+/// Takes the transactions in `settle` out of the partition, settles the disputes it can on
+/// its own ([`payload_disputes`]) and writes the rest (see the module docs). `store` and
+/// `rewrite` name the table's store and the file to write in place of one that must lose
+/// rows it already holds; `held_schema` is the schema of the held rows.
 pub async fn finish(
     mut part: Collected,
     settle: &HashSet<i64>,
     day: chrono::NaiveDate,
+    held_schema: SchemaRef,
     rewrite: PartWriter,
     store: Arc<dyn ObjectStore>,
 ) -> Result<Finished> {
@@ -147,6 +154,17 @@ pub async fn finish(
     let mut taken = part.held.take_keys(settle)?;
     for t in &taken {
         fingerprint.remove(&with_event_date(t, day)?)?;
+    }
+    let mut conflicts = Vec::new();
+    let mut disputed = Vec::new();
+    let mut settled_here = 0;
+    for s in payload_disputes::settle_here(&part.disputed, settle, day)? {
+        settled_here += s.ledger_rows.num_rows() as u64;
+        fingerprint.update(&s.ledger_rows)?;
+        let rows = schema::conform(&s.ledger_rows, &held_schema)?;
+        part.held.push(rows, None, &s.keys)?;
+        conflicts.push(s.conflicts);
+        disputed.push(s.rest);
     }
     write_run(part.held.take_run(), &mut part.writer).await?;
     part.reservation.free();
@@ -168,8 +186,10 @@ pub async fn finish(
         adds,
         fingerprint,
         taken,
-        disputed: part.disputed,
+        disputed,
         disputed_memory: part.disputed_memory,
+        conflicts,
+        settled_here,
     })
 }
 
