@@ -87,13 +87,22 @@ pub fn ledger_info(f: &RunFacts<'_>) -> HashMap<String, serde_json::Value> {
     )])
 }
 
+/// `ledger_conflicts` files already written (by the partitions that settled their own
+/// disputes), to commit with the rest.
+#[derive(Default)]
+pub struct ConflictFiles {
+    pub adds: Vec<deltalake::kernel::Add>,
+    pub rows: u64,
+}
+
 /// Replaces day D in `ledger_conflicts` (even with no rows, so a rerun clears stale ones),
-/// against the snapshot `table` was opened at; the commit names `ledger_version`. Returns
-/// the rows written and the version.
+/// against the snapshot `table` was opened at, with `written` and `batches`; the commit names
+/// `ledger_version`. Returns the rows written and the version.
 pub async fn write_conflicts(
     table: &DeltaTable,
     day: &str,
     run_id: &str,
+    written: ConflictFiles,
     batches: Vec<RecordBatch>,
     ledger_version: u64,
 ) -> Result<(u64, u64)> {
@@ -104,13 +113,14 @@ pub async fn write_conflicts(
         0,
         run_id,
     )?;
-    let mut rows = 0u64;
+    let mut rows = written.rows;
     for b in batches {
         let b = schema::conform(&b, &schema::LEDGER_CONFLICTS)?;
         rows += b.num_rows() as u64;
         writer.write(&b).await?;
     }
-    let adds: Vec<_> = writer.finish().await?.into_iter().collect();
+    let mut adds = written.adds;
+    adds.extend(writer.finish().await?);
     let meta = HashMap::from([(
         "tally".to_string(),
         serde_json::json!({

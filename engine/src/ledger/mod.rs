@@ -322,8 +322,20 @@ impl<'a> LedgerJob<'a> {
             let store = Arc::clone(&store);
             let day = self.day;
             let held_schema = Arc::clone(&held_schema);
+            let conflicts_store = conflicts_table.object_store();
+            let conflicts_run = format!("{run_id}-c");
+            let day_text = day_text.clone();
+            let conflicts = move || {
+                PartWriter::new(
+                    conflicts_store,
+                    &schema::LEDGER_CONFLICTS,
+                    &day_text,
+                    p,
+                    &conflicts_run,
+                )
+            };
             tasks.push(tokio::spawn(async move {
-                sink::finish(part, &keys, day, held_schema, rewrite, store).await
+                sink::finish(part, &keys, day, held_schema, rewrite, store, conflicts).await
             }));
         }
         let mut adds = Vec::new();
@@ -331,7 +343,7 @@ impl<'a> LedgerJob<'a> {
         let mut disputed = Vec::new();
         let mut taken = Vec::new();
         let mut held_memory = Vec::new();
-        let mut conflicts = Vec::new();
+        let mut conflict_files = commit::ConflictFiles::default();
         let mut settled_here = 0;
         for t in tasks {
             let part = join(t).await??;
@@ -340,7 +352,8 @@ impl<'a> LedgerJob<'a> {
             disputed.extend(part.disputed);
             taken.extend(part.taken);
             held_memory.push(part.disputed_memory);
-            conflicts.extend(part.conflicts);
+            conflict_files.adds.extend(part.conflicts);
+            conflict_files.rows += part.conflict_rows;
             settled_here += part.settled_here;
         }
         // The settlement accounts for what it holds itself. The main plan goes too: its
@@ -356,6 +369,7 @@ impl<'a> LedgerJob<'a> {
             day_rows: (schema_of(&plan_schema)?, taken),
             neighbour_copies: (found.schema, found.copies),
         };
+        let mut conflicts = Vec::new();
         let mut ceded = 0;
         let mut beyond_bound = 0;
         let mut shared = Vec::new();
@@ -375,7 +389,7 @@ impl<'a> LedgerJob<'a> {
                 writer.write(&b).await?;
             }
             adds.extend(writer.finish().await?);
-            conflicts.extend(settled.conflicts);
+            conflicts = settled.conflicts;
             ceded = settled.ceded;
             beyond_bound = settled.beyond_bound;
             shared = settled.shared;
@@ -423,9 +437,15 @@ impl<'a> LedgerJob<'a> {
         )
         .await?;
         failpoint::hit("ledger_after_commit");
-        let (conflict_rows, conflicts_version) =
-            commit::write_conflicts(&conflicts_table, &day_text, &run_id, conflicts, version)
-                .await?;
+        let (conflict_rows, conflicts_version) = commit::write_conflicts(
+            &conflicts_table,
+            &day_text,
+            &run_id,
+            conflict_files,
+            conflicts,
+            version,
+        )
+        .await?;
         failpoint::hit("ledger_after_conflicts_commit");
         Ok(LedgerMetrics {
             day: self.day,

@@ -110,21 +110,9 @@ impl Variants<'_> {
     }
 }
 
-/// Splits one partition's disputed batches (see the module docs). `settle` holds the keys
-/// with copies on a neighbouring day; `day` is D.
+/// Splits one of a partition's disputed `[txn_key, variants]` batches (see the module docs).
+/// `settle` holds the keys with copies on a neighbouring day; `day` is D.
 pub fn settle_here(
-    disputed: &[RecordBatch],
-    settle: &HashSet<i64>,
-    day: chrono::NaiveDate,
-) -> Result<Vec<SettledHere>> {
-    disputed
-        .iter()
-        .filter(|b| b.num_rows() > 0)
-        .map(|b| settle_batch(b, settle, day))
-        .collect()
-}
-
-fn settle_batch(
     batch: &RecordBatch,
     settle: &HashSet<i64>,
     day: chrono::NaiveDate,

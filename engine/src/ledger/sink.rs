@@ -132,8 +132,9 @@ pub struct Finished {
     pub disputed: Vec<RecordBatch>,
     /// Keeps the disputed variants counted in the pool until they are settled.
     pub disputed_memory: MemoryReservation,
-    /// `ledger_conflicts` rows of the disputes the partition settled itself.
-    pub conflicts: Vec<RecordBatch>,
+    /// The `ledger_conflicts` file of the disputes the partition settled itself, and its rows.
+    pub conflicts: Option<deltalake::kernel::Add>,
+    pub conflict_rows: u64,
     /// How many disputed transactions the partition settled itself.
     pub settled_here: u64,
 }
@@ -141,7 +142,9 @@ pub struct Finished {
 /// Takes the transactions in `settle` out of the partition, settles the disputes it can on
 /// its own ([`payload_disputes`]) and writes the rest (see the module docs). `store` and
 /// `rewrite` name the table's store and the file to write in place of one that must lose
-/// rows it already holds; `held_schema` is the schema of the held rows.
+/// rows it already holds; `held_schema` is the schema of the held rows; `conflicts` opens the
+/// partition's `ledger_conflicts` file, written only if it settles a dispute itself (as it
+/// goes, so a day of mass disputes never holds its conflict rows).
 pub async fn finish(
     mut part: Collected,
     settle: &HashSet<i64>,
@@ -149,23 +152,44 @@ pub async fn finish(
     held_schema: SchemaRef,
     rewrite: PartWriter,
     store: Arc<dyn ObjectStore>,
+    conflicts: impl FnOnce() -> Result<PartWriter>,
 ) -> Result<Finished> {
     let mut fingerprint = part.fingerprint;
     let mut taken = part.held.take_keys(settle)?;
     for t in &taken {
         fingerprint.remove(&with_event_date(t, day)?)?;
     }
-    let mut conflicts = Vec::new();
     let mut disputed = Vec::new();
     let mut settled_here = 0;
-    for s in payload_disputes::settle_here(&part.disputed, settle, day)? {
-        settled_here += s.ledger_rows.num_rows() as u64;
-        fingerprint.update(&s.ledger_rows)?;
-        let rows = schema::conform(&s.ledger_rows, &held_schema)?;
-        part.held.push(rows, None, &s.keys)?;
-        conflicts.push(s.conflicts);
-        disputed.push(s.rest);
+    let mut conflicts_writer = None;
+    let mut conflict_rows = 0;
+    let mut conflicts = Some(conflicts);
+    for batch in std::mem::take(&mut part.disputed) {
+        let s = payload_disputes::settle_here(&batch, settle, day)?;
+        drop(batch);
+        if s.ledger_rows.num_rows() > 0 {
+            settled_here += s.ledger_rows.num_rows() as u64;
+            fingerprint.update(&s.ledger_rows)?;
+            let rows = schema::conform(&s.ledger_rows, &held_schema)?;
+            part.held.push(rows, None, &s.keys)?;
+            if conflicts_writer.is_none() {
+                if let Some(open) = conflicts.take() {
+                    conflicts_writer = Some(open()?);
+                }
+            }
+            if let Some(w) = conflicts_writer.as_mut() {
+                w.write(&s.conflicts).await?;
+                conflict_rows += s.conflicts.num_rows() as u64;
+            }
+        }
+        if s.rest.num_rows() > 0 {
+            disputed.push(s.rest);
+        }
     }
+    let conflicts = match conflicts_writer {
+        Some(w) => w.finish().await?,
+        None => None,
+    };
     write_run(part.held.take_run(), &mut part.writer).await?;
     part.reservation.free();
     let mut adds: Vec<_> = part.writer.finish().await?.into_iter().collect();
@@ -189,6 +213,7 @@ pub async fn finish(
         disputed,
         disputed_memory: part.disputed_memory,
         conflicts,
+        conflict_rows,
         settled_here,
     })
 }
