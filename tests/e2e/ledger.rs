@@ -428,10 +428,60 @@ fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory
     assert_eq!(ledger_rows(dir.path(), day), want);
     assert_eq!(conflict_rows(dir.path(), day), conflicts);
 
+    assert_eq!(a["disputes_spilled"], 0);
+
     let b = run_ledger(
         dir.path(),
         day,
         &["--memory-limit", "64MiB", "--buckets", "3"],
+    );
+    assert_eq!(a["fingerprint"], b["fingerprint"]);
+    assert_eq!(ledger_rows(dir.path(), day), want);
+    assert_eq!(conflict_rows(dir.path(), day), conflicts);
+}
+
+#[test]
+fn disputed_variants_past_the_memory_limit_go_to_disk_and_settle_the_same() {
+    // A partner bug resends every transaction of the day a day later with the amount one
+    // cent off. Under a pool too small to hold the variants they are spilled to disk and read
+    // back when their partition settles: same ledger, same conflicts as without a limit.
+    let dir = tempdir();
+    generate(dir.path(), 1, 30_000, 28);
+    let lake = dir.path().join("lake");
+    let day = "2026-11-01";
+    let lo = day_start(day);
+    let mut raw = read_raw(&lake);
+    let mut resent: BTreeMap<String, RawRow> = BTreeMap::new();
+    for r in raw
+        .iter()
+        .filter(|r| r.event_time >= lo && r.event_time < lo + DAY_US)
+    {
+        resent.entry(r.txn_id.clone()).or_insert_with(|| r.clone());
+    }
+    let resent: Vec<RawRow> = resent
+        .into_values()
+        .map(|r| RawRow {
+            amount: r.amount + 1,
+            ingest_time: r.ingest_time + DAY_US,
+            ingest_date: add_days(day, 1),
+            ..r
+        })
+        .collect();
+    write_raw(&lake, &add_days(day, 1), "resend.parquet", &resent);
+    raw.extend(resent.iter().cloned());
+    let want = expected_ledger(&raw, day, 3);
+    let conflicts = expected_conflicts(&raw, day, 3);
+
+    let a = run_ledger(dir.path(), day, &["--buckets", "2"]);
+    assert_eq!(a["disputes_spilled"], 0);
+    let b = run_ledger(
+        dir.path(),
+        day,
+        &["--memory-limit", "16MiB", "--buckets", "2"],
+    );
+    assert!(
+        b["disputes_spilled"].as_u64().unwrap() > 0,
+        "the variants were spilled: {b}"
     );
     assert_eq!(a["fingerprint"], b["fingerprint"]);
     assert_eq!(ledger_rows(dir.path(), day), want);

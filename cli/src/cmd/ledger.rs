@@ -72,6 +72,7 @@ pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
                 "conflicts_version": m.conflicts_version,
                 "disputed": m.disputed,
                 "conflict_rows": m.conflict_rows,
+                "disputes_spilled": m.disputes_spilled,
                 "fingerprint": m.fingerprint.to_json(),
                 "added_files": m.added_files,
                 "removed_files": m.removed_files,

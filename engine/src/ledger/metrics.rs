@@ -35,6 +35,8 @@ pub struct LedgerMetrics {
     pub stale_days: Vec<super::stale_days::StaleDay>,
     /// Rows written to `ledger_conflicts` (one per distinct payload and day).
     pub conflict_rows: u64,
+    /// Disputed transactions whose variants went to disk because the memory pool refused them.
+    pub disputes_spilled: u64,
     /// The content fingerprint.
     pub fingerprint: Fingerprint,
     /// Delta version of `ledger` that holds the day.

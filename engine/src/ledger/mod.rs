@@ -25,6 +25,7 @@
 
 mod commit;
 mod day_keys;
+mod disputed_rows;
 mod fingerprint;
 pub mod guard;
 mod held_rows;
@@ -58,8 +59,6 @@ use crate::lake::layout;
 use crate::progress::Progress;
 use crate::schema::{self, EVENT_DATE};
 use crate::session::TallySession;
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
 use chrono::NaiveDate;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -258,10 +257,14 @@ impl<'a> LedgerJob<'a> {
             let reservation = MemoryConsumer::new(format!("LedgerSink[{p}]"))
                 .with_can_spill(true)
                 .register(task_ctx.memory_pool());
-            // Disputed transactions' variants are held until they are settled; counted in
-            // the pool (not spillable) so that other operators spill to make room for them.
-            let disputed = MemoryConsumer::new(format!("LedgerDisputed[{p}]"))
-                .register(task_ctx.memory_pool());
+            // Disputed transactions' variants are held until they are settled, in the pool,
+            // and go to disk when it refuses them.
+            let disputed = disputed_rows::DisputedRows::new(
+                MemoryConsumer::new(format!("LedgerDisputed[{p}]"))
+                    .with_can_spill(true)
+                    .register(task_ctx.memory_pool()),
+                Arc::clone(&task_ctx.runtime_env().disk_manager),
+            );
             tasks.push(tokio::spawn(sink::collect(
                 stream,
                 writer,
@@ -283,11 +286,7 @@ impl<'a> LedgerJob<'a> {
                 c.held
                     .key_slices()
                     .chain(std::iter::once(c.early_keys.as_slice()))
-                    .chain(c.disputed.iter().filter_map(|b| {
-                        b.column(0)
-                            .as_primitive_opt::<Int64Type>()
-                            .map(|k| &k.values()[..])
-                    }))
+                    .chain(c.disputed.key_slices())
                     .collect()
             })
             .collect();
@@ -342,23 +341,30 @@ impl<'a> LedgerJob<'a> {
         let mut fp = Fingerprint::default();
         let mut disputed = Vec::new();
         let mut taken = Vec::new();
-        let mut held_memory = Vec::new();
+        let mut held_bytes = 0;
         let mut conflict_files = commit::ConflictFiles::default();
         let mut settled_here = 0;
+        let mut disputes_spilled = 0;
         for t in tasks {
             let part = join(t).await??;
             adds.extend(part.adds);
             fp.merge(&part.fingerprint);
             disputed.extend(part.disputed);
             taken.extend(part.taken);
-            held_memory.push(part.disputed_memory);
+            held_bytes += part.disputed_memory.size();
+            drop(part.disputed_memory);
             conflict_files.adds.extend(part.conflicts);
             conflict_files.rows += part.conflict_rows;
             settled_here += part.settled_here;
+            disputes_spilled += part.spilled;
         }
         // The settlement accounts for what it holds itself. The main plan goes too: its
         // operators' memory consumers stay registered while it lives, and a fair pool splits
         // the limit between every registered consumer, idle or not.
+        // The disputes left for it are counted as one consumer that cannot spill (the
+        // partitions' spillable ones would each claim a fair share of the pool from its sorts).
+        let held_memory = MemoryConsumer::new("LedgerSettleInput").register(task_ctx.memory_pool());
+        held_memory.grow(held_bytes);
         drop(plan);
         drop(task_ctx);
         let disputed_count: u64 = disputed.iter().map(|b| b.num_rows() as u64).sum::<u64>()
@@ -458,6 +464,7 @@ impl<'a> LedgerJob<'a> {
             beyond_bound,
             stale_days,
             conflict_rows,
+            disputes_spilled,
             fingerprint: fp,
             version,
             conflicts_version,

@@ -11,6 +11,7 @@
 //! in (`partner_id`, `txn_id`) order, and, if one of them was already written in an early
 //! run, rewrites the file without it.
 
+use super::disputed_rows::DisputedRows;
 use super::fingerprint::Fingerprint;
 use super::held_rows::HeldRows;
 use super::part_writer::PartWriter;
@@ -41,11 +42,9 @@ pub struct Collected {
     /// Fingerprint of every agreeing row (held or written).
     pub fingerprint: Fingerprint,
     /// `[txn_key, variants]` of transactions whose copies disagree.
-    pub disputed: Vec<RecordBatch>,
+    pub disputed: DisputedRows,
     /// The memory the held rows take, in the session's pool.
     pub reservation: MemoryReservation,
-    /// The memory `disputed` takes, in the session's pool.
-    pub disputed_memory: MemoryReservation,
 }
 
 /// Drains one partition of the ledger plan (see the module docs).
@@ -53,10 +52,9 @@ pub async fn collect(
     mut stream: SendableRecordBatchStream,
     mut writer: PartWriter,
     reservation: MemoryReservation,
-    disputed_memory: MemoryReservation,
+    mut disputed: DisputedRows,
 ) -> Result<Collected> {
     let mut fingerprint = Fingerprint::default();
-    let mut disputed = Vec::new();
     let mut held = HeldRows::default();
     let mut early_keys = Vec::new();
     while let Some(batch) = stream.next().await {
@@ -83,8 +81,7 @@ pub async fn collect(
             let schema = others.schema();
             let variants =
                 others.project(&[schema.index_of("txn_key")?, schema.index_of("variants")?])?;
-            disputed_memory.grow(slice_memory_size(&variants));
-            disputed.push(variants);
+            disputed.push(variants)?;
             if agreeing == 0 {
                 continue;
             }
@@ -116,7 +113,6 @@ pub async fn collect(
         fingerprint,
         disputed,
         reservation,
-        disputed_memory,
     })
 }
 
@@ -137,6 +133,8 @@ pub struct Finished {
     pub conflict_rows: u64,
     /// How many disputed transactions the partition settled itself.
     pub settled_here: u64,
+    /// How many disputed transactions went to disk before they were settled.
+    pub spilled: u64,
 }
 
 /// Takes the transactions in `settle` out of the partition, settles the disputes it can on
@@ -164,7 +162,13 @@ pub async fn finish(
     let mut conflicts_writer = None;
     let mut conflict_rows = 0;
     let mut conflicts = Some(conflicts);
-    for batch in std::mem::take(&mut part.disputed) {
+    let spilled = part.disputed.spilled_rows();
+    if spilled > 0 {
+        tracing::debug!(spilled, "ledger: disputed variants read back from disk");
+    }
+    let (batches, disputed_memory) = part.disputed.into_batches()?;
+    for batch in batches {
+        let batch = batch?;
         let s = payload_disputes::settle_here(&batch, settle, day)?;
         drop(batch);
         if s.ledger_rows.num_rows() > 0 {
@@ -186,6 +190,8 @@ pub async fn finish(
             disputed.push(s.rest);
         }
     }
+    // What is left for the settlement is all the reservation still has to count.
+    disputed_memory.resize(disputed.iter().map(slice_memory_size).sum());
     let conflicts = match conflicts_writer {
         Some(w) => w.finish().await?,
         None => None,
@@ -211,10 +217,11 @@ pub async fn finish(
         fingerprint,
         taken,
         disputed,
-        disputed_memory: part.disputed_memory,
+        disputed_memory,
         conflicts,
         conflict_rows,
         settled_here,
+        spilled: spilled as u64,
     })
 }
 
