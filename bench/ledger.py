@@ -57,7 +57,7 @@ def duck(sql, memory_limit=None):
 
 def duck_limit(tally_limit):
     """DuckDB's memory_limit spelling of a tally --memory-limit (8GiB -> 8GiB)."""
-    return tally_limit.replace("GiB", "GiB").replace("MiB", "MiB") if tally_limit else None
+    return tally_limit
 
 
 def shapes(args, tally):
@@ -91,7 +91,6 @@ def shapes(args, tally):
             exact = (summary["ledger_rows"] == expected["ledger_rows"]
                      and summary["fingerprint"]["amount_sum"] == expected["ledger_sum"]
                      and len({r[2]["fingerprint"]["row_hash"] for r in runs}) == 1)
-            spill = spill_bytes(lake)
             outp = WORK / "shapes" / "duck-out.parquet"
             duck_times = {}
             for name, sql in DUCK.items():
@@ -122,10 +121,6 @@ def shapes(args, tally):
     ]
     title = "ledger: data shapes" + (f" under --memory-limit {limit}" if limit else "")
     write_section(title, "\n".join(lines))
-
-
-def spill_bytes(lake):
-    return 0
 
 
 def main():
