@@ -378,19 +378,15 @@ fn under_a_memory_limit_the_allocator_returns_freed_memory_sooner() {
     assert_eq!(purge_delay(&[], None), None);
 }
 
-#[test]
-fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory_limit() {
-    // A partner resends every transaction of the day with a corrected amount: every
-    // transaction is disputed. A third of the resends arrive a day later (the original wins),
-    // a third claim an arrival a second before the original (the resend wins), and a third the
-    // very instant of the original (a tie: the smaller payload wins, which only the settlement
-    // SQL decides; the others a partition settles on its own). Each transaction must be
-    // settled by the first arrival, every variant listed, and a memory limit must not change
-    // any of it.
-    let dir = tempdir();
-    generate(dir.path(), 1, 20_000, 27);
-    let lake = dir.path().join("lake");
-    let day = "2026-11-01";
+/// A partner resends every transaction of `day` with the amount one cent more, into the
+/// folder of the next day, the `i`-th (in `txn_id` order) claiming the arrival
+/// `arrival(i, original arrival)`. Returns every raw row, resends included.
+fn resend_every_transaction(
+    dir: &Path,
+    day: &str,
+    arrival: impl Fn(usize, i64) -> i64,
+) -> Vec<RawRow> {
+    let lake = dir.join("lake");
     let lo = day_start(day);
     let mut raw = read_raw(&lake);
     let mut resent: BTreeMap<String, RawRow> = BTreeMap::new();
@@ -405,17 +401,33 @@ fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory
         .enumerate()
         .map(|(i, r)| RawRow {
             amount: r.amount + 1,
-            ingest_time: match i % 3 {
-                0 => r.ingest_time - 1_000_000,
-                1 => r.ingest_time,
-                _ => r.ingest_time + DAY_US,
-            },
+            ingest_time: arrival(i, r.ingest_time),
             ingest_date: add_days(day, 1),
             ..r
         })
         .collect();
     write_raw(&lake, &add_days(day, 1), "resend.parquet", &resent);
-    raw.extend(resent.iter().cloned());
+    raw.extend(resent);
+    raw
+}
+
+#[test]
+fn a_day_resent_with_changed_amounts_is_settled_in_full_with_or_without_a_memory_limit() {
+    // A partner resends every transaction of the day with a corrected amount: every
+    // transaction is disputed. A third of the resends arrive a day later (the original wins),
+    // a third claim an arrival a second before the original (the resend wins), and a third the
+    // very instant of the original (a tie: the smaller payload wins, which only the settlement
+    // SQL decides; the others a partition settles on its own). Each transaction must be
+    // settled by the first arrival, every variant listed, and a memory limit must not change
+    // any of it.
+    let dir = tempdir();
+    generate(dir.path(), 1, 20_000, 27);
+    let day = "2026-11-01";
+    let raw = resend_every_transaction(dir.path(), day, |i, t| match i % 3 {
+        0 => t - 1_000_000,
+        1 => t,
+        _ => t + DAY_US,
+    });
 
     let want = expected_ledger(&raw, day, 3);
     let conflicts = expected_conflicts(&raw, day, 3);
@@ -447,28 +459,8 @@ fn disputed_variants_past_the_memory_limit_go_to_disk_and_settle_the_same() {
     // back when their partition settles: same ledger, same conflicts as without a limit.
     let dir = tempdir();
     generate(dir.path(), 1, 30_000, 28);
-    let lake = dir.path().join("lake");
     let day = "2026-11-01";
-    let lo = day_start(day);
-    let mut raw = read_raw(&lake);
-    let mut resent: BTreeMap<String, RawRow> = BTreeMap::new();
-    for r in raw
-        .iter()
-        .filter(|r| r.event_time >= lo && r.event_time < lo + DAY_US)
-    {
-        resent.entry(r.txn_id.clone()).or_insert_with(|| r.clone());
-    }
-    let resent: Vec<RawRow> = resent
-        .into_values()
-        .map(|r| RawRow {
-            amount: r.amount + 1,
-            ingest_time: r.ingest_time + DAY_US,
-            ingest_date: add_days(day, 1),
-            ..r
-        })
-        .collect();
-    write_raw(&lake, &add_days(day, 1), "resend.parquet", &resent);
-    raw.extend(resent.iter().cloned());
+    let raw = resend_every_transaction(dir.path(), day, |_, t| t + DAY_US);
     let want = expected_ledger(&raw, day, 3);
     let conflicts = expected_conflicts(&raw, day, 3);
 

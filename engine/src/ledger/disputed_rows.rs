@@ -19,6 +19,15 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SpillFile;
 use std::sync::Arc;
 
+/// Memory held by the rows of a batch (not by the buffers its slices share with others).
+pub fn slice_memory_size(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum()
+}
+
 /// See the module docs.
 pub struct DisputedRows {
     held: Vec<RecordBatch>,
@@ -54,12 +63,7 @@ impl DisputedRows {
             .ok_or_else(|| TallyError::Internal("disputed rows: txn_key".into()))?
             .clone();
         self.keys.push(keys);
-        let size = batch
-            .columns()
-            .iter()
-            .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-            .sum();
-        if self.memory.try_grow(size).is_ok() {
+        if self.memory.try_grow(slice_memory_size(&batch)).is_ok() {
             self.held.push(batch);
             return Ok(());
         }
@@ -93,14 +97,12 @@ impl DisputedRows {
         self.spill.as_ref().map_or(0, |s| s.rows)
     }
 
-    /// The batches, held ones first, then those read back from disk one at a time; and the
-    /// reservation (still counting the held ones).
-    pub fn into_batches(
-        self,
-    ) -> Result<(impl Iterator<Item = Result<RecordBatch>>, MemoryReservation)> {
+    /// The batches, held ones first, then those read back from disk one at a time. The
+    /// reservation goes with the held ones (each is freed as the caller drops it).
+    pub fn into_batches(self) -> Result<impl Iterator<Item = Result<RecordBatch>>> {
         let spilled = match self.spill {
-            Some(mut s) => {
-                s.writer.finish()?;
+            Some(s) => {
+                // Ends the IPC stream, then the file.
                 let mut inner = s.writer.into_inner()?;
                 datafusion::execution::SpillWriter::finish(&mut *inner)?;
                 let path = s.file.path().ok_or_else(|| {
@@ -121,12 +123,14 @@ impl DisputedRows {
             }
             None => None,
         };
-        Ok((
-            self.held
-                .into_iter()
-                .map(Ok)
-                .chain(spilled.into_iter().flatten()),
-            self.memory,
-        ))
+        let memory = self.memory;
+        Ok(self
+            .held
+            .into_iter()
+            .map(move |b| {
+                memory.shrink(slice_memory_size(&b).min(memory.size()));
+                Ok(b)
+            })
+            .chain(spilled.into_iter().flatten()))
     }
 }

@@ -341,7 +341,6 @@ impl<'a> LedgerJob<'a> {
         let mut fp = Fingerprint::default();
         let mut disputed = Vec::new();
         let mut taken = Vec::new();
-        let mut held_bytes = 0;
         let mut conflict_files = commit::ConflictFiles::default();
         let mut settled_here = 0;
         let mut disputes_spilled = 0;
@@ -351,20 +350,17 @@ impl<'a> LedgerJob<'a> {
             fp.merge(&part.fingerprint);
             disputed.extend(part.disputed);
             taken.extend(part.taken);
-            held_bytes += part.disputed_memory.size();
-            drop(part.disputed_memory);
             conflict_files.adds.extend(part.conflicts);
             conflict_files.rows += part.conflict_rows;
             settled_here += part.settled_here;
             disputes_spilled += part.spilled;
         }
-        // The settlement accounts for what it holds itself. The main plan goes too: its
-        // operators' memory consumers stay registered while it lives, and a fair pool splits
-        // the limit between every registered consumer, idle or not.
-        // The disputes left for it are counted as one consumer that cannot spill (the
-        // partitions' spillable ones would each claim a fair share of the pool from its sorts).
+        // The disputes left for the settlement are counted as one consumer that cannot spill
+        // (spillable ones would each claim a fair share of the pool from its sorts). The main
+        // plan goes: its operators' memory consumers stay registered while it lives, and a
+        // fair pool splits the limit between every registered consumer, idle or not.
         let held_memory = MemoryConsumer::new("LedgerSettleInput").register(task_ctx.memory_pool());
-        held_memory.grow(held_bytes);
+        held_memory.grow(disputed.iter().map(disputed_rows::slice_memory_size).sum());
         drop(plan);
         drop(task_ctx);
         let disputed_count: u64 = disputed.iter().map(|b| b.num_rows() as u64).sum::<u64>()

@@ -11,7 +11,7 @@
 //! in (`partner_id`, `txn_id`) order, and, if one of them was already written in an early
 //! run, rewrites the file without it.
 
-use super::disputed_rows::DisputedRows;
+use super::disputed_rows::{slice_memory_size, DisputedRows};
 use super::fingerprint::Fingerprint;
 use super::held_rows::HeldRows;
 use super::part_writer::PartWriter;
@@ -124,10 +124,8 @@ pub struct Finished {
     pub fingerprint: Fingerprint,
     /// The rows of transactions in `settle` taken out of the file (ledger file columns).
     pub taken: Vec<RecordBatch>,
-    /// `[txn_key, variants]` of disputed transactions.
+    /// `[txn_key, variants]` of disputed transactions left for the settlement SQL.
     pub disputed: Vec<RecordBatch>,
-    /// Keeps the disputed variants counted in the pool until they are settled.
-    pub disputed_memory: MemoryReservation,
     /// The `ledger_conflicts` file of the disputes the partition settled itself, and its rows.
     pub conflicts: Option<deltalake::kernel::Add>,
     pub conflict_rows: u64,
@@ -166,7 +164,7 @@ pub async fn finish(
     if spilled > 0 {
         tracing::debug!(spilled, "ledger: disputed variants read back from disk");
     }
-    let (batches, disputed_memory) = part.disputed.into_batches()?;
+    let batches = part.disputed.into_batches()?;
     for batch in batches {
         let batch = batch?;
         let s = payload_disputes::settle_here(&batch, settle, day)?;
@@ -190,8 +188,6 @@ pub async fn finish(
             disputed.push(s.rest);
         }
     }
-    // What is left for the settlement is all the reservation still has to count.
-    disputed_memory.resize(disputed.iter().map(slice_memory_size).sum());
     let conflicts = match conflicts_writer {
         Some(w) => w.finish().await?,
         None => None,
@@ -217,7 +213,6 @@ pub async fn finish(
         fingerprint,
         taken,
         disputed,
-        disputed_memory,
         conflicts,
         conflict_rows,
         settled_here,
@@ -307,13 +302,4 @@ fn agree_valid(agree: &arrow::array::BooleanArray) -> arrow::buffer::BooleanBuff
         || arrow::buffer::BooleanBuffer::new_set(agree.len()),
         |n| n.inner().clone(),
     )
-}
-
-/// Memory held by the rows of a batch (not by the buffers its slices share with others).
-fn slice_memory_size(batch: &RecordBatch) -> usize {
-    batch
-        .columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
-        .sum()
 }
