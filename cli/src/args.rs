@@ -122,6 +122,10 @@ pub struct LedgerPlanArgs {
     /// Hash buckets of txn_id the work is split into [default: 16, or tally.toml]
     #[arg(long)]
     pub buckets: Option<u32>,
+    /// Passes over the day's transactions, each a range of txn_id hashes deduplicated in
+    /// memory [default: as many as --memory-limit needs; one without a limit]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub passes: Option<u32>,
     /// Memory limit per day, e.g. 1GiB: the dedup spills to disk beyond it.
     #[arg(long, value_parser = parse_bytes)]
     pub memory_limit: Option<usize>,

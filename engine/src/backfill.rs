@@ -74,6 +74,7 @@ pub struct BackfillJob {
     jobs: usize,
     late_days: u32,
     buckets: u32,
+    passes: Option<usize>,
     memory_limit: Option<usize>,
     guard: ledger::Guard,
     shutdown: Option<watch::Receiver<bool>>,
@@ -107,6 +108,7 @@ impl BackfillJob {
             jobs: 1,
             late_days: config.ledger.late_days,
             buckets: config.ledger.buckets,
+            passes: None,
             memory_limit: None,
             guard: ledger::Guard::default(),
             shutdown: None,
@@ -129,6 +131,12 @@ impl BackfillJob {
     /// Hash buckets of each day's plan.
     pub fn with_buckets(mut self, buckets: u32) -> Self {
         self.buckets = buckets;
+        self
+    }
+
+    /// Passes over each day's transaction keys (by default as many as the memory limit needs).
+    pub fn with_passes(mut self, passes: Option<usize>) -> Self {
+        self.passes = passes;
         self
     }
 
@@ -254,6 +262,7 @@ impl BackfillJob {
         let m = LedgerJob::new(&session, day)
             .with_late_days(self.late_days)
             .with_buckets(self.buckets)
+            .with_passes(self.passes)
             .with_guard(self.guard)
             .with_fence(fence)
             .run()

@@ -5,6 +5,9 @@
 /// Day D's ledger: arrivals, per-transaction collapse, agreement check (`sql/ledger.sql`).
 pub const LEDGER: &str = include_str!("../../sql/ledger.sql");
 
+/// Day D's copies with their transaction keys, split into passes (`sql/ledger_scatter.sql`).
+pub const LEDGER_SCATTER: &str = include_str!("../../sql/ledger_scatter.sql");
+
 /// Copies of day D's transactions that name a neighbouring day (`sql/ledger_neighbours.sql`).
 pub const LEDGER_NEIGHBOURS: &str = include_str!("../../sql/ledger_neighbours.sql");
 

@@ -466,16 +466,65 @@ fn disputed_variants_past_the_memory_limit_go_to_disk_and_settle_the_same() {
 
     let a = run_ledger(dir.path(), day, &["--buckets", "2"]);
     assert_eq!(a["disputes_spilled"], 0);
+    // One pass: the variants of the whole day meet the limit (more passes would each hold less).
     let b = run_ledger(
         dir.path(),
         day,
-        &["--memory-limit", "16MiB", "--buckets", "2"],
+        &["--memory-limit", "16MiB", "--buckets", "2", "--passes", "1"],
     );
     assert!(
         b["disputes_spilled"].as_u64().unwrap() > 0,
         "the variants were spilled: {b}"
     );
     assert_eq!(a["fingerprint"], b["fingerprint"]);
+    assert_eq!(ledger_rows(dir.path(), day), want);
+    assert_eq!(conflict_rows(dir.path(), day), conflicts);
+}
+
+#[test]
+fn a_day_split_into_passes_is_the_same_ledger_with_the_same_conflicts() {
+    // A day too large for memory is deduplicated in passes, each a range of transaction keys.
+    // Copies on neighbouring days, disputes settled in a partition and ties settled by the SQL
+    // must come out exactly as in one pass, and a memory limit picks the passes by itself.
+    let dir = tempdir();
+    generate(dir.path(), 3, 20_000, 29);
+    let day = "2026-11-02";
+    let raw = resend_every_transaction(dir.path(), day, |i, t| match i % 4 {
+        0 => t - 1_000_000,
+        1 => t,
+        2 => t + DAY_US,
+        // a quarter resent with the same arrival order as the first copy but a day later
+        _ => t + 2 * DAY_US,
+    });
+    let want = expected_ledger(&raw, day, 3);
+    let conflicts = expected_conflicts(&raw, day, 3);
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c[6] == "owned_here" || c[6] == "owned_by_other_day"),
+        "the day should share transactions with its neighbours"
+    );
+
+    let one = run_ledger(dir.path(), day, &["--passes", "1"]);
+    assert_eq!(one["passes"], 1);
+    assert_eq!(ledger_rows(dir.path(), day), want);
+    assert_eq!(conflict_rows(dir.path(), day), conflicts);
+
+    let five = run_ledger(dir.path(), day, &["--passes", "5", "--buckets", "3"]);
+    assert_eq!(five["passes"], 5);
+    assert!(five["added_files"].as_u64().unwrap() >= 5, "{five}");
+    assert_eq!(five["fingerprint"], one["fingerprint"]);
+    assert_eq!(five["disputed"], one["disputed"]);
+    assert_eq!(ledger_rows(dir.path(), day), want);
+    assert_eq!(conflict_rows(dir.path(), day), conflicts);
+
+    let limited = run_ledger(
+        dir.path(),
+        day,
+        &["--memory-limit", "16MiB", "--buckets", "2"],
+    );
+    assert!(limited["passes"].as_u64().unwrap() > 1, "{limited}");
+    assert_eq!(limited["fingerprint"], one["fingerprint"]);
     assert_eq!(ledger_rows(dir.path(), day), want);
     assert_eq!(conflict_rows(dir.path(), day), conflicts);
 }

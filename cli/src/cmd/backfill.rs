@@ -21,6 +21,7 @@ pub async fn run(ctx: &Context, args: &BackfillArgs) -> Result<ExitCode> {
         .with_jobs(args.jobs)
         .with_late_days(args.plan.late_days.unwrap_or(ctx.config.ledger.late_days))
         .with_buckets(args.plan.buckets.unwrap_or(ctx.config.ledger.buckets))
+        .with_passes(args.plan.passes.map(|p| p as usize))
         .with_memory_limit(args.plan.memory_limit)
         .with_guard(args.plan.guard());
     let total = job.days().len() as u64;

@@ -17,6 +17,7 @@ pub async fn run(ctx: &Context, args: &LedgerArgs) -> Result<()> {
     let job = LedgerJob::new(&session, day)
         .with_late_days(late_days)
         .with_buckets(buckets)
+        .with_passes(args.plan.passes.map(|p| p as usize))
         .with_guard(args.plan.guard())
         .with_progress(&bar);
     if args.explain {
@@ -73,6 +74,7 @@ pub fn print_summary(m: &LedgerMetrics, format: SummaryFormat) {
                 "disputed": m.disputed,
                 "conflict_rows": m.conflict_rows,
                 "disputes_spilled": m.disputes_spilled,
+                "passes": m.passes,
                 "fingerprint": m.fingerprint.to_json(),
                 "added_files": m.added_files,
                 "removed_files": m.removed_files,

@@ -33,6 +33,8 @@ pub struct RunFacts<'a> {
     pub window: DayWindow,
     /// Hash buckets of the plan.
     pub buckets: u32,
+    /// Passes over the day's transaction keys.
+    pub passes: usize,
     /// The raw files read.
     pub inputs: &'a Inputs,
     /// Rows of arrival day D without an `event_time`.
@@ -52,6 +54,7 @@ pub struct RunFacts<'a> {
 fn sql_hash() -> String {
     jobs_sql::sql_hash(&[
         jobs_sql::LEDGER,
+        jobs_sql::LEDGER_SCATTER,
         jobs_sql::LEDGER_NEIGHBOURS,
         jobs_sql::LEDGER_SETTLE,
         jobs_sql::LEDGER_STALE_DAYS,
@@ -70,6 +73,7 @@ pub fn ledger_info(f: &RunFacts<'_>) -> HashMap<String, serde_json::Value> {
             "day": f.window.day.to_string(),
             "late_days": f.window.late_days,
             "buckets": f.buckets,
+            "passes": f.passes,
             "sql_hash": sql_hash(),
             "inputs": {
                 "files": files,

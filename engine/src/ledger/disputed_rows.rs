@@ -15,7 +15,7 @@ use arrow::datatypes::Int64Type;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::execution::disk_manager::DiskManager;
-use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::SpillFile;
 use std::sync::Arc;
 
@@ -32,7 +32,11 @@ pub fn slice_memory_size(batch: &RecordBatch) -> usize {
 pub struct DisputedRows {
     held: Vec<RecordBatch>,
     keys: Vec<Int64Array>,
-    memory: MemoryReservation,
+    /// Registered with the pool at the first dispute: a fair pool gives every registered
+    /// spillable consumer an equal share, so an idle one would shrink every other's.
+    memory: Option<MemoryReservation>,
+    consumer: MemoryConsumer,
+    pool: Arc<dyn MemoryPool>,
     disk: Arc<DiskManager>,
     spill: Option<Spill>,
 }
@@ -44,12 +48,15 @@ struct Spill {
 }
 
 impl DisputedRows {
-    /// Empty; `memory` is the partition's reservation for disputes.
-    pub fn new(memory: MemoryReservation, disk: Arc<DiskManager>) -> Self {
+    /// Empty; `memory` is the partition's consumer for disputes, registered with `pool` once
+    /// there is one.
+    pub fn new(memory: MemoryConsumer, pool: Arc<dyn MemoryPool>, disk: Arc<DiskManager>) -> Self {
         Self {
             held: Vec::new(),
             keys: Vec::new(),
-            memory,
+            memory: None,
+            consumer: memory,
+            pool,
             disk,
             spill: None,
         }
@@ -63,7 +70,10 @@ impl DisputedRows {
             .ok_or_else(|| TallyError::Internal("disputed rows: txn_key".into()))?
             .clone();
         self.keys.push(keys);
-        if self.memory.try_grow(slice_memory_size(&batch)).is_ok() {
+        let memory = self
+            .memory
+            .get_or_insert_with(|| self.consumer.clone_with_new_id().register(&self.pool));
+        if memory.try_grow(slice_memory_size(&batch)).is_ok() {
             self.held.push(batch);
             return Ok(());
         }
@@ -83,7 +93,9 @@ impl DisputedRows {
             spill.rows += b.num_rows();
             spill.writer.write(&b)?;
         }
-        self.memory.free();
+        if let Some(m) = &self.memory {
+            m.free();
+        }
         Ok(())
     }
 
@@ -128,7 +140,9 @@ impl DisputedRows {
             .held
             .into_iter()
             .map(move |b| {
-                memory.shrink(slice_memory_size(&b).min(memory.size()));
+                if let Some(m) = &memory {
+                    m.shrink(slice_memory_size(&b).min(m.size()));
+                }
                 Ok(b)
             })
             .chain(spilled.into_iter().flatten()))

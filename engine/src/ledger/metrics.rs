@@ -37,6 +37,8 @@ pub struct LedgerMetrics {
     pub conflict_rows: u64,
     /// Disputed transactions whose variants went to disk because the memory pool refused them.
     pub disputes_spilled: u64,
+    /// Passes over the day's transaction keys ([`super::passes`]).
+    pub passes: usize,
     /// The content fingerprint.
     pub fingerprint: Fingerprint,
     /// Delta version of `ledger` that holds the day.

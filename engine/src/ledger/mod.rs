@@ -10,6 +10,10 @@
 //! 3. [`neighbours`]: the day's keys are looked up among the neighbouring days' copies;
 //! 4. each partition takes out the transactions found there, writes the rest sorted by
 //!    (`partner_id`, `txn_id`) into its own Parquet file ([`sink::finish`]);
+//!
+//!    A day too large for the memory limit runs steps 2–4 in [`passes`], one range of
+//!    transaction keys at a time, over its copies split once into temporary files
+//!    ([`one_pass`]);
 //! 5. [`settle`]: disputed transactions and those with neighbouring copies are settled by
 //!    `sql/ledger_settle.sql`: D keeps those whose winning copy names D;
 //!    A transaction shared with a neighbouring day that this run gives another owner than
@@ -33,8 +37,10 @@ pub mod inputs;
 pub mod key_index;
 mod metrics;
 mod neighbours;
+mod one_pass;
 mod part_writer;
 mod partition_sort;
+pub mod passes;
 mod payload_disputes;
 mod plan_schema;
 pub mod scan;
@@ -65,11 +71,11 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::DataFrame;
 use inputs::Inputs;
+use one_pass::Gathered;
 use part_writer::PartWriter;
 use plan_schema::{project, schema_of};
 use std::sync::Arc;
 use std::time::Instant;
-use tasks::join;
 use window::DayWindow;
 
 /// Builds one day's ledger. Configure with `with_*`, then [`LedgerJob::run`] or
@@ -82,6 +88,7 @@ pub struct LedgerJob<'a> {
     guard: Guard,
     progress: &'a dyn Progress,
     fence: Option<Fence>,
+    passes: Option<usize>,
 }
 
 impl<'a> LedgerJob<'a> {
@@ -95,6 +102,7 @@ impl<'a> LedgerJob<'a> {
             guard: Guard::default(),
             progress: &crate::progress::NoProgress,
             fence: None,
+            passes: None,
         }
     }
 
@@ -107,6 +115,13 @@ impl<'a> LedgerJob<'a> {
     /// Number of `txn_id` hash buckets.
     pub fn with_buckets(mut self, buckets: u32) -> Self {
         self.buckets = buckets.max(1);
+        self
+    }
+
+    /// Passes over the day's transaction keys ([`passes`]); by default as many as the memory
+    /// limit needs (one without a limit).
+    pub fn with_passes(mut self, passes: Option<usize>) -> Self {
+        self.passes = passes.map(|p| p.clamp(1, passes::MAX_PASSES));
         self
     }
 
@@ -237,131 +252,73 @@ impl<'a> LedgerJob<'a> {
         // A file landing from here on is not this run's: the scan reads the checked list only.
         failpoint::hit("ledger_after_input_check");
 
-        // The main plan, one sink per hash partition.
-        self.progress.message(&format!(
-            "{}: deduplicating {} raw rows",
-            self.day, rows_read
-        ));
-        let plan = self.plan(&window).await?;
-        let plan_schema = plan.schema();
-        let partitions = plan.output_partitioning().partition_count();
-        self.progress.set_total("partitions", partitions as u64 + 2);
+        // The main plan, one sink per hash partition; a day too large for memory goes through
+        // it in passes, each a range of transaction keys ([`passes`]).
         let task_ctx = self.session.ctx().task_ctx();
+        let passes = self
+            .passes
+            .unwrap_or_else(|| passes::needed(rows_read, task_ctx.memory_pool().memory_limit()));
+        drop(task_ctx);
         let run_id = format!("{:016x}", rand::random::<u64>());
         let store = ledger.object_store();
-        let mut tasks = Vec::new();
-        for p in 0..partitions {
-            let stream = plan.execute(p, Arc::clone(&task_ctx))?;
-            let writer =
-                PartWriter::new(Arc::clone(&store), &schema::LEDGER, &day_text, p, &run_id)?;
-            let reservation = MemoryConsumer::new(format!("LedgerSink[{p}]"))
-                .with_can_spill(true)
-                .register(task_ctx.memory_pool());
-            // Disputed transactions' variants are held until they are settled, in the pool,
-            // and go to disk when it refuses them.
-            let disputed = disputed_rows::DisputedRows::new(
-                MemoryConsumer::new(format!("LedgerDisputed[{p}]"))
-                    .with_can_spill(true)
-                    .register(task_ctx.memory_pool()),
-                Arc::clone(&task_ctx.runtime_env().disk_manager),
-            );
-            tasks.push(tokio::spawn(sink::collect(
-                stream,
-                writer,
-                reservation,
-                disputed,
-            )));
-        }
-        let mut collected = Vec::with_capacity(partitions);
-        for t in tasks {
-            collected.push(join(t).await??);
-            self.progress.advance(1);
-        }
-        tracing::info!(day = %self.day, secs = started.elapsed().as_secs_f64(), "ledger: main plan collected");
-
-        // The day's keys among the neighbours' copies.
-        let parts: Vec<Vec<&[i64]>> = collected
-            .iter()
-            .map(|c| {
-                c.held
-                    .key_slices()
-                    .chain(std::iter::once(c.early_keys.as_slice()))
-                    .chain(c.disputed.key_slices())
-                    .collect()
-            })
-            .collect();
-        self.progress
-            .message(&format!("{}: looking up the neighbouring days", self.day));
-        let found = neighbours::find(self.session, &inputs, &window, &parts).await?;
-        drop(parts);
-        self.progress.advance(1);
-        tracing::info!(
-            day = %self.day,
-            secs = started.elapsed().as_secs_f64(),
-            key_indexes_read = found.indexes_read,
-            key_indexes_built = found.indexes_built,
-            rows_selected = found.rows_selected,
-            neighbour_copies = found.copies.iter().map(|b| b.num_rows()).sum::<usize>(),
-            "ledger: neighbours looked up"
-        );
-
-        // Each partition writes what it owns for sure.
-        let settle_keys = Arc::new(found.keys);
-        let held_schema = schema_of(&plan_schema)?;
-        let mut tasks = Vec::new();
-        for (p, part) in collected.into_iter().enumerate() {
-            let rewrite = PartWriter::new(
-                Arc::clone(&store),
-                &schema::LEDGER,
-                &day_text,
-                p,
-                &format!("{run_id}-r"),
-            )?;
-            let keys = Arc::clone(&settle_keys);
-            let store = Arc::clone(&store);
-            let day = self.day;
-            let held_schema = Arc::clone(&held_schema);
-            let conflicts_store = conflicts_table.object_store();
-            let conflicts_run = format!("{run_id}-c");
-            let day_text = day_text.clone();
-            let conflicts = move || {
-                PartWriter::new(
-                    conflicts_store,
-                    &schema::LEDGER_CONFLICTS,
-                    &day_text,
-                    p,
-                    &conflicts_run,
+        let mut day = Gathered::default();
+        if passes == 1 {
+            self.pass(
+                &window,
+                &inputs,
+                &store,
+                &conflicts_table,
+                &run_id,
+                (0, 1),
+                &mut day,
+            )
+            .await?;
+        } else {
+            self.progress.message(&format!(
+                "{}: splitting {} raw rows into {passes} passes",
+                self.day, rows_read
+            ));
+            let scattered = passes::scatter(self.session, &window, passes).await?;
+            tracing::info!(day = %self.day, passes, rows = scattered.rows, secs = started.elapsed().as_secs_f64(), "ledger: copies split into passes");
+            for pass in 0..passes {
+                scattered.register(self.session, pass).await?;
+                self.pass(
+                    &window,
+                    &inputs,
+                    &store,
+                    &conflicts_table,
+                    &run_id,
+                    (pass, passes),
+                    &mut day,
                 )
-            };
-            tasks.push(tokio::spawn(async move {
-                sink::finish(part, &keys, day, held_schema, rewrite, store, conflicts).await
-            }));
+                .await?;
+            }
+            drop(scattered);
+            // Later queries of `day_arrivals` read the checked files again.
+            self.register_inputs(&window, &inputs)?;
         }
-        let mut adds = Vec::new();
-        let mut fp = Fingerprint::default();
-        let mut disputed = Vec::new();
-        let mut taken = Vec::new();
-        let mut conflict_files = commit::ConflictFiles::default();
-        let mut settled_here = 0;
-        let mut disputes_spilled = 0;
-        for t in tasks {
-            let part = join(t).await??;
-            adds.extend(part.adds);
-            fp.merge(&part.fingerprint);
-            disputed.extend(part.disputed);
-            taken.extend(part.taken);
-            conflict_files.adds.extend(part.conflicts);
-            conflict_files.rows += part.conflict_rows;
-            settled_here += part.settled_here;
-            disputes_spilled += part.spilled;
-        }
+        let Gathered {
+            mut adds,
+            mut fp,
+            disputed,
+            taken,
+            conflict_files,
+            settled_here,
+            disputes_spilled,
+            neighbour_copies,
+            neighbour_schema,
+            plan_schema,
+            partitions,
+        } = day;
+        let plan_schema = plan_schema
+            .ok_or_else(|| crate::error::TallyError::Internal("the ledger ran no pass".into()))?;
+        let task_ctx = self.session.ctx().task_ctx();
         // The disputes left for the settlement are counted as one consumer that cannot spill
         // (spillable ones would each claim a fair share of the pool from its sorts). The main
         // plan goes: its operators' memory consumers stay registered while it lives, and a
         // fair pool splits the limit between every registered consumer, idle or not.
         let held_memory = MemoryConsumer::new("LedgerSettleInput").register(task_ctx.memory_pool());
         held_memory.grow(disputed.iter().map(disputed_rows::slice_memory_size).sum());
-        drop(plan);
         drop(task_ctx);
         let disputed_count: u64 = disputed.iter().map(|b| b.num_rows() as u64).sum::<u64>()
             + taken.iter().map(|b| b.num_rows() as u64).sum::<u64>()
@@ -369,7 +326,12 @@ impl<'a> LedgerJob<'a> {
         let to_settle = settle::ToSettle {
             disputed: (project(&plan_schema, &["txn_key", "variants"])?, disputed),
             day_rows: (schema_of(&plan_schema)?, taken),
-            neighbour_copies: (found.schema, found.copies),
+            neighbour_copies: (
+                neighbour_schema.ok_or_else(|| {
+                    crate::error::TallyError::Internal("the ledger ran no lookup".into())
+                })?,
+                neighbour_copies,
+            ),
         };
         let mut conflicts = Vec::new();
         let mut ceded = 0;
@@ -382,7 +344,7 @@ impl<'a> LedgerJob<'a> {
                 Arc::clone(&store),
                 &schema::LEDGER,
                 &day_text,
-                partitions,
+                partitions * passes,
                 &run_id,
             )?;
             for b in settled.ledger_rows {
@@ -417,6 +379,7 @@ impl<'a> LedgerJob<'a> {
         let facts = commit::RunFacts {
             window,
             buckets: self.buckets,
+            passes,
             inputs: &inputs,
             rows_without_event_time,
             fingerprint: &fp,
@@ -461,6 +424,7 @@ impl<'a> LedgerJob<'a> {
             stale_days,
             conflict_rows,
             disputes_spilled,
+            passes,
             fingerprint: fp,
             version,
             conflicts_version,

@@ -106,6 +106,11 @@ impl DayWindow {
         vec![self.day_value(), self.midnight(0), self.midnight(1)]
     }
 
+    /// Parameters of `sql/ledger_scatter.sql`: D 00:00 and D + 1 00:00.
+    pub fn scatter_params(&self) -> Vec<ScalarValue> {
+        vec![self.midnight(0), self.midnight(1)]
+    }
+
     /// Parameters of `sql/ledger_neighbours.sql`: D − 2 00:00, D 00:00, D + 1 00:00,
     /// D + 3 00:00, and the horizon in days.
     pub fn neighbour_params(&self) -> Vec<ScalarValue> {
