@@ -134,7 +134,8 @@ impl BackfillJob {
         self
     }
 
-    /// Passes over each day's transaction keys (by default as many as the memory limit needs).
+    /// Passes over each day's transaction keys (by default one per few million raw rows, more
+    /// if the memory limit needs them).
     pub fn with_passes(mut self, passes: Option<usize>) -> Self {
         self.passes = passes;
         self

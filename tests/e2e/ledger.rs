@@ -521,9 +521,13 @@ fn a_day_split_into_passes_is_the_same_ledger_with_the_same_conflicts() {
     let limited = run_ledger(
         dir.path(),
         day,
-        &["--memory-limit", "16MiB", "--buckets", "2"],
+        &["--memory-limit", "20MiB", "--buckets", "2"],
     );
-    assert!(limited["passes"].as_u64().unwrap() > 1, "{limited}");
+    assert!(
+        limited["passes"].as_u64().unwrap() > 1,
+        "{limited} from {}",
+        one["rows_read"]
+    );
     assert_eq!(limited["fingerprint"], one["fingerprint"]);
     assert_eq!(ledger_rows(dir.path(), day), want);
     assert_eq!(conflict_rows(dir.path(), day), conflicts);

@@ -11,9 +11,9 @@
 //! 4. each partition takes out the transactions found there, writes the rest sorted by
 //!    (`partner_id`, `txn_id`) into its own Parquet file ([`sink::finish`]);
 //!
-//!    A day too large for the memory limit runs steps 2–4 in [`passes`], one range of
-//!    transaction keys at a time, over its copies split once into temporary files
-//!    ([`one_pass`]);
+//!    A day of more than a few million raw rows (or too large for the memory limit) runs
+//!    steps 2–4 in [`passes`], one range of transaction keys at a time, over its copies split
+//!    once into temporary files ([`one_pass`]);
 //! 5. [`settle`]: disputed transactions and those with neighbouring copies are settled by
 //!    `sql/ledger_settle.sql`: D keeps those whose winning copy names D;
 //!    A transaction shared with a neighbouring day that this run gives another owner than
@@ -118,8 +118,8 @@ impl<'a> LedgerJob<'a> {
         self
     }
 
-    /// Passes over the day's transaction keys ([`passes`]); by default as many as the memory
-    /// limit needs (one without a limit).
+    /// Passes over the day's transaction keys ([`passes`]); by default one per few million
+    /// raw rows, more if the memory limit needs them.
     pub fn with_passes(mut self, passes: Option<usize>) -> Self {
         self.passes = passes.map(|p| p.clamp(1, passes::MAX_PASSES));
         self
@@ -252,8 +252,8 @@ impl<'a> LedgerJob<'a> {
         // A file landing from here on is not this run's: the scan reads the checked list only.
         failpoint::hit("ledger_after_input_check");
 
-        // The main plan, one sink per hash partition; a day too large for memory goes through
-        // it in passes, each a range of transaction keys ([`passes`]).
+        // The main plan, one sink per hash partition; a large day goes through it in passes,
+        // each a range of transaction keys ([`passes`]).
         let task_ctx = self.session.ctx().task_ctx();
         let passes = self
             .passes
