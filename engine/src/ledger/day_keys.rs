@@ -118,6 +118,13 @@ impl DayKeys {
         self.count
     }
 
+    /// The smallest and largest key, in [`order`] (`None` when empty): a day split into passes
+    /// holds one range of keys at a time, and index segments are trimmed to it.
+    pub fn bounds(&self) -> Option<(u64, u64)> {
+        let keys = self.keys.get(..self.count)?;
+        Some((*keys.first()?, *keys.last()?))
+    }
+
     /// Whether `key` is one of the day's.
     pub fn contains(&self, key: i64) -> bool {
         let k = order(key);
@@ -217,6 +224,12 @@ mod tests {
         let day = DayKeys::new(&[vec![&a[..10_000], &a[10_000..]], vec![&b[..]]]);
         let want: HashSet<i64> = a.iter().chain(&b).copied().collect();
         assert_eq!(day.len(), a.len() + b.len());
+        assert_eq!(day.bounds(), Some((0, u64::MAX)));
+        assert_eq!(
+            DayKeys::new(&[vec![&[5, -2, 9][..]]]).bounds(),
+            Some((5, (-2i64) as u64))
+        );
+        assert_eq!(DayKeys::new(&[]).bounds(), None);
         for k in &want {
             assert!(day.contains(*k), "{k}");
         }

@@ -15,7 +15,7 @@ use arrow::datatypes::Int64Type;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::execution::disk_manager::DiskManager;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SpillFile;
 use std::sync::Arc;
 
@@ -32,11 +32,7 @@ pub fn slice_memory_size(batch: &RecordBatch) -> usize {
 pub struct DisputedRows {
     held: Vec<RecordBatch>,
     keys: Vec<Int64Array>,
-    /// Registered with the pool at the first dispute: a fair pool gives every registered
-    /// spillable consumer an equal share, so an idle one would shrink every other's.
-    memory: Option<MemoryReservation>,
-    consumer: MemoryConsumer,
-    pool: Arc<dyn MemoryPool>,
+    memory: MemoryReservation,
     disk: Arc<DiskManager>,
     spill: Option<Spill>,
 }
@@ -48,15 +44,12 @@ struct Spill {
 }
 
 impl DisputedRows {
-    /// Empty; `memory` is the partition's consumer for disputes, registered with `pool` once
-    /// there is one.
-    pub fn new(memory: MemoryConsumer, pool: Arc<dyn MemoryPool>, disk: Arc<DiskManager>) -> Self {
+    /// Empty; `memory` is the partition's reservation for disputes.
+    pub fn new(memory: MemoryReservation, disk: Arc<DiskManager>) -> Self {
         Self {
             held: Vec::new(),
             keys: Vec::new(),
-            memory: None,
-            consumer: memory,
-            pool,
+            memory,
             disk,
             spill: None,
         }
@@ -70,10 +63,7 @@ impl DisputedRows {
             .ok_or_else(|| TallyError::Internal("disputed rows: txn_key".into()))?
             .clone();
         self.keys.push(keys);
-        let memory = self
-            .memory
-            .get_or_insert_with(|| self.consumer.clone_with_new_id().register(&self.pool));
-        if memory.try_grow(slice_memory_size(&batch)).is_ok() {
+        if self.memory.try_grow(slice_memory_size(&batch)).is_ok() {
             self.held.push(batch);
             return Ok(());
         }
@@ -93,9 +83,7 @@ impl DisputedRows {
             spill.rows += b.num_rows();
             spill.writer.write(&b)?;
         }
-        if let Some(m) = &self.memory {
-            m.free();
-        }
+        self.memory.free();
         Ok(())
     }
 
@@ -140,9 +128,7 @@ impl DisputedRows {
             .held
             .into_iter()
             .map(move |b| {
-                if let Some(m) = &memory {
-                    m.shrink(slice_memory_size(&b).min(m.size()));
-                }
+                memory.shrink(slice_memory_size(&b).min(memory.size()));
                 Ok(b)
             })
             .chain(spilled.into_iter().flatten()))

@@ -12,7 +12,7 @@
 //!    file), through `sql/ledger_neighbours.sql`, which filters them exactly as a full scan
 //!    would.
 
-use super::day_keys::DayKeys;
+use super::day_keys::{order, DayKeys};
 use super::inputs::{CheckedFile, Inputs};
 use super::key_index;
 use super::scan::CheckedFiles;
@@ -173,9 +173,16 @@ fn probe(day: &DayKeys, loaded: Loaded) -> Vec<FileHits> {
     let mut owners = Vec::new();
     let mut segments: Vec<&[i64]> = Vec::new();
     let mut numbers: Vec<&[u32]> = Vec::new();
+    // An empty set trims every segment to nothing.
+    let (lowest, highest) = day.bounds().unwrap_or((u64::MAX, 0));
     for (n, (_, keys, wanted, _)) in loaded.iter().enumerate() {
         for d in wanted {
+            // A segment is sorted in the set's order: only the part within the day's keys'
+            // range can hold one of them (one range of keys per pass).
             let (k, r) = keys.segment(*d);
+            let lo = k.partition_point(|x| order(*x) < lowest);
+            let hi = k.partition_point(|x| order(*x) <= highest).max(lo);
+            let (k, r) = (&k[lo..hi], &r[lo..hi]);
             owners.push(n);
             segments.push(k);
             numbers.push(r);

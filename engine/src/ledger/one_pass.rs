@@ -91,8 +91,9 @@ impl LedgerJob<'_> {
             // Disputed transactions' variants are held until they are settled, in the pool,
             // and go to disk when it refuses them.
             let disputed = disputed_rows::DisputedRows::new(
-                MemoryConsumer::new(format!("LedgerDisputed[{p}]")).with_can_spill(true),
-                Arc::clone(task_ctx.memory_pool()),
+                MemoryConsumer::new(format!("LedgerDisputed[{p}]"))
+                    .with_can_spill(true)
+                    .register(task_ctx.memory_pool()),
                 Arc::clone(&task_ctx.runtime_env().disk_manager),
             );
             tasks.push(tokio::spawn(sink::collect(
