@@ -123,7 +123,8 @@ pub struct LedgerPlanArgs {
     #[arg(long)]
     pub buckets: Option<u32>,
     /// Passes over the day's transactions, each a range of txn_id hashes deduplicated in
-    /// memory [default: one per 4M raw rows, more if --memory-limit needs them]
+    /// memory [default: one per 16M raw rows; under --memory-limit one per 4M, or more if
+    /// it needs them]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub passes: Option<u32>,
     /// Memory limit per day, e.g. 1GiB: the dedup spills to disk beyond it.

@@ -134,8 +134,8 @@ impl BackfillJob {
         self
     }
 
-    /// Passes over each day's transaction keys (by default one per few million raw rows, more
-    /// if the memory limit needs them).
+    /// Passes over each day's transaction keys (by default one per 16M raw rows; under a
+    /// memory limit one per 4M, or more if it needs them).
     pub fn with_passes(mut self, passes: Option<usize>) -> Self {
         self.passes = passes;
         self

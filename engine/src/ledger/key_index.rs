@@ -77,6 +77,32 @@ pub struct FileKeys {
 }
 
 impl FileKeys {
+    /// Only the rows naming one of `days` (ascending), still in order: what a lookup keeps of
+    /// an index between the passes of one run.
+    pub fn only_days(&self, days: &[i32]) -> FileKeys {
+        let mut days = days.to_vec();
+        days.sort_unstable();
+        days.dedup();
+        let mut out = (Vec::new(), Vec::new(), Vec::new());
+        for d in &days {
+            let lo = self.days.partition_point(|x| x < d);
+            let hi = self.days.partition_point(|x| x <= d);
+            out.0.extend_from_slice(&self.days[lo..hi]);
+            out.1.extend_from_slice(&self.keys[lo..hi]);
+            out.2.extend_from_slice(&self.rows[lo..hi]);
+        }
+        FileKeys {
+            days: out.0.into(),
+            keys: out.1.into(),
+            rows: out.2.into(),
+        }
+    }
+
+    /// Bytes the index takes in memory.
+    pub fn memory_size(&self) -> usize {
+        self.days.len() * 4 + self.keys.len() * 8 + self.rows.len() * 4
+    }
+
     /// The keys of the rows naming `day`, in order, with their row numbers.
     pub fn segment(&self, day: i32) -> (&[i64], &[u32]) {
         let lo = self.days.partition_point(|d| *d < day);

@@ -11,7 +11,7 @@
 //! 4. each partition takes out the transactions found there, writes the rest sorted by
 //!    (`partner_id`, `txn_id`) into its own Parquet file ([`sink::finish`]);
 //!
-//!    A day of more than a few million raw rows (or too large for the memory limit) runs
+//!    A large day (over a few million raw rows under a memory limit, 16M without) runs
 //!    steps 2–4 in [`passes`], one range of transaction keys at a time, over its copies split
 //!    once into temporary files ([`one_pass`]);
 //! 5. [`settle`]: disputed transactions and those with neighbouring copies are settled by
@@ -66,7 +66,7 @@ use crate::progress::Progress;
 use crate::schema::{self, EVENT_DATE};
 use crate::session::TallySession;
 use chrono::NaiveDate;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_plan::{displayable, ExecutionPlan, ExecutionPlanProperties};
 use datafusion::prelude::DataFrame;
@@ -118,8 +118,8 @@ impl<'a> LedgerJob<'a> {
         self
     }
 
-    /// Passes over the day's transaction keys ([`passes`]); by default one per few million
-    /// raw rows, more if the memory limit needs them.
+    /// Passes over the day's transaction keys ([`passes`]); by default one per 4M raw rows
+    /// under a memory limit (more if it needs them), one per 16M without.
     pub fn with_passes(mut self, passes: Option<usize>) -> Self {
         self.passes = passes.map(|p| p.clamp(1, passes::MAX_PASSES));
         self
@@ -258,6 +258,14 @@ impl<'a> LedgerJob<'a> {
         let passes = self
             .passes
             .unwrap_or_else(|| passes::needed(rows_read, task_ctx.memory_pool().memory_limit()));
+        // Between passes, the wanted part of the neighbours' key indexes stays in memory
+        // while it takes at most an eighth of the limit (1 GiB without one).
+        let kept_budget = match (passes, task_ctx.memory_pool().memory_limit()) {
+            (1, _) => 0,
+            (_, MemoryLimit::Finite(bytes)) => bytes / 8,
+            _ => 1 << 30,
+        };
+        let kept = Arc::new(neighbours::KeptIndexes::new(kept_budget));
         drop(task_ctx);
         let run_id = format!("{:016x}", rand::random::<u64>());
         let store = ledger.object_store();
@@ -270,6 +278,7 @@ impl<'a> LedgerJob<'a> {
                 &conflicts_table,
                 &run_id,
                 (0, 1),
+                &kept,
                 &mut day,
             )
             .await?;
@@ -289,6 +298,7 @@ impl<'a> LedgerJob<'a> {
                     &conflicts_table,
                     &run_id,
                     (pass, passes),
+                    &kept,
                     &mut day,
                 )
                 .await?;

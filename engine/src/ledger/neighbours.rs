@@ -149,16 +149,64 @@ const BATCH_ROWS: u64 = 8 * 1024 * 1024;
 type Batch = Vec<(usize, CheckedFile, Vec<i32>)>;
 
 /// A batch with its key indexes loaded.
-type Loaded = Vec<(usize, key_index::FileKeys, Vec<i32>, key_index::Origin)>;
+type Loaded = Vec<(usize, Arc<key_index::FileKeys>, Vec<i32>, key_index::Origin)>;
+
+/// The wanted part of the key indexes a run has loaded, kept for its later passes (each pass
+/// looks up another range of the day's keys in the same indexes) while they fit in `budget`
+/// bytes; past it, a pass loads what is not kept again.
+#[derive(Debug, Default)]
+pub struct KeptIndexes {
+    kept: std::sync::Mutex<std::collections::HashMap<usize, Arc<key_index::FileKeys>>>,
+    budget: usize,
+}
+
+impl KeptIndexes {
+    /// Keeps up to `budget` bytes of indexes (0: none, for a run of one pass).
+    pub fn new(budget: usize) -> Self {
+        Self {
+            kept: Default::default(),
+            budget,
+        }
+    }
+
+    fn get(&self, file: usize) -> Option<Arc<key_index::FileKeys>> {
+        self.kept.lock().ok()?.get(&file).cloned()
+    }
+
+    /// `keys` of input `file`, kept (only the `wanted` days) if they fit.
+    fn keep(
+        &self,
+        file: usize,
+        keys: key_index::FileKeys,
+        wanted: &[i32],
+    ) -> Arc<key_index::FileKeys> {
+        if self.budget == 0 {
+            return Arc::new(keys);
+        }
+        let wanted_part = Arc::new(keys.only_days(wanted));
+        if let Ok(mut kept) = self.kept.lock() {
+            let used: usize = kept.values().map(|k| k.memory_size()).sum();
+            if used + wanted_part.memory_size() <= self.budget {
+                kept.insert(file, Arc::clone(&wanted_part));
+            }
+        }
+        wanted_part
+    }
+}
 
 /// Loads (or builds) the key indexes of a batch, a few files at a time per core.
-async fn load(lake: Lake, batch: Batch) -> Result<Loaded> {
+async fn load(lake: Lake, batch: Batch, kept: Arc<KeptIndexes>) -> Result<Loaded> {
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
     futures::stream::iter(batch)
         .map(|(i, file, wanted)| {
             let lake = lake.clone();
+            let kept = Arc::clone(&kept);
             join(tokio::spawn(async move {
+                if let Some(keys) = kept.get(i) {
+                    return Ok::<_, TallyError>((i, keys, wanted, key_index::Origin::Read));
+                }
                 let (keys, origin) = key_index::load_or_build(&lake, &file).await?;
+                let keys = kept.keep(i, keys, &wanted);
                 Ok::<_, TallyError>((i, keys, wanted, origin))
             }))
         })
@@ -221,6 +269,7 @@ pub async fn find(
     inputs: &Inputs,
     window: &DayWindow,
     day_parts: &[Vec<&[i64]>],
+    kept: &Arc<KeptIndexes>,
 ) -> Result<Found> {
     let started = std::time::Instant::now();
     let lake = session.lake();
@@ -245,7 +294,9 @@ pub async fn find(
     // A pipeline: batch k + 1 loads while batch k is probed; the first one loads while the
     // day's key set is built.
     let mut batches = batches.into_iter();
-    let mut loading = batches.next().map(|b| tokio::spawn(load(lake.clone(), b)));
+    let mut loading = batches
+        .next()
+        .map(|b| tokio::spawn(load(lake.clone(), b, Arc::clone(kept))));
     let day = Arc::new(DayKeys::new(day_parts));
     tracing::info!(
         keys = day.len(),
@@ -256,7 +307,9 @@ pub async fn find(
     let mut probing: Option<tokio::task::JoinHandle<Vec<FileHits>>> = None;
     while let Some(current) = loading.take() {
         let loaded = join(current).await??;
-        loading = batches.next().map(|b| tokio::spawn(load(lake.clone(), b)));
+        loading = batches
+            .next()
+            .map(|b| tokio::spawn(load(lake.clone(), b, Arc::clone(kept))));
         let day = Arc::clone(&day);
         let next = tokio::task::spawn_blocking(move || probe(&day, loaded));
         if let Some(previous) = probing.replace(next) {

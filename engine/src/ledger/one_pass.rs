@@ -57,6 +57,7 @@ impl LedgerJob<'_> {
         conflicts_table: &deltalake::DeltaTable,
         run_id: &str,
         (pass, passes): (usize, usize),
+        kept: &Arc<neighbours::KeptIndexes>,
         day: &mut Gathered,
     ) -> Result<()> {
         let started = Instant::now();
@@ -125,7 +126,7 @@ impl LedgerJob<'_> {
             .collect();
         self.progress
             .message(&format!("{}: looking up the neighbouring days", self.day));
-        let found = neighbours::find(self.session, inputs, window, &parts).await?;
+        let found = neighbours::find(self.session, inputs, window, &parts, kept).await?;
         drop(parts);
         tracing::info!(
             day = %self.day,

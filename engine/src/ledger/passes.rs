@@ -14,14 +14,15 @@
 //! lookup for its keys, its own sorted files) that fits in memory. The only extra work is one
 //! sequential write and read of the day's copies, uncompressed, on local disk.
 //!
-//! How many passes: at least one per [`ROWS_PER_PASS`] raw rows, limit or not. A pass that
-//! size keeps the aggregate's hash table and the held rows small enough to stay mostly in
-//! cache, and the extra write and read cost less than that saves: on a 100M-transaction day
-//! (108M raw rows) under `--memory-limit 8GiB`, 6 passes took 98 s and 16, 32 and 64 passes
-//! 60, 59 and 58 s; on a 10M day, one pass 6.0 s and 4 passes 5.2 s. Under a memory limit,
-//! also enough passes that the day's raw rows times [`BYTES_PER_ROW`] (the measured cost of a
-//! row in a pass) fit in half of it (the other half is the scan's and the writers' buffers, and
-//! what the pool cannot see).
+//! How many passes. Under a memory limit, one per [`ROWS_PER_PASS`] raw rows, and more if the
+//! day's raw rows times [`BYTES_PER_ROW`] (the measured cost of a row in a pass) do not fit in
+//! half of it (the other half is the scan's and the writers' buffers, and what the pool cannot
+//! see). The fair pool splits the limit between every partition's aggregate and held rows, and
+//! a pass that outgrows those shares spills: on a 100M-transaction day (108M raw rows) under
+//! `--memory-limit 8GiB`, 6 passes took 98 s and 16, 32 and 64 passes 60, 59 and 58 s; on a
+//! 10M day under the same limit, one pass 6.0 s and four 5.2 s. Without a limit nothing
+//! spills, and the extra write and read of the copies is pure cost (10M day: one pass 3.7 s,
+//! three 4.0 s), so passes only bound the memory: one per [`ROWS_PER_PASS_UNLIMITED`].
 
 use super::window::DayWindow;
 use crate::error::{Result, TallyError};
@@ -46,23 +47,26 @@ use std::sync::Arc;
 /// ledger row (the 10M-transaction bench day peaks at about 2.2 GiB for 10.8M raw rows).
 pub const BYTES_PER_ROW: u64 = 200;
 
-/// Raw rows per pass (see the module docs).
+/// Raw rows per pass under a memory limit (see the module docs).
 pub const ROWS_PER_PASS: u64 = 4 << 20;
+
+/// Raw rows per pass without a memory limit: about 3.2 GiB of groups and held rows.
+pub const ROWS_PER_PASS_UNLIMITED: u64 = 16 << 20;
 
 /// Upper bound on passes (each scan partition keeps one open file per pass).
 pub const MAX_PASSES: usize = 256;
 
 /// The passes a day of `raw_rows` needs under `limit`.
 pub fn needed(raw_rows: u64, limit: MemoryLimit) -> usize {
-    let by_rows = raw_rows.div_ceil(ROWS_PER_PASS);
-    let by_memory = match limit {
+    let passes = match limit {
         MemoryLimit::Finite(bytes) => {
             let budget = (bytes as u64 / 2).max(1);
-            raw_rows.saturating_mul(BYTES_PER_ROW).div_ceil(budget)
+            let by_memory = raw_rows.saturating_mul(BYTES_PER_ROW).div_ceil(budget);
+            raw_rows.div_ceil(ROWS_PER_PASS).max(by_memory)
         }
-        MemoryLimit::Infinite | MemoryLimit::Unknown => 1,
+        MemoryLimit::Infinite | MemoryLimit::Unknown => raw_rows.div_ceil(ROWS_PER_PASS_UNLIMITED),
     };
-    (by_rows.max(by_memory) as usize).clamp(1, MAX_PASSES)
+    (passes as usize).clamp(1, MAX_PASSES)
 }
 
 /// Which of `passes` a transaction key belongs to: `passes` equal ranges of the keys in
@@ -260,7 +264,8 @@ mod tests {
     #[test]
     fn a_day_takes_as_many_passes_as_its_rows_need_under_the_limit() {
         assert_eq!(needed(4_000_000, MemoryLimit::Infinite), 1);
-        assert_eq!(needed(10_800_000, MemoryLimit::Infinite), 3);
+        assert_eq!(needed(10_800_000, MemoryLimit::Infinite), 1);
+        assert_eq!(needed(108_000_000, MemoryLimit::Infinite), 7);
         assert_eq!(needed(10_800_000, MemoryLimit::Finite(8 << 30)), 3);
         assert_eq!(needed(108_000_000, MemoryLimit::Finite(8 << 30)), 26);
         assert_eq!(needed(108_000_000, MemoryLimit::Finite(2 << 30)), 26);
