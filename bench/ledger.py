@@ -55,6 +55,12 @@ def duck(sql, memory_limit=None):
     return run_timed([sys.executable, "-c", code])
 
 
+def duckdb_version():
+    import duckdb
+
+    return duckdb.__version__
+
+
 def duck_limit(tally_limit):
     """DuckDB's memory_limit spelling of a tally --memory-limit (8GiB -> 8GiB)."""
     return tally_limit
@@ -110,7 +116,7 @@ def shapes(args, tally):
         f"Machine: {machine()}. Command: `python3 bench/ledger.py --shapes {args.shapes} --events {args.events} "
         f"--runs {args.runs}{' --memory-limit ' + limit if limit else ''}`.",
         f"Lakes written by DuckDB (`bench/gen_raw.py`, in shards), not by `tally generate`. Shapes: {layouts}.",
-        f"tally and DuckDB each in a fresh process, best of {args.runs}; DuckDB and tally under the same memory limit "
+        f"tally and DuckDB {duckdb_version()} each in a fresh process, best of {args.runs}; DuckDB and tally under the same memory limit "
         f"({limit or 'none'}). 'exact' = tally's ledger count and sum equal the generator's own expectation and "
         "every run has the same fingerprint.",
         "",
