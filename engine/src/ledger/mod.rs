@@ -254,56 +254,54 @@ impl<'a> LedgerJob<'a> {
 
         // The main plan, one sink per hash partition; a large day goes through it in passes,
         // each a range of transaction keys ([`passes`]).
-        let task_ctx = self.session.ctx().task_ctx();
+        let limit = match self.session.ctx().task_ctx().memory_pool().memory_limit() {
+            MemoryLimit::Finite(bytes) => Some(bytes),
+            MemoryLimit::Infinite | MemoryLimit::Unknown => None,
+        };
         let passes = self
             .passes
-            .unwrap_or_else(|| passes::needed(rows_read, task_ctx.memory_pool().memory_limit()));
+            .unwrap_or_else(|| passes::needed(rows_read, limit));
         // Between passes, the wanted part of the neighbours' key indexes stays in memory
         // while it takes at most an eighth of the limit (1 GiB without one).
-        let kept_budget = match (passes, task_ctx.memory_pool().memory_limit()) {
+        let kept_budget = match (passes, limit) {
             (1, _) => 0,
-            (_, MemoryLimit::Finite(bytes)) => bytes / 8,
-            _ => 1 << 30,
+            (_, Some(bytes)) => bytes / 8,
+            (_, None) => 1 << 30,
         };
         let kept = Arc::new(neighbours::KeptIndexes::new(kept_budget));
-        drop(task_ctx);
         let run_id = format!("{:016x}", rand::random::<u64>());
         let store = ledger.object_store();
+        // One pass reads the checked files (registered above); several read their split.
+        let scattered = if passes > 1 {
+            self.progress.message(&format!(
+                "{}: splitting {} raw rows into {passes} passes",
+                self.day, rows_read
+            ));
+            let s = passes::scatter(self.session, &window, passes).await?;
+            tracing::info!(day = %self.day, passes, rows = s.rows, secs = started.elapsed().as_secs_f64(), "ledger: copies split into passes");
+            Some(s)
+        } else {
+            None
+        };
         let mut day = Gathered::default();
-        if passes == 1 {
+        for pass in 0..passes {
+            if let Some(s) = &scattered {
+                s.register(self.session, pass).await?;
+            }
             self.pass(
                 &window,
                 &inputs,
                 &store,
                 &conflicts_table,
                 &run_id,
-                (0, 1),
+                (pass, passes),
                 &kept,
                 &mut day,
             )
             .await?;
-        } else {
-            self.progress.message(&format!(
-                "{}: splitting {} raw rows into {passes} passes",
-                self.day, rows_read
-            ));
-            let scattered = passes::scatter(self.session, &window, passes).await?;
-            tracing::info!(day = %self.day, passes, rows = scattered.rows, secs = started.elapsed().as_secs_f64(), "ledger: copies split into passes");
-            for pass in 0..passes {
-                scattered.register(self.session, pass).await?;
-                self.pass(
-                    &window,
-                    &inputs,
-                    &store,
-                    &conflicts_table,
-                    &run_id,
-                    (pass, passes),
-                    &kept,
-                    &mut day,
-                )
-                .await?;
-            }
-            drop(scattered);
+        }
+        if let Some(s) = scattered {
+            drop(s);
             // Later queries of `day_arrivals` read the checked files again.
             self.register_inputs(&window, &inputs)?;
         }

@@ -154,9 +154,13 @@ type Loaded = Vec<(usize, Arc<key_index::FileKeys>, Vec<i32>, key_index::Origin)
 /// The wanted part of the key indexes a run has loaded, kept for its later passes (each pass
 /// looks up another range of the day's keys in the same indexes) while they fit in `budget`
 /// bytes; past it, a pass loads what is not kept again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KeptIndexes {
-    kept: std::sync::Mutex<std::collections::HashMap<usize, Arc<key_index::FileKeys>>>,
+    /// The kept indexes by input file, and the bytes they take.
+    kept: std::sync::Mutex<(
+        std::collections::HashMap<usize, Arc<key_index::FileKeys>>,
+        usize,
+    )>,
     budget: usize,
 }
 
@@ -170,7 +174,7 @@ impl KeptIndexes {
     }
 
     fn get(&self, file: usize) -> Option<Arc<key_index::FileKeys>> {
-        self.kept.lock().ok()?.get(&file).cloned()
+        self.kept.lock().ok()?.0.get(&file).cloned()
     }
 
     /// `keys` of input `file`, kept (only the `wanted` days) if they fit.
@@ -185,9 +189,11 @@ impl KeptIndexes {
         }
         let wanted_part = Arc::new(keys.only_days(wanted));
         if let Ok(mut kept) = self.kept.lock() {
-            let used: usize = kept.values().map(|k| k.memory_size()).sum();
-            if used + wanted_part.memory_size() <= self.budget {
-                kept.insert(file, Arc::clone(&wanted_part));
+            let (files, used) = &mut *kept;
+            let size = wanted_part.memory_size();
+            if *used + size <= self.budget && files.insert(file, Arc::clone(&wanted_part)).is_none()
+            {
+                *used += size;
             }
         }
         wanted_part

@@ -34,7 +34,6 @@ use arrow::compute::BatchCoalescer;
 use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::ipc::writer::FileWriter;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
-use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::physical_plan::ExecutionPlanProperties;
 use datafusion::prelude::DataFrame;
 use futures::StreamExt;
@@ -56,15 +55,15 @@ pub const ROWS_PER_PASS_UNLIMITED: u64 = 16 << 20;
 /// Upper bound on passes (each scan partition keeps one open file per pass).
 pub const MAX_PASSES: usize = 256;
 
-/// The passes a day of `raw_rows` needs under `limit`.
-pub fn needed(raw_rows: u64, limit: MemoryLimit) -> usize {
+/// The passes a day of `raw_rows` needs under a memory limit of `limit` bytes (or none).
+pub fn needed(raw_rows: u64, limit: Option<usize>) -> usize {
     let passes = match limit {
-        MemoryLimit::Finite(bytes) => {
+        Some(bytes) => {
             let budget = (bytes as u64 / 2).max(1);
             let by_memory = raw_rows.saturating_mul(BYTES_PER_ROW).div_ceil(budget);
             raw_rows.div_ceil(ROWS_PER_PASS).max(by_memory)
         }
-        MemoryLimit::Infinite | MemoryLimit::Unknown => raw_rows.div_ceil(ROWS_PER_PASS_UNLIMITED),
+        None => raw_rows.div_ceil(ROWS_PER_PASS_UNLIMITED),
     };
     (passes as usize).clamp(1, MAX_PASSES)
 }
@@ -78,17 +77,11 @@ pub fn pass_of(key: i64, passes: usize) -> usize {
 /// The day's copies, written out by pass (see the module docs). Dropping it deletes them.
 pub struct Scattered {
     dir: tempfile::TempDir,
-    passes: usize,
     /// Copies written.
     pub rows: u64,
 }
 
 impl Scattered {
-    /// Passes the copies are split into.
-    pub fn passes(&self) -> usize {
-        self.passes
-    }
-
     fn pass_dir(root: &Path, pass: usize) -> PathBuf {
         root.join(format!("pass-{pass:03}"))
     }
@@ -148,7 +141,7 @@ pub async fn scatter(
     for t in tasks {
         rows += super::tasks::join(t).await??;
     }
-    Ok(Scattered { dir, passes, rows })
+    Ok(Scattered { dir, rows })
 }
 
 /// One pass's file of one scan partition: rows gathered into full batches, then written.
@@ -263,15 +256,15 @@ mod tests {
 
     #[test]
     fn a_day_takes_as_many_passes_as_its_rows_need_under_the_limit() {
-        assert_eq!(needed(4_000_000, MemoryLimit::Infinite), 1);
-        assert_eq!(needed(10_800_000, MemoryLimit::Infinite), 1);
-        assert_eq!(needed(108_000_000, MemoryLimit::Infinite), 7);
-        assert_eq!(needed(10_800_000, MemoryLimit::Finite(8 << 30)), 3);
-        assert_eq!(needed(108_000_000, MemoryLimit::Finite(8 << 30)), 26);
-        assert_eq!(needed(108_000_000, MemoryLimit::Finite(2 << 30)), 26);
-        assert_eq!(needed(13_000_000, MemoryLimit::Finite(1 << 30)), 5);
-        assert_eq!(needed(100_000, MemoryLimit::Finite(16 << 20)), 3);
-        assert_eq!(needed(u64::MAX, MemoryLimit::Finite(1)), MAX_PASSES);
-        assert_eq!(needed(0, MemoryLimit::Finite(1 << 20)), 1);
+        assert_eq!(needed(4_000_000, None), 1);
+        assert_eq!(needed(10_800_000, None), 1);
+        assert_eq!(needed(108_000_000, None), 7);
+        assert_eq!(needed(10_800_000, Some(8 << 30)), 3);
+        assert_eq!(needed(108_000_000, Some(8 << 30)), 26);
+        assert_eq!(needed(108_000_000, Some(2 << 30)), 26);
+        assert_eq!(needed(13_000_000, Some(1 << 30)), 5);
+        assert_eq!(needed(100_000, Some(16 << 20)), 3);
+        assert_eq!(needed(u64::MAX, Some(1)), MAX_PASSES);
+        assert_eq!(needed(0, Some(1 << 20)), 1);
     }
 }
