@@ -13,6 +13,7 @@
 //! - [`delta_stats`]: per-file column statistics for Delta `add` actions;
 //! - [`failpoint`]: named crash points between durable steps, for tests;
 //! - [`query`]: ad-hoc SQL with the read-only guard;
+//! - [`plan`]: tally's own physical operators for analysts' queries and the rule placing them;
 //! - [`ledger`]: the daily finance ledger (exact dedup, one atomic Delta commit per day);
 //! - [`live`]: the incremental micro-batch live view (dedup within a TTL, watermark, exactly once);
 //! - [`backfill`]: ledger days as tasks (lease, skip unchanged days, record in `runs`);
@@ -44,6 +45,7 @@ pub mod lake;
 pub mod ledger;
 pub mod live;
 pub mod ops;
+pub mod plan;
 pub mod progress;
 pub mod query;
 pub mod raw_delta;

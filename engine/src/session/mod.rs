@@ -37,6 +37,9 @@ pub struct SessionOptions {
     /// session (DataFusion's default): long-lived sessions (`tally shell`, the server) must see
     /// raw files that land while they run.
     pub fresh_listings: bool,
+    /// Plan with DataFusion's physical optimizer rules only, without tally's query rules
+    /// ([`crate::plan`]): the ledger's plans are tuned and benchmarked as DataFusion plans them.
+    pub datafusion_plans_only: bool,
 }
 
 /// Rows per batch of a ledger run without a memory limit.
@@ -57,6 +60,7 @@ impl SessionOptions {
             target_partitions: Some(buckets.max(1) as usize),
             batch_size: memory_limit.is_none().then_some(LEDGER_BATCH_ROWS),
             fresh_listings: false,
+            datafusion_plans_only: true,
         }
     }
 }
@@ -235,11 +239,13 @@ impl TallySession {
     /// A context with no tables on this session's runtime (memory pool, object stores), query
     /// planner (a server's result cache) and UDFs, configured by `config`.
     pub fn sibling_context(&self, config: SessionConfig) -> SessionContext {
+        let state = self.ctx.state();
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.ctx.runtime_env())
             .with_default_features()
-            .with_query_planner(Arc::clone(self.ctx.state().query_planner()))
+            .with_physical_optimizer_rules(state.physical_optimizers().to_vec())
+            .with_query_planner(Arc::clone(state.query_planner()))
             .build();
         let ctx = SessionContext::new_with_state(state);
         tally_udfs::register_all(&ctx);

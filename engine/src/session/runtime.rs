@@ -37,16 +37,17 @@ pub(super) fn new_context(
     config.options_mut().execution.parquet.pushdown_filters = true;
     config.options_mut().execution.parquet.reorder_filters = true;
     apply_env_overrides(&mut config)?;
-    let Some(planner) = planner else {
-        return Ok(SessionContext::new_with_config_rt(config, runtime));
-    };
-    let state = SessionStateBuilder::new()
+    let mut state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(runtime)
-        .with_default_features()
-        .with_query_planner(planner)
-        .build();
-    Ok(SessionContext::new_with_state(state))
+        .with_default_features();
+    if !opts.datafusion_plans_only {
+        state = crate::plan::with_query_rules(state);
+    }
+    if let Some(planner) = planner {
+        state = state.with_query_planner(planner);
+    }
+    Ok(SessionContext::new_with_state(state.build()))
 }
 
 /// DataFusion settings from the environment, as datafusion-cli takes them:
