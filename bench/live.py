@@ -43,6 +43,18 @@ from common import WORK, ensure_duckdb, machine, tally_bin, write_section
 PARTNERS = 300
 
 
+MARKS = (60, 300, 600, 900, 1200, 1500, 1800, 2400, 3000, 3600)
+
+
+def newest_checkpoint_bytes(lake):
+    """Size of the newest live checkpoint (0 before the first)."""
+    cps = sorted((lake / "live_view" / "_tally_live").glob("checkpoint-*.json"))
+    try:
+        return cps[-1].stat().st_size if cps else 0
+    except FileNotFoundError:  # replaced between the listing and the stat
+        return 0
+
+
 def partner_column(n, seed=7):
     rnd = random.Random(seed)
     weights = [1.0 / (k ** 1.2) for k in range(1, PARTNERS + 1)]
@@ -202,6 +214,7 @@ def main():
     reader = threading.Thread(target=read_batches, daemon=True)
     reader.start()
     rss = []
+    cp_at = []  # (seconds since start, bytes of the newest checkpoint)
     landed_rows = 0
     t0 = time.time()
     i = 1
@@ -231,6 +244,8 @@ def main():
         bad = f"partner-bad-{i // 20:02d}" if args.serve and i % 20 == 15 else None
         landed_rows += lander.land(i, bad)
         rss.append((time.time() - t0, rss_mib(proc.pid)))
+        if any(abs((time.time() - t0) - m) < 0.5 for m in MARKS) and len(cp_at) < len(MARKS):
+            cp_at.append((time.time() - t0, newest_checkpoint_bytes(lake)))
         i += 1
         time.sleep(max(0.0, tick - time.time()))
     land_end = time.time()
@@ -264,7 +279,7 @@ def main():
     sustained = rows / (last_commit - t0)
     batch_ms = [b["batch_ms"] for b in batches if b["rows"]]
     capacity = rows / (sum(batch_ms) / 1000.0)
-    marks = [t for t in (60, 300, 600, 900, 1200, 1500, 1800) if t <= args.duration]
+    marks = [t for t in MARKS if t <= args.duration]
     rss_at = ", ".join(f"{t // 60} min {min(rss, key=lambda x: abs(x[0] - t))[1]:.0f}" for t in marks)
     minute1 = [r for t, r in rss if t <= 60]
     last_min = [r for t, r in rss if t >= args.duration - 60]
@@ -272,9 +287,12 @@ def main():
 
     # The newest checkpoint: it tracks every file taken inside the horizon (issue 34), so its
     # size grows with the files landed in the followed partitions, not with uptime.
-    cps = sorted((lake / "live_view" / "_tally_live").glob("checkpoint-*.json"))
-    cp_bytes = cps[-1].stat().st_size if cps else 0
+    cp_bytes = newest_checkpoint_bytes(lake)
     cp_files = len(lander.landed)
+    first_min_ms = [b["batch_ms"] for b in batches if b["rows"] and b["seen_at"] - t0 <= 60]
+    last_min_ms = [b["batch_ms"] for b in batches if b["rows"] and land_end - b["seen_at"] <= 60]
+    fresh_last = [committed_at[p] - t for p, t in lander.landed.items()
+                  if p in committed_at and land_end - t <= 60]
 
     # DuckDB: the same per-batch aggregate over the same files, one file per query.
     con = duckdb.connect()
@@ -303,6 +321,9 @@ def main():
         f"| freshness max | {max(fresh):.2f} s | |",
         f"| files never committed | {len(missing)} | 0 |",
         f"| batches | {len(batches)} (median {statistics.median(batch_ms):.0f} ms, p95 {pct(batch_ms, 95):.0f} ms per batch with rows) | |",
+        f"| batch median / p95: first minute, last minute | {statistics.median(first_min_ms):.0f} / {pct(first_min_ms, 95):.0f} ms, {statistics.median(last_min_ms):.0f} / {pct(last_min_ms, 95):.0f} ms | flat |",
+        f"| freshness p95 in the last minute | {pct(fresh_last, 95):.2f} s | ≤ 1.5 s |",
+        f"| checkpoint bytes over the run | {', '.join(f'{t / 60:.0f} min {b / 1024:,.0f} KiB' for t, b in cp_at)} | bounded by the horizon |",
         f"| tally RSS: first minute avg / last minute avg / peak | {statistics.mean(minute1):.0f} / {statistics.mean(last_min):.0f} / {peak:.0f} MiB | flat |",
         f"| tally RSS over the run (MiB) | {rss_at} | |",
         f"| reading live_view (`tally sql`, fresh process): after 1 min / at the end | {read_early or 0:.2f} s / {read_late:.2f} s | as fast after a day as after a minute |",
