@@ -166,7 +166,13 @@ def main():
     ap.add_argument("--duration", type=int, default=300, help="seconds of landing")
     ap.add_argument("--serve", action="store_true",
                     help="run the loop in `tally serve --live` with alerts and a polled dashboard")
+    ap.add_argument("--restart", action="store_true",
+                    help="kill -9 after a full dedup TTL and time the restart (bench/live_restart.py)")
+    ap.add_argument("--ttl", type=int, default=600, help="with --restart: the dedup TTL in seconds")
     args = ap.parse_args()
+    if args.restart:
+        import live_restart
+        return live_restart.run(args, Lander)
     tally = tally_bin()
     duckdb = ensure_duckdb()
     lake = WORK / "live" / "lake"

@@ -69,6 +69,9 @@ impl Lake {
                     })
                 }
             };
+        // Tests of a flaky store (see `flaky_store`): dev builds only.
+        #[cfg(debug_assertions)]
+        let store = crate::flaky_store::wrap(store);
         let endpoint = match root.scheme() {
             "file" => "local disk".to_string(),
             _ => storage_options

@@ -12,6 +12,7 @@
 //! - [`delta_files`]: a Delta snapshot read as plain Parquet files (the server's fast path);
 //! - [`delta_stats`]: per-file column statistics for Delta `add` actions;
 //! - [`failpoint`]: named crash points between durable steps, for tests;
+//! - `flaky_store`: a lake store that fails every n-th request for a while, for tests (dev builds);
 //! - [`query`]: ad-hoc SQL with the read-only guard;
 //! - [`plan`]: tally's own physical operators for analysts' queries and the rule placing them;
 //! - [`ledger`]: the daily finance ledger (exact dedup, one atomic Delta commit per day);
@@ -39,6 +40,8 @@ pub mod delta_files;
 pub mod delta_stats;
 pub mod error;
 pub mod failpoint;
+#[cfg(debug_assertions)]
+pub mod flaky_store;
 pub mod generate;
 pub mod jobs_sql;
 pub mod lake;

@@ -982,3 +982,285 @@ fn every_landed_file_is_read_once_on_s3() {
     assert!(String::from_utf8_lossy(&failed.stderr).contains("changed after it was taken"));
     assert_eq!(both(), expected(&all));
 }
+
+/// A flaky store (`TALLY_FLAKY_STORE`, issue 35 item 2) failing every 7th request for a while,
+/// then every 2nd checkpoint write, then every 2nd write of a batch's `live_view` file: the
+/// continuous loop retries each failed batch on the dedup state it holds (no rebuild from the
+/// raw files) and ends with the totals of a run that never failed. A batch failed before its
+/// checkpoint is taken back from the dedup state (kept, its rows would be dropped as copies of
+/// themselves on the retry); one failed after it is redone with exactly its files.
+#[test]
+fn a_flaky_store_costs_retries_not_a_rebuild_and_loses_nothing() {
+    let reference = tempdir();
+    generate(reference.path(), 2, 20_000, 5);
+    let common = [
+        "--max-files-per-batch",
+        "1",
+        "--start-lookback-days",
+        "10",
+        "--retention",
+        "1000h",
+        "--format",
+        "json",
+    ];
+    let mut once = vec!["live", "--once"];
+    once.extend(common);
+    tally_ok(reference.path(), &once);
+    let want_view = read_totals(reference.path(), "live_view");
+    let want_late = read_totals(reference.path(), "live_late");
+    let files = parquet_files(&reference.path().join("lake/raw")).len() as u64;
+
+    for (spec, fails) in [
+        ("7:12-120", "put"),
+        ("2:1-12:checkpoint", "checkpoint"),
+        ("2:1-12:live_view/part-", "live_view/part-"),
+    ] {
+        let flaky = tempdir();
+        copy_dir(&reference.path().join("lake"), &flaky.path().join("lake"));
+        std::fs::remove_dir_all(flaky.path().join("lake/live_view")).unwrap();
+        let _ = std::fs::remove_dir_all(flaky.path().join("lake/live_late"));
+        let _ = std::fs::remove_dir_all(flaky.path().join("lake/live_quarantine"));
+        let mut child = tally_cmd(flaky.path())
+            .args(["live", "--interval", "100ms"])
+            .args(common)
+            .env("TALLY_FLAKY_STORE", spec)
+            .env("RUST_LOG", "tally_engine::live=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
+        let (mut read, mut retries) = (0u64, 0u64);
+        let t0 = Instant::now();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let batch: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            read += batch["files"].as_u64().unwrap();
+            retries += batch["retries"].as_u64().unwrap();
+            if read >= files {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "{spec}: {read} of {files} files after 2 min"
+            );
+        }
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(child.wait().unwrap().success());
+        let log = errors.join().unwrap();
+        assert!(retries > 0, "{spec}: the store never failed a batch: {log}");
+        let failed: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("failing request"))
+            .collect();
+        assert!(
+            failed
+                .iter()
+                .any(|l| l.contains("(put ") && l.contains(fails)),
+            "{spec}: no write of {fails} failed: {log}"
+        );
+        assert_eq!(
+            log.matches("live: recovered").count(),
+            1,
+            "{spec}: the state was rebuilt after a failure: {log}"
+        );
+        assert!(
+            !log.contains("retrying from the last checkpoint"),
+            "{spec}: {log}"
+        );
+        assert_eq!(read_totals(flaky.path(), "live_view"), want_view, "{spec}");
+        assert_eq!(read_totals(flaky.path(), "live_late"), want_late, "{spec}");
+    }
+}
+
+/// `tally live --once` with the live module's info log: (stderr, stdout).
+fn live_once_logged(dir: &Path, extra: &[&str]) -> (String, String) {
+    let out = tally_cmd(dir)
+        .args(["live", "--once", "--max-files-per-batch", "1"])
+        .args(["--start-lookback-days", "10", "--retention", "1000h"])
+        .args(extra)
+        .env("RUST_LOG", "tally_engine::live=info")
+        .output()
+        .unwrap();
+    let (stderr, stdout) = (
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    (stderr, stdout)
+}
+
+/// A restart loads the dedup state's snapshot and re-reads only the batches that reach past its
+/// boundary minute (issue 35 item 1); a snapshot part that is missing, torn, altered or of a future
+/// format version is set aside, and every batch is re-read as before snapshots: the totals are
+/// exact in every case, and copies of transactions the snapshot holds are never counted twice.
+#[test]
+fn a_restart_loads_the_dedup_snapshot_and_falls_back_when_it_is_damaged() {
+    let day = "2026-11-20";
+    let t0 = micros("2026-11-20T10:00:00Z");
+    // Three files of three minutes each, one batch each, then a file of new transactions and
+    // copies of transactions from every one of those minutes (retries within the TTL).
+    let first: Vec<Vec<RawRow>> = (0..3)
+        .map(|f| traffic(&format!("f{f}"), t0 + f * 3 * MINUTE, 1_000_000, 180))
+        .collect();
+    let mut retry: Vec<RawRow> = first
+        .iter()
+        .flat_map(|rows| rows.iter().step_by(9).cloned())
+        .map(|mut r| {
+            r.ingest_time += 30_000_000;
+            r
+        })
+        .collect();
+    retry.extend(traffic("g", t0 + 9 * MINUTE, 1_000_000, 60));
+    let land = |lake: &Path, with_retry: bool| {
+        for (f, rows) in first.iter().enumerate() {
+            write_raw(lake, day, &format!("a{f}.parquet"), rows);
+        }
+        if with_retry {
+            write_raw(lake, day, "b.parquet", &retry);
+        }
+    };
+    let reference = tempdir();
+    land(&reference.path().join("lake"), true);
+    live_once_logged(reference.path(), &[]);
+    let want = view_and_late(reference.path());
+
+    let base = tempdir();
+    land(&base.path().join("lake"), false);
+    live_once_logged(base.path(), &[]);
+    let keys = base.path().join("lake/live_view/_tally_live/keys");
+    let mut parts: Vec<_> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    parts.sort();
+    assert!(!parts.is_empty(), "no snapshot part written");
+    let part = parts[0].file_name().unwrap().to_owned();
+
+    type Damage = fn(&Path);
+    let cases: [(&str, Option<Damage>); 5] = [
+        ("intact", None),
+        ("missing", Some(|p| std::fs::remove_file(p).unwrap())),
+        (
+            "torn",
+            Some(|p| {
+                let b = std::fs::read(p).unwrap();
+                std::fs::write(p, &b[..b.len() / 2]).unwrap();
+            }),
+        ),
+        (
+            "altered",
+            Some(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                let at = b.len() - 12;
+                b[at] ^= 0x40;
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
+        (
+            "future version",
+            Some(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                b[4..8].copy_from_slice(&2u32.to_le_bytes());
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
+    ];
+    for (case, damage) in cases {
+        let dir = tempdir();
+        copy_dir(&base.path().join("lake"), &dir.path().join("lake"));
+        if let Some(damage) = damage {
+            damage(
+                &dir.path()
+                    .join("lake/live_view/_tally_live/keys")
+                    .join(&part),
+            );
+        }
+        write_raw(&dir.path().join("lake"), day, "b.parquet", &retry);
+        let (log, _) = live_once_logged(dir.path(), &[]);
+        let recovered = log
+            .lines()
+            .find(|l| l.contains("live: recovered"))
+            .unwrap_or_else(|| panic!("{case}: no recovery line: {log}"));
+        if damage.is_none() {
+            assert!(
+                recovered.contains("from_snapshot=true"),
+                "{case}: {recovered}"
+            );
+            // The committed checkpoint lists the parts written after batch 2 (those written
+            // after batch 3 go into the next checkpoint): batches 2 and 3 reach past their
+            // boundary minute.
+            assert!(
+                recovered.contains("replayed_batches=2 "),
+                "{case}: {recovered}"
+            );
+        } else {
+            assert!(log.contains("dedup snapshot is unusable"), "{case}: {log}");
+            assert!(
+                recovered.contains("from_snapshot=false"),
+                "{case}: {recovered}"
+            );
+            assert!(
+                recovered.contains("replayed_batches=3 "),
+                "{case}: {recovered}"
+            );
+        }
+        assert_eq!(view_and_late(dir.path()), want, "{case}");
+    }
+}
+
+/// A raw file of a retained batch deleted (a lifecycle rule, an operator) does not stall a
+/// restart (issue 35 item 3): the dedup state is rebuilt without it, the restart says so, and
+/// the view goes on exactly (no later copy of its transactions here, so nothing can be
+/// counted twice). The snapshot is removed so that the restart re-reads every batch.
+#[test]
+fn a_deleted_raw_file_of_a_retained_batch_does_not_stall_a_restart() {
+    let day = "2026-11-20";
+    let t0 = micros("2026-11-20T10:00:00Z");
+    let first: Vec<Vec<RawRow>> = (0..3)
+        .map(|f| traffic(&format!("f{f}"), t0 + f * 3 * MINUTE, 1_000_000, 180))
+        .collect();
+    let mut later: Vec<RawRow> = [&first[0], &first[2]]
+        .into_iter()
+        .flat_map(|rows| rows.iter().step_by(7).cloned())
+        .map(|mut r| {
+            r.ingest_time += 30_000_000;
+            r
+        })
+        .collect();
+    later.extend(traffic("g", t0 + 9 * MINUTE, 1_000_000, 60));
+    let land = |lake: &Path, with_later: bool| {
+        for (f, rows) in first.iter().enumerate() {
+            write_raw(lake, day, &format!("a{f}.parquet"), rows);
+        }
+        if with_later {
+            write_raw(lake, day, "b.parquet", &later);
+        }
+    };
+    let reference = tempdir();
+    land(&reference.path().join("lake"), true);
+    live_once_logged(reference.path(), &[]);
+
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    land(&lake, false);
+    live_once_logged(dir.path(), &[]);
+    std::fs::remove_dir_all(lake.join("live_view/_tally_live/keys")).unwrap();
+    std::fs::remove_file(lake.join(format!("raw/payments/ingest_date={day}/a1.parquet"))).unwrap();
+    write_raw(&lake, day, "b.parquet", &later);
+    let (log, stdout) = live_once_logged(dir.path(), &["--format", "json"]);
+    assert!(
+        log.contains("a raw file of a retained batch is gone"),
+        "{log}"
+    );
+    assert!(log.contains("missing_files=1"), "{log}");
+    let first_batch: serde_json::Value =
+        serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first_batch["rebuild_missing_files"], 1, "{stdout}");
+    assert_eq!(view_and_late(dir.path()), view_and_late(reference.path()));
+}

@@ -71,6 +71,8 @@ pub enum FileRows {
     Rows(Vec<RecordBatch>),
     /// The file cannot be read as raw payments; the message names what is wrong.
     Quarantined(String),
+    /// The file is gone from the store (a lifecycle rule, an operator).
+    Missing,
 }
 
 /// Reads the files of a batch (a few at a time), in order, as `columns` (a projection of
@@ -93,6 +95,7 @@ async fn read_file(lake: Lake, file: FileRecord, columns: SchemaRef) -> Result<F
     // footer-then-ranges dance of a streaming reader.
     let bytes = match lake.store().get(&location).await {
         Ok(got) => got.bytes().await.map_err(|e| lake.storage_error(e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(FileRows::Missing),
         Err(e) => return Err(lake.storage_error(e)),
     };
     let path = file.path.clone();

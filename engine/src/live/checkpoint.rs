@@ -9,10 +9,11 @@
 //!   the checkpoint recorded (processing is deterministic, so the redo writes the same rows);
 //! - commit `n` present → checkpoint `n` is the state.
 //!
-//! The dedup keys themselves are not stored: raw files are immutable, so on restart the keys
-//! are rebuilt by re-reading `txn_id`/`event_time` of the batches whose keys may still be alive
-//! (those whose newest event is within the TTL). That keeps each checkpoint small (file names
-//! of the last few minutes) instead of writing hundreds of MB of hashes every second.
+//! The dedup keys themselves are not in it: finished minutes are written once, as parts beside
+//! it ([`super::key_snapshot`]), and the checkpoint lists them; on restart the keys of the
+//! batches since are rebuilt by re-reading `txn_id`/`event_time` of their raw files (immutable).
+//! That keeps each checkpoint small (file names of the last few minutes) instead of writing
+//! hundreds of MB of hashes every second.
 
 use crate::error::{Result, TallyError};
 use crate::lake::{layout, Lake};
@@ -74,6 +75,9 @@ pub struct Checkpoint {
     /// whatever its mtime. A partition leaves with the tracking horizon (`track_days`).
     #[serde(default)]
     pub tracked: Tracked,
+    /// The dedup state's finished minutes on the store (see [`super::key_snapshot`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_snapshot: Option<super::key_snapshot::KeySnapshot>,
 }
 
 /// Files taken, by `ingest_date` partition, then file name, with their size.

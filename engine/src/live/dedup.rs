@@ -47,20 +47,34 @@ impl MinuteKeys {
         self.sealed.len() + self.recent.len()
     }
 
-    /// Folds the recent set into the sorted vector.
-    fn seal(&mut self) {
+    /// Folds the recent set into the sorted vector; says what the sorted keys gained.
+    fn seal(&mut self) -> Option<Sealed> {
         if self.recent.is_empty() {
-            return;
+            return None;
         }
-        self.sealed.extend(self.recent.drain());
-        self.sealed.sort_unstable();
-        self.sealed.shrink_to_fit();
+        let mut new: Vec<u64> = self.recent.drain().collect();
+        new.sort_unstable();
         self.recent = IntSet::default();
+        if self.sealed.is_empty() {
+            new.shrink_to_fit();
+            self.sealed = new;
+            return Some(Sealed::All);
+        }
+        self.sealed = merge_sorted(&self.sealed, &new);
+        Some(Sealed::New(new))
     }
 
     fn bytes(&self) -> usize {
         self.sealed.capacity() * 8 + self.recent.capacity() * 9
     }
+}
+
+/// What sealing a minute added to its sorted keys: all of them (it had none sorted yet), or
+/// these new ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sealed {
+    All,
+    New(Vec<u64>),
 }
 
 /// Seen `txn_id` hashes, one set per minute of event time.
@@ -70,6 +84,10 @@ pub struct DedupState {
     minutes: BTreeMap<i64, MinuteKeys>,
     /// Total keys across minutes.
     keys: usize,
+    /// The keys first recorded by the batch in progress, so a batch that fails before its
+    /// commit can be taken back and retried against the state as it was (see
+    /// [`DedupState::begin_batch`]).
+    journal: Option<Vec<(i64, u64)>>,
 }
 
 impl DedupState {
@@ -81,7 +99,39 @@ impl DedupState {
         }
         let fresh = m.recent.insert(key);
         self.keys += usize::from(fresh);
+        if fresh {
+            if let Some(journal) = self.journal.as_mut() {
+                journal.push((minute, key));
+            }
+        }
         fresh
+    }
+
+    /// Starts recording the keys a batch adds, until [`Self::end_batch`] or
+    /// [`Self::undo_batch`]. Sealing and eviction wait for the batch's commit, so every key
+    /// it adds is still in its minute's recent set when it is undone.
+    pub fn begin_batch(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// Keeps the batch's keys (it committed).
+    pub fn end_batch(&mut self) {
+        self.journal = None;
+    }
+
+    /// Forgets the keys the batch added (it did not commit): the state is as before
+    /// [`Self::begin_batch`].
+    pub fn undo_batch(&mut self) {
+        for (minute, key) in self.journal.take().unwrap_or_default() {
+            if let Some(m) = self.minutes.get_mut(&minute) {
+                if m.recent.remove(&key) {
+                    self.keys -= 1;
+                }
+                if m.len() == 0 {
+                    self.minutes.remove(&minute);
+                }
+            }
+        }
     }
 
     /// Whether `key` was seen in `minute`.
@@ -91,13 +141,58 @@ impl DedupState {
 
     /// Seals every minute before `minute` whose recent set is worth folding in (the first
     /// time, or once it holds more than 1/8 of the sealed keys): those minutes now get only
-    /// the odd retry or late row.
-    pub fn seal_before(&mut self, minute: i64) {
-        for m in self.minutes.range_mut(..minute).map(|(_, m)| m) {
-            if m.recent.len() > m.sealed.len() / 8 {
-                m.seal();
+    /// the odd retry or late row. Returns what each sealed minute gained.
+    pub fn seal_before(&mut self, minute: i64) -> Vec<(i64, Sealed)> {
+        let mut gained = Vec::new();
+        for (&m, keys) in self.minutes.range_mut(..minute) {
+            if keys.recent.len() > keys.sealed.len() / 8 {
+                gained.extend(keys.seal().map(|g| (m, g)));
             }
         }
+        gained
+    }
+
+    /// Seals every minute before `minute` that has recent keys at all, and returns what each
+    /// gained: afterwards every key of those minutes is in [`Self::sorted_keys`] (what a
+    /// snapshot writes).
+    pub fn seal_all_before(&mut self, minute: i64) -> Vec<(i64, Sealed)> {
+        let mut gained = Vec::new();
+        for (&m, keys) in self.minutes.range_mut(..minute) {
+            gained.extend(keys.seal().map(|g| (m, g)));
+        }
+        gained
+    }
+
+    /// The minutes held before `minute`, with how many keys each has.
+    pub fn minutes_before(&self, minute: i64) -> Vec<(i64, usize)> {
+        self.minutes
+            .range(..minute)
+            .map(|(&m, keys)| (m, keys.len()))
+            .collect()
+    }
+
+    /// Every key of `minute`, sorted, when they are all sealed (`None` otherwise).
+    pub fn sorted_keys(&self, minute: i64) -> Option<&[u64]> {
+        self.minutes
+            .get(&minute)
+            .filter(|keys| keys.recent.is_empty())
+            .map(|keys| keys.sealed.as_slice())
+    }
+
+    /// Adds the keys of `minute` read from a snapshot (`keys` sorted, without repeats) to
+    /// what the state holds of it.
+    pub fn load_minute(&mut self, minute: i64, keys: Vec<u64>) {
+        let m = self.minutes.entry(minute).or_default();
+        let before = m.len();
+        m.seal();
+        m.sealed = if m.sealed.is_empty() {
+            keys
+        } else {
+            let mut merged = merge_sorted(&m.sealed, &keys);
+            merged.dedup();
+            merged
+        };
+        self.keys = self.keys - before + m.len();
     }
 
     /// Forgets every minute before `minute`; returns the keys dropped.
@@ -118,6 +213,24 @@ impl DedupState {
     pub fn approx_bytes(&self) -> usize {
         self.minutes.values().map(MinuteKeys::bytes).sum()
     }
+}
+
+/// The sorted union of two sorted vectors.
+fn merge_sorted(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] <= b[j] {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 #[cfg(test)]
@@ -159,6 +272,55 @@ mod tests {
         assert_eq!(s.keys(), 101);
         s.seal_before(6);
         assert!(s.contains(5, 22) && s.contains(5, 0));
+    }
+
+    #[test]
+    fn an_undone_batch_leaves_the_state_as_it_was() {
+        let mut s = DedupState::default();
+        s.insert(5, 1);
+        s.seal_before(6);
+        s.insert(5, 2);
+        s.begin_batch();
+        assert!(s.insert(5, 3));
+        assert!(!s.insert(5, 1), "a sealed key stays a duplicate");
+        assert!(!s.insert(5, 2), "a recent key stays a duplicate");
+        assert!(s.insert(7, 4));
+        s.undo_batch();
+        assert_eq!(s.keys(), 2);
+        assert!(s.contains(5, 1) && s.contains(5, 2));
+        assert!(!s.contains(5, 3) && !s.contains(7, 4));
+        assert_eq!(s.minutes.len(), 1, "a minute only the batch opened is gone");
+        // The retry sees its rows as first copies again, and then keeps them.
+        s.begin_batch();
+        assert!(s.insert(5, 3) && s.insert(7, 4));
+        s.end_batch();
+        s.undo_batch();
+        assert_eq!(s.keys(), 4, "nothing to undo after the batch ended");
+    }
+
+    #[test]
+    fn sealing_all_hands_out_each_new_key_once_and_loading_restores_them() {
+        let mut s = DedupState::default();
+        for k in [9, 3, 7] {
+            s.insert(1, k);
+        }
+        s.insert(2, 5);
+        s.insert(4, 1);
+        let gained = s.seal_all_before(4);
+        assert_eq!(gained, vec![(1, Sealed::All), (2, Sealed::All)]);
+        assert_eq!(s.sorted_keys(1), Some(&[3, 7, 9][..]));
+        assert_eq!(s.sorted_keys(4), None, "minute 4 is not sealed");
+        s.insert(1, 4);
+        assert_eq!(s.seal_all_before(4), vec![(1, Sealed::New(vec![4]))]);
+        assert_eq!(s.sorted_keys(1), Some(&[3, 4, 7, 9][..]));
+        assert_eq!(s.minutes_before(4), vec![(1, 4), (2, 1)]);
+
+        let mut loaded = DedupState::default();
+        loaded.insert(1, 8);
+        loaded.load_minute(1, vec![3, 4, 7, 8, 9]);
+        loaded.load_minute(2, vec![5]);
+        assert_eq!(loaded.keys(), 6);
+        assert!(!loaded.insert(1, 8) && !loaded.insert(2, 5) && loaded.insert(2, 6));
     }
 
     #[test]

@@ -44,6 +44,22 @@ pub struct BatchMetrics {
     pub committed_at_ms: i64,
     /// The batch was a redo of one interrupted by a crash.
     pub recovered: bool,
+    /// Attempts of this batch the store failed before it committed (each retried on the
+    /// dedup state in memory).
+    pub retries: u64,
+    /// Dedup snapshot parts written after the commit (see [`super::key_snapshot`]).
+    #[serde(default)]
+    pub snapshot_parts: usize,
+    /// Their bytes.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
+    /// Time spent writing them and collecting old ones (ms).
+    #[serde(default)]
+    pub snapshot_ms: u64,
+    /// Raw files of retained batches the restart before this batch found gone (the dedup
+    /// state was rebuilt without them).
+    #[serde(default)]
+    pub rebuild_missing_files: usize,
     /// The newest `ingest_time` applied (µs): freshness is measured from it.
     #[serde(skip)]
     pub newest_ingest_us: Option<i64>,
@@ -87,6 +103,8 @@ pub struct LiveSummary {
     pub quarantined: Vec<String>,
     /// The last batch number committed.
     pub last_batch: u64,
+    /// Batch attempts the store failed, retried without a rebuild.
+    pub retries: u64,
     /// The watermark at the end (µs).
     pub watermark_us: Option<i64>,
 }
@@ -100,6 +118,7 @@ impl LiveSummary {
         self.deduped += m.deduped;
         self.late += m.late;
         self.bad_rows += m.bad_rows;
+        self.retries += m.retries;
         self.quarantined.extend(m.quarantined.iter().cloned());
         self.last_batch = m.batch;
         self.watermark_us = m.watermark_us;

@@ -20,6 +20,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod dedup;
 pub mod discovery;
+pub mod key_snapshot;
 mod maintain;
 mod metrics;
 mod next_checkpoint;
@@ -92,9 +93,10 @@ impl LiveJob {
     }
 
     /// Runs batches until shut down (or, with `once`, until no new file is left), calling
-    /// `on_batch` after each commit. In continuous mode a failed batch is logged and retried
-    /// from the last checkpoint, so the view never stalls on a transient error; with `once`
-    /// the error is returned.
+    /// `on_batch` after each commit. In continuous mode a batch failed by the store (S3
+    /// unreachable, a throttled request) is retried with backoff on the state in memory, so a
+    /// flaky store costs no rebuild; any other failure recovers from the last checkpoint, so
+    /// the view never stalls. With `once` the error is returned.
     pub async fn run(mut self, on_batch: impl FnMut(&BatchMetrics)) -> Result<LiveSummary> {
         // Nothing to follow: fail before taking the lease (which would create directories).
         if !self.lake.top_level_dirs().await?.iter().any(|d| d == "raw") {
@@ -117,6 +119,21 @@ impl LiveJob {
     ) -> Result<LiveSummary> {
         let mut summary = LiveSummary::default();
         let mut runner: Option<Runner> = None;
+        // Retries of a batch the store failed: from one interval, at most ten apart (10 s at
+        // the default 1 s), so a store that comes back is used again within seconds.
+        let retry_max =
+            (self.cfg.interval * 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(
+                self.cfg
+                    .interval
+                    .clamp(Duration::from_millis(100), retry_max),
+            )
+            .with_max_delay(retry_max)
+            .with_jitter()
+            .without_max_times();
+        let mut delays = backon::BackoffBuilder::build(backoff);
+        let mut retries = 0u64;
         loop {
             if self.stopping() {
                 break;
@@ -136,7 +153,9 @@ impl LiveJob {
             }
             let Some(r) = runner.as_mut() else { continue };
             match r.tick().await {
-                Ok(Some(m)) => {
+                Ok(Some(mut m)) => {
+                    m.retries = std::mem::take(&mut retries);
+                    delays = backon::BackoffBuilder::build(backoff);
                     tracing::info!(
                         batch = m.batch,
                         files = m.files,
@@ -168,6 +187,21 @@ impl LiveJob {
                 Err(e) if self.once => return Err(e),
                 // Another run holds the lease now: retrying would race it.
                 Err(e) if fence.check().is_err() => return Err(e),
+                Err(e)
+                    if e.kind() == crate::ErrorKind::External
+                        && !matches!(e, TallyError::Busy { .. }) =>
+                {
+                    let wait = delays.next().unwrap_or(retry_max);
+                    retries += 1;
+                    tracing::warn!(
+                        error = %e,
+                        retry = retries,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "live: batch failed on the store; retrying it, the dedup state kept"
+                    );
+                    self.sleep(wait).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "live: batch failed; retrying from the last checkpoint");
                     runner = None;
@@ -180,6 +214,16 @@ impl LiveJob {
         }
         Ok(summary)
     }
+}
+
+/// How a restart got its dedup state back.
+#[derive(Debug, Default)]
+struct Rebuilt {
+    from_snapshot: bool,
+    loaded_keys: usize,
+    replayed_batches: usize,
+    replayed_files: usize,
+    missing_files: usize,
 }
 
 /// The running state between ticks.
@@ -201,6 +245,13 @@ struct Runner {
     ahead: Vec<String>,
     /// Checked before every write: a run whose lease was taken over writes nothing more.
     fence: Fence,
+    /// The files and raw Delta version of the batch in progress once its checkpoint is
+    /// written: what a retry after a failure must redo.
+    written: Option<(Vec<FileRecord>, Option<u64>)>,
+    /// The dedup state's parts on the store, as the next checkpoint will list them.
+    snapshot: key_snapshot::KeySnapshot,
+    /// Raw files the last rebuild found gone, reported with the next batch.
+    missing_on_rebuild: usize,
 }
 
 impl Runner {
@@ -243,13 +294,24 @@ impl Runner {
             pending,
             ahead: Vec::new(),
             fence,
+            written: None,
+            snapshot: Default::default(),
+            missing_on_rebuild: 0,
             cp,
         };
-        runner.rebuild_state().await?;
+        let started = Instant::now();
+        let rebuilt = runner.rebuild_state().await?;
+        runner.missing_on_rebuild = rebuilt.missing_files;
         tracing::info!(
             batch = committed,
             keys = runner.state.keys(),
             redo = runner.pending.is_some(),
+            from_snapshot = rebuilt.from_snapshot,
+            snapshot_keys = rebuilt.loaded_keys,
+            replayed_batches = rebuilt.replayed_batches,
+            replayed_files = rebuilt.replayed_files,
+            missing_files = rebuilt.missing_files,
+            ms = started.elapsed().as_millis() as u64,
             "live: recovered"
         );
         Ok(runner)
@@ -268,24 +330,64 @@ impl Runner {
         self.clock(max_event).horizon.map(minute_of)
     }
 
-    /// Re-reads the batches whose dedup keys may still be alive and replays their routing.
-    async fn rebuild_state(&mut self) -> Result<()> {
+    /// Loads the dedup state's snapshot, then re-reads the batches whose dedup keys may still
+    /// be alive and are not in it, and replays their routing. A snapshot that cannot be read as
+    /// the checkpoint lists it (a part missing, torn, altered, of another version) is set aside
+    /// with a warning and every batch is re-read, as without one.
+    async fn rebuild_state(&mut self) -> Result<Rebuilt> {
+        let mut rebuilt = Rebuilt::default();
         let Some(kept) = self.kept_minute(self.cp.max_event_time) else {
-            return Ok(());
+            return Ok(rebuilt);
         };
+        let mut loaded = None;
+        if let Some(snap) = self.cp.key_snapshot.clone() {
+            match key_snapshot::load(&self.lake, &snap, kept).await {
+                Ok(state) => {
+                    rebuilt.from_snapshot = true;
+                    rebuilt.loaded_keys = state.keys();
+                    self.state = state;
+                    self.snapshot = snap.clone();
+                    loaded = Some(snap);
+                }
+                Err(e @ TallyError::Internal(_)) => {
+                    tracing::warn!(error = %e, "live: the dedup snapshot is unusable; rebuilding the state from the raw files");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let replay: Vec<BatchRecord> = self
             .cp
             .batches
             .iter()
             .filter(|b| b.max_event_after.is_some_and(|m| m >= kept * MINUTE_US))
+            // Batches before the snapshot's boundary minute are in it.
+            .filter(|b| {
+                loaded.as_ref().is_none_or(|s| {
+                    b.batch > s.batch
+                        || b.max_event_after
+                            .is_some_and(|m| m >= s.boundary_minute * MINUTE_US)
+                })
+            })
             .cloned()
             .collect();
         for b in replay {
             let files: Vec<FileRecord> = b.files.into_iter().filter(|f| !f.quarantined).collect();
+            rebuilt.replayed_batches += 1;
+            rebuilt.replayed_files += files.len();
             let clock = self.clock(b.max_event_before);
-            for rows in batch::read_files(&self.lake, &files, &schema::LIVE_KEYS).await? {
-                if let FileRows::Rows(rows) = rows {
-                    batch::route(&mut self.state, clock, &rows, false)?;
+            let read = batch::read_files(&self.lake, &files, &schema::LIVE_KEYS).await?;
+            for (file, rows) in files.iter().zip(read) {
+                match rows {
+                    FileRows::Rows(rows) => {
+                        batch::route(&mut self.state, clock, &rows, false)?;
+                    }
+                    // Its copies are in the view already; only later copies of its
+                    // transactions can no longer be recognised.
+                    FileRows::Missing => {
+                        rebuilt.missing_files += 1;
+                        tracing::warn!(file = %file.path, batch = b.batch, "live: a raw file of a retained batch is gone; rebuilding the dedup state without it");
+                    }
+                    FileRows::Quarantined(_) => {}
                 }
             }
             if let Some(m) = self.kept_minute(b.max_event_after) {
@@ -295,7 +397,7 @@ impl Runner {
                 self.state.seal_before(minute_of(newest));
             }
         }
-        Ok(())
+        Ok(rebuilt)
     }
 
     /// One tick: the pending redo, or new files. `None` when there was nothing to do.
@@ -315,10 +417,26 @@ impl Runner {
         if files.is_empty() && raw_version == self.cp.raw_version {
             return Ok(None);
         }
-        let mut m = self.run_batch(files, raw_version).await?;
+        let redo = recovered.then(|| (files.clone(), raw_version));
+        let mut m = match self.run_batch(files, raw_version).await {
+            Ok(m) => m,
+            Err(e) => {
+                // Its checkpoint is on the store (written now, or before a crash): a retry
+                // redoes exactly its files, whatever landed since.
+                self.pending = self.written.take().or(redo);
+                return Err(e);
+            }
+        };
         m.recovered = recovered;
+        // The batch is committed: a failed roll-up is only put off to the next one (a batch
+        // failed here would never reach the metrics and the alert rule).
         if m.batch.is_multiple_of(self.cfg.compact_every.max(1)) {
-            self.maintain().await?;
+            if let Err(e) = self.maintain().await {
+                if self.fence.check().is_err() {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, batch = m.batch, "live: roll-up failed; it runs again with a later batch");
+            }
         }
         Ok(Some(m))
     }

@@ -56,6 +56,7 @@ impl super::Runner {
             raw_version: self.cp.raw_version,
             batches,
             tracked,
+            key_snapshot: (!self.snapshot.minutes.is_empty()).then(|| self.snapshot.clone()),
         }
     }
 }

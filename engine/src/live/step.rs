@@ -4,6 +4,7 @@
 use super::batch::{self, FileRows};
 use super::checkpoint::{self, FileRecord};
 use super::dedup::minute_of;
+use super::key_snapshot;
 use super::{sink, BatchMetrics, PartnerMinute};
 use crate::error::{Result, TallyError};
 use crate::lake::layout;
@@ -14,7 +15,25 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 impl super::Runner {
+    /// Runs batch `n` on `files`. When it fails, the dedup state is as it was before it, and a
+    /// batch whose checkpoint was written is left to redo with exactly its files (as after a
+    /// crash), so a continuous run can retry it without rebuilding the state.
     pub(super) async fn run_batch(
+        &mut self,
+        files: Vec<FileRecord>,
+        raw_version: Option<u64>,
+    ) -> Result<BatchMetrics> {
+        self.state.begin_batch();
+        self.written = None;
+        let result = self.apply_batch(files, raw_version).await;
+        match &result {
+            Ok(_) => self.state.end_batch(),
+            Err(_) => self.state.undo_batch(),
+        }
+        result
+    }
+
+    async fn apply_batch(
         &mut self,
         mut files: Vec<FileRecord>,
         raw_version: Option<u64>,
@@ -39,6 +58,11 @@ impl super::Runner {
                     file.quarantined = true;
                     set_aside.push((file.clone(), why));
                 }
+                Some(FileRows::Missing) => {
+                    file.quarantined = true;
+                    let why = format!("{}: deleted before it was read", file.path);
+                    set_aside.push((file.clone(), why));
+                }
                 None => {}
             }
         }
@@ -51,12 +75,6 @@ impl super::Runner {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        if let Some(m) = self.kept_minute(after) {
-            self.state.evict_before(m);
-        }
-        if let Some(newest) = after {
-            self.state.seal_before(minute_of(newest));
-        }
         let view_rows = batch::window_totals(&self.ctx, routed.applied.clone()).await?;
         let late_rows = batch::window_totals(&self.ctx, routed.late.clone()).await?;
 
@@ -64,6 +82,7 @@ impl super::Runner {
         cp.raw_version = raw_version.or(self.cp.raw_version);
         self.fence.confirm().await?;
         checkpoint::write(&self.lake, &cp).await?;
+        self.written = cp.batches.last().map(|b| (b.files.clone(), cp.raw_version));
         crate::failpoint::hit("live_after_checkpoint");
 
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -92,6 +111,11 @@ impl super::Runner {
             state_bytes: self.state.approx_bytes(),
             committed_at_ms: 0,
             recovered: false,
+            retries: 0,
+            snapshot_parts: 0,
+            snapshot_bytes: 0,
+            snapshot_ms: 0,
+            rebuild_missing_files: std::mem::take(&mut self.missing_on_rebuild),
             newest_ingest_us: routed.newest_ingest,
             minutes: partner_minutes(&view_rows)?,
         };
@@ -147,6 +171,40 @@ impl super::Runner {
         }
         checkpoint::prune(&self.lake, n).await;
         self.cp = cp;
+        // Sealed and evicted once committed: until then the batch's keys can be taken back.
+        if let Some(m) = self.kept_minute(after) {
+            self.state.evict_before(m);
+        }
+        if let Some(newest) = after.map(minute_of) {
+            let sealed = self.state.seal_before(newest);
+            // A new minute: every earlier one goes to the snapshot whole.
+            let boundary = (newest > self.snapshot.boundary_minute).then_some(newest);
+            if !sealed.is_empty() || boundary.is_some() {
+                let t = Instant::now();
+                let (parts, bytes) = key_snapshot::write(
+                    &self.lake,
+                    &mut self.state,
+                    &mut self.snapshot,
+                    n,
+                    sealed,
+                    boundary,
+                )
+                .await;
+                if parts > 0 {
+                    key_snapshot::collect(
+                        &self.lake,
+                        self.cp.key_snapshot.as_ref(),
+                        &self.snapshot,
+                    )
+                    .await;
+                }
+                m.snapshot_parts = parts;
+                m.snapshot_bytes = bytes;
+                m.snapshot_ms = t.elapsed().as_millis() as u64;
+            }
+        }
+        m.state_keys = self.state.keys();
+        m.state_bytes = self.state.approx_bytes();
         m.committed_at_ms = chrono::Utc::now().timestamp_millis();
         // Landed (newest ingest_time applied) to visible, now that it is visible.
         m.freshness_ms = routed.newest_ingest.map(|t| m.committed_at_ms - t / 1000);

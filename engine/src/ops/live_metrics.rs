@@ -45,6 +45,8 @@ pub struct LiveMetrics {
     watermark_lag: FloatGauge,
     state_keys: Gauge,
     quarantined: Counter,
+    retries: Counter,
+    rebuild_missing: Counter,
     ahead: Counter,
     last_commit: FloatGauge,
     alerts: Family<StateLabel, Counter>,
@@ -71,6 +73,8 @@ impl LiveMetrics {
             watermark_lag: FloatGauge::default(),
             state_keys: Gauge::default(),
             quarantined: Counter::default(),
+            retries: Counter::default(),
+            rebuild_missing: Counter::default(),
             ahead: Counter::default(),
             last_commit: FloatGauge::default(),
             alerts: Family::default(),
@@ -134,6 +138,16 @@ impl LiveMetrics {
             "tally_live_quarantined_files",
             "Raw files skipped as unreadable",
             m.quarantined.clone(),
+        );
+        r.register(
+            "tally_live_batch_retries",
+            "Batch attempts the store failed, retried on the dedup state in memory (no rebuild)",
+            m.retries.clone(),
+        );
+        r.register(
+            "tally_live_rebuild_missing_files",
+            "Raw files of retained batches found gone when the dedup state was rebuilt (skipped)",
+            m.rebuild_missing.clone(),
         );
         r.register(
             "tally_live_future_files",
@@ -204,6 +218,8 @@ impl LiveMetrics {
         self.state_keys
             .set(i64::try_from(m.state_keys).unwrap_or(i64::MAX));
         self.quarantined.inc_by(m.quarantined.len() as u64);
+        self.retries.inc_by(m.retries);
+        self.rebuild_missing.inc_by(m.rebuild_missing_files as u64);
         self.ahead.inc_by(m.ahead.len() as u64);
         self.last_commit.set(m.committed_at_ms as f64 / 1000.0);
     }
