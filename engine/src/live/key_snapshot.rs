@@ -184,15 +184,9 @@ pub async fn load(lake: &Lake, snapshot: &KeySnapshot, kept: i64) -> Result<Dedu
         .buffered(4)
         .try_collect()
         .await?;
-    let mut by_minute: BTreeMap<i64, Vec<Vec<u64>>> = BTreeMap::new();
-    for (minute, keys) in read {
-        by_minute.entry(minute).or_default().push(keys);
-    }
     let mut state = DedupState::default();
-    for (minute, parts) in by_minute {
-        let mut keys: Vec<u64> = parts.concat();
-        keys.sort_unstable();
-        keys.dedup();
+    // Parts are sorted and hold no key twice; a minute's parts are merged into its keys.
+    for (minute, keys) in read {
         state.load_minute(minute, keys);
     }
     Ok(state)
@@ -235,8 +229,9 @@ async fn read_part(lake: &Lake, part: &KeyPart, minute: i64) -> Result<Vec<u64>>
     if u64_at(data, 8) as i64 != minute || u64_at(data, 16) != part.keys {
         return Err(bad("header does not match the checkpoint".into()));
     }
-    Ok((0..part.keys as usize)
-        .map(|i| u64_at(data, HEADER + i * 8))
+    Ok(data[HEADER..]
+        .chunks_exact(8)
+        .map(|c| u64_at(c, 0))
         .collect())
 }
 

@@ -224,6 +224,8 @@ struct Rebuilt {
     replayed_batches: usize,
     replayed_files: usize,
     missing_files: usize,
+    /// Time spent loading the snapshot (ms).
+    load_ms: u64,
 }
 
 /// The running state between ticks.
@@ -311,6 +313,7 @@ impl Runner {
             replayed_batches = rebuilt.replayed_batches,
             replayed_files = rebuilt.replayed_files,
             missing_files = rebuilt.missing_files,
+            load_ms = rebuilt.load_ms,
             ms = started.elapsed().as_millis() as u64,
             "live: recovered"
         );
@@ -340,6 +343,7 @@ impl Runner {
             return Ok(rebuilt);
         };
         let mut loaded = None;
+        let started = Instant::now();
         if let Some(snap) = self.cp.key_snapshot.clone() {
             match key_snapshot::load(&self.lake, &snap, kept).await {
                 Ok(state) => {
@@ -355,6 +359,7 @@ impl Runner {
                 Err(e) => return Err(e),
             }
         }
+        rebuilt.load_ms = started.elapsed().as_millis() as u64;
         let replay: Vec<BatchRecord> = self
             .cp
             .batches
