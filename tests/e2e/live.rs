@@ -1264,3 +1264,37 @@ fn a_deleted_raw_file_of_a_retained_batch_does_not_stall_a_restart() {
     assert_eq!(first_batch["rebuild_missing_files"], 1, "{stdout}");
     assert_eq!(view_and_late(dir.path()), view_and_late(reference.path()));
 }
+
+/// A checkpoint left behind far back (a delete that failed, a run that crashed) is collected
+/// by the next roll-up, whatever its age (issue 35 item 5, in part): the per-batch prune only
+/// reaches the 8 before it.
+#[test]
+fn a_stale_checkpoint_of_any_age_is_collected_by_the_roll_up() {
+    let dir = tempdir();
+    let lake = dir.path().join("lake");
+    let t0 = micros("2026-11-20T10:00:00Z");
+    let land = |from: i64, to: i64| {
+        for f in from..to {
+            let rows = traffic(&format!("f{f}"), t0 + f * MINUTE, 1_000_000, 30);
+            write_raw(&lake, "2026-11-20", &format!("a{f:02}.parquet"), &rows);
+        }
+    };
+    let args = ["--compact-every", "4"];
+    land(0, 12);
+    live_once_logged(dir.path(), &args);
+    let cps = lake.join("live_view/_tally_live");
+    let newest = cps.join("checkpoint-00000000000000000012.json");
+    let stale = cps.join("checkpoint-00000000000000000002.json");
+    std::fs::copy(&newest, &stale).unwrap();
+    land(12, 17);
+    live_once_logged(dir.path(), &args);
+    assert!(!stale.exists(), "the stale checkpoint is still there");
+    let mut left: Vec<String> = std::fs::read_dir(&cps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    left.sort();
+    assert_eq!(left.last().unwrap(), "checkpoint-00000000000000000017.json");
+    assert!(left.len() <= 2, "{left:?}");
+}

@@ -131,3 +131,34 @@ pub async fn prune(lake: &Lake, keep_from: u64) {
         }
     }
 }
+
+/// Deletes every checkpoint before `keep_from`, whatever its age: leftovers of deletes that
+/// failed and of runs that crashed, which [`prune`]'s window of 8 never reaches. Best effort,
+/// logged.
+pub async fn collect(lake: &Lake, keep_from: u64) {
+    let Ok(dir) = lake.file_path(&format!("{}/{DIR}", layout::LIVE_VIEW)) else {
+        return;
+    };
+    let store = lake.store();
+    let listed = match store.list_with_delimiter(Some(&dir)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "live: could not list checkpoints to collect");
+            return;
+        }
+    };
+    for meta in listed.objects {
+        let stale = meta
+            .location
+            .filename()
+            .and_then(|n| n.strip_prefix("checkpoint-"))
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|batch| batch < keep_from);
+        if stale {
+            if let Err(e) = store.delete(&meta.location).await {
+                tracing::warn!(error = %e, path = %meta.location, "live: could not delete a stale checkpoint");
+            }
+        }
+    }
+}

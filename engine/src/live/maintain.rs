@@ -1,5 +1,5 @@
 //! Maintenance every `compact_every` batches: roll-up of both live tables (windows past the
-//! retention dropped), Delta log checkpoint and vacuum.
+//! retention dropped), Delta log checkpoint and vacuum, and stale live checkpoints collected.
 
 use super::sink;
 use crate::error::Result;
@@ -28,6 +28,8 @@ impl super::Runner {
             ms = started.elapsed().as_millis() as u64,
             "live: rolled up"
         );
+        // Checkpoint `n` is the committed one: every earlier one is stale.
+        super::checkpoint::collect(&self.lake, self.cp.batch).await;
         Ok(())
     }
 }
