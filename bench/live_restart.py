@@ -10,6 +10,7 @@ raw files that a restart did before snapshots (and still does when a snapshot is
 """
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,7 @@ class Live:
             [tally, "live", "--interval", "1s", "--format", "json", "--lake", str(lake),
              "--dedup-ttl", f"{ttl}s"],
             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,
-            env={**__import__("os").environ, "RUST_LOG": "tally_engine::live=info", "NO_COLOR": "1"})
+            env={**os.environ, "RUST_LOG": "tally_engine::live=info", "NO_COLOR": "1"})
         self.log = log
         self.batches = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -1267,7 +1267,7 @@ fn a_deleted_raw_file_of_a_retained_batch_does_not_stall_a_restart() {
 
 /// A checkpoint left behind far back (a delete that failed, a run that crashed) is collected
 /// by the next roll-up, whatever its age (issue 35 item 5, in part): the per-batch prune only
-/// reaches the 8 before it.
+/// deletes the one before the batch.
 #[test]
 fn a_stale_checkpoint_of_any_age_is_collected_by_the_roll_up() {
     let dir = tempdir();

@@ -123,18 +123,18 @@ pub async fn write(lake: &Lake, cp: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
-/// Deletes checkpoints older than `keep_from` (best effort: a leftover is harmless).
-pub async fn prune(lake: &Lake, keep_from: u64) {
-    for batch in keep_from.saturating_sub(8)..keep_from {
-        if let Ok(path) = lake.file_path(&relative(batch)) {
+/// Deletes the checkpoint before `batch` once `batch` is committed: one request a batch.
+/// Best effort: a leftover (a failed delete, a crashed run) is collected by [`collect`].
+pub async fn prune(lake: &Lake, batch: u64) {
+    if let Some(previous) = batch.checked_sub(1) {
+        if let Ok(path) = lake.file_path(&relative(previous)) {
             let _ = lake.store().delete(&path).await;
         }
     }
 }
 
 /// Deletes every checkpoint before `keep_from`, whatever its age: leftovers of deletes that
-/// failed and of runs that crashed, which [`prune`]'s window of 8 never reaches. Best effort,
-/// logged.
+/// failed and of runs that crashed, which [`prune`] never reaches. Best effort, logged.
 pub async fn collect(lake: &Lake, keep_from: u64) {
     let Ok(dir) = lake.file_path(&format!("{}/{DIR}", layout::LIVE_VIEW)) else {
         return;

@@ -66,39 +66,36 @@ fn dir() -> String {
     format!("{}/{DIR}/keys", layout::LIVE_VIEW)
 }
 
-/// After batch `batch` committed and sealed the minutes in `sealed`: writes a part for each
-/// minute whose sorted keys are not all written yet (the keys it gained, or the whole minute
-/// when an earlier write failed). With `boundary`, every minute before it is sealed first
-/// ([`DedupState::seal_all_before`]), so the snapshot then holds every key before it. Parts of
-/// minutes the state no longer holds leave `snapshot`. Returns the parts and bytes written. A
-/// failed write is logged and leaves that minute to be written whole next time; the batch is
-/// committed either way.
+/// After batch `batch` committed with its newest event in minute `newest`: seals the minutes
+/// before it (all of them when `newest` is a minute the snapshot has not reached yet, so the
+/// snapshot then holds every key before it; otherwise those whose recent keys are worth it, as
+/// [`DedupState::seal_before`] decides) and writes a part for each minute whose sorted keys are
+/// not all written yet (the keys it gained, or the whole minute when an earlier write failed).
+/// Parts of minutes the state no longer holds leave `snapshot`. Returns the parts and bytes
+/// written. A failed write is logged and leaves that minute to be written whole next time; the
+/// batch is committed either way.
 pub async fn write(
     lake: &Lake,
     state: &mut DedupState,
     snapshot: &mut KeySnapshot,
     batch: u64,
-    sealed: Vec<(i64, Sealed)>,
-    boundary: Option<i64>,
+    newest: i64,
 ) -> (usize, u64) {
-    let mut gained: BTreeMap<i64, Sealed> = sealed.into_iter().collect();
-    let mut minutes: BTreeSet<i64> = gained.keys().copied().collect();
-    if let Some(b) = boundary {
-        for (m, g) in state.seal_all_before(b) {
-            // Sealed twice in one call: the first gain is already in the sorted keys.
-            let merged = match (gained.remove(&m), g) {
-                (Some(Sealed::New(mut first)), Sealed::New(more)) => {
-                    first.extend(more);
-                    first.sort_unstable();
-                    Sealed::New(first)
-                }
-                _ => Sealed::All,
-            };
-            gained.insert(m, merged);
-        }
-        minutes.extend(state.minutes_before(b).into_iter().map(|(m, _)| m));
+    let boundary = (newest > snapshot.boundary_minute).then_some(newest);
+    let gained: BTreeMap<i64, Sealed> = match boundary {
+        Some(b) => state.seal_all_before(b),
+        None => state.seal_before(newest),
+    }
+    .into_iter()
+    .collect();
+    if gained.is_empty() && boundary.is_none() {
+        return (0, 0);
     }
     let held: BTreeMap<i64, usize> = state.minutes_before(i64::MAX).into_iter().collect();
+    let mut minutes: BTreeSet<i64> = gained.keys().copied().collect();
+    if let Some(b) = boundary {
+        minutes.extend(held.range(..b).map(|(m, _)| *m));
+    }
     snapshot.minutes.retain(|m, _| held.contains_key(m));
     let (mut parts, mut bytes, mut complete) = (0, 0u64, true);
     for minute in minutes {

@@ -176,28 +176,13 @@ impl super::Runner {
             self.state.evict_before(m);
         }
         if let Some(newest) = after.map(minute_of) {
-            let sealed = self.state.seal_before(newest);
-            // A new minute: every earlier one goes to the snapshot whole.
-            let boundary = (newest > self.snapshot.boundary_minute).then_some(newest);
-            if !sealed.is_empty() || boundary.is_some() {
-                let t = Instant::now();
-                let (parts, bytes) = key_snapshot::write(
-                    &self.lake,
-                    &mut self.state,
-                    &mut self.snapshot,
-                    n,
-                    sealed,
-                    boundary,
-                )
-                .await;
-                if parts > 0 {
-                    key_snapshot::collect(
-                        &self.lake,
-                        self.cp.key_snapshot.as_ref(),
-                        &self.snapshot,
-                    )
+            let t = Instant::now();
+            let (parts, bytes) =
+                key_snapshot::write(&self.lake, &mut self.state, &mut self.snapshot, n, newest)
                     .await;
-                }
+            if parts > 0 {
+                key_snapshot::collect(&self.lake, self.cp.key_snapshot.as_ref(), &self.snapshot)
+                    .await;
                 m.snapshot_parts = parts;
                 m.snapshot_bytes = bytes;
                 m.snapshot_ms = t.elapsed().as_millis() as u64;

@@ -143,6 +143,10 @@ impl ExecutionPlan for RunGroupsExec {
             .downcast_ref::<AggregateExec>()
             .ok_or_else(|| DataFusionError::Internal("RunGroupsExec lost its aggregate".into()))?
             .clone();
+        // A new input may be ordered on the key: DataFusion's aggregate then streams its groups.
+        if !Self::fits(&agg)? {
+            return Ok(Arc::new(agg));
+        }
         Ok(Arc::new(Self::new(agg)))
     }
 

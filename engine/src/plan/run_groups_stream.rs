@@ -11,7 +11,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr_common::binary_map::OutputType;
 use datafusion::physical_expr_common::binary_view_map::ArrowBytesViewMap;
-use datafusion::physical_plan::aggregates::AggregateExec;
+use datafusion::physical_plan::aggregates::{aggregate_expressions, evaluate_many, AggregateExec};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder,
 };
@@ -31,7 +31,6 @@ struct Probe {
     rows_threshold: usize,
     ratio_threshold: f64,
     rows: usize,
-    decided: bool,
 }
 
 pub(super) struct RunGroupsStream {
@@ -94,7 +93,7 @@ impl RunGroupsStream {
             input,
             key,
             key_type,
-            args: agg.aggr_expr().iter().map(|a| a.expressions()).collect(),
+            args: aggregate_expressions(agg.aggr_expr(), agg.mode(), 0)?,
             filters: agg.filter_expr().to_vec(),
             accumulators,
             groups: ArrowBytesViewMap::new(key_type),
@@ -106,7 +105,6 @@ impl RunGroupsStream {
                 rows_threshold: options.skip_partial_aggregation_probe_rows_threshold,
                 ratio_threshold: options.skip_partial_aggregation_probe_ratio_threshold,
                 rows: 0,
-                decided: false,
             },
             passing_through: false,
             pending: VecDeque::new(),
@@ -123,16 +121,7 @@ impl RunGroupsStream {
     fn evaluate(&self, batch: &RecordBatch) -> Result<Evaluated> {
         let rows = batch.num_rows();
         let key = self.key.evaluate(batch)?.into_array(rows)?;
-        let args = self
-            .args
-            .iter()
-            .map(|exprs| {
-                exprs
-                    .iter()
-                    .map(|e| e.evaluate(batch)?.into_array(rows))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let args = evaluate_many(&self.args, batch)?;
         let filters = self
             .filters
             .iter()
@@ -197,45 +186,54 @@ impl RunGroupsStream {
             };
             // Equal views are equal values: inline, the bytes themselves; otherwise the same
             // bytes of the same buffer (Parquet's dictionary pages decode to such views).
-            self.run_starts.clear();
-            self.run_starts.push(0);
+            // Given up as soon as the runs are too many to pay off.
+            let most = rows / ROWS_PER_RUN;
+            let mut starts = std::mem::take(&mut self.run_starts);
+            starts.clear();
+            starts.push(0);
             for i in 1..rows {
                 if views[i] != views[i - 1] {
-                    self.run_starts.push(i as u32);
+                    starts.push(i as u32);
+                    if starts.len() > most {
+                        break;
+                    }
                 }
             }
-            if self.run_starts.len() * ROWS_PER_RUN <= rows {
-                self.runs.add(self.run_starts.len());
-                let starts = &self.run_starts;
-                let run_keys = take(keys.as_ref(), &UInt32Array::from(starts.clone()), None)?;
-                let mut run_groups = Vec::with_capacity(starts.len());
+            if starts.len() <= most {
+                self.runs.add(starts.len());
+                let indices = UInt32Array::from(starts);
+                let run_keys = take(keys.as_ref(), &indices, None)?;
+                let mut run_groups = Vec::with_capacity(indices.len());
                 groups.insert_if_new(&run_keys, &mut new_group, |g| run_groups.push(g));
+                let starts = indices.values();
                 for (r, &group) in run_groups.iter().enumerate() {
                     let end = starts.get(r + 1).map_or(rows, |&s| s as usize);
                     out.extend(std::iter::repeat_n(group, end - starts[r] as usize));
                 }
+                // The allocation back for the next batch.
+                self.run_starts = indices.into_parts().1.into_inner().into_vec().unwrap_or_default();
                 return Ok(());
             }
+            self.run_starts = starts;
         }
         self.runs.add(rows);
         groups.insert_if_new(keys, &mut new_group, |g| out.push(g));
         Ok(())
     }
 
-    /// After the probe's rows, switches to passing rows through when there is about one group
-    /// per row.
+    /// Once the probe's rows are in, switches to passing rows through as soon as there are
+    /// more groups per row than the ratio (checked again on every batch until it does).
     fn check_probe(&mut self, rows: usize) -> Result<()> {
-        if self.probe.decided {
+        if self.passing_through {
             return Ok(());
         }
         self.probe.rows += rows;
-        if self.probe.rows < self.probe.rows_threshold {
+        // A threshold of 1 or more turns skipping off, as in DataFusion.
+        if self.probe.rows < self.probe.rows_threshold || self.probe.ratio_threshold >= 1.0 {
             return Ok(());
         }
-        self.probe.decided = true;
         let ratio = self.groups.len() as f64 / self.probe.rows as f64;
-        // A threshold of 1 or more turns skipping off, as in DataFusion.
-        if self.probe.ratio_threshold < 1.0 && ratio >= self.probe.ratio_threshold {
+        if ratio > self.probe.ratio_threshold {
             self.passing_through = true;
             self.emit_all()?;
         }
