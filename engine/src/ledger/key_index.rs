@@ -77,19 +77,15 @@ pub struct FileKeys {
 }
 
 impl FileKeys {
-    /// Only the rows naming one of `days` (ascending), still in order: what a lookup keeps of
-    /// an index between the passes of one run.
+    /// Only the rows naming one of `days` (ascending, each once), still in order: what a lookup
+    /// keeps of an index between the passes of one run.
     pub fn only_days(&self, days: &[i32]) -> FileKeys {
-        let mut days = days.to_vec();
-        days.sort_unstable();
-        days.dedup();
         let mut out = (Vec::new(), Vec::new(), Vec::new());
-        for d in &days {
-            let lo = self.days.partition_point(|x| x < d);
-            let hi = self.days.partition_point(|x| x <= d);
-            out.0.extend_from_slice(&self.days[lo..hi]);
-            out.1.extend_from_slice(&self.keys[lo..hi]);
-            out.2.extend_from_slice(&self.rows[lo..hi]);
+        for &d in days {
+            let (keys, rows) = self.segment(d);
+            out.0.extend(std::iter::repeat_n(d, keys.len()));
+            out.1.extend_from_slice(keys);
+            out.2.extend_from_slice(rows);
         }
         FileKeys {
             days: out.0.into(),

@@ -28,9 +28,8 @@ use super::window::DayWindow;
 use crate::error::{Result, TallyError};
 use crate::jobs_sql;
 use crate::session::TallySession;
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch};
-use arrow::buffer::BooleanBuffer;
-use arrow::compute::BatchCoalescer;
+use arrow::array::{ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{take_record_batch, BatchCoalescer};
 use arrow::datatypes::{Int64Type, SchemaRef};
 use arrow::ipc::writer::FileWriter;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
@@ -71,7 +70,7 @@ pub fn needed(raw_rows: u64, limit: Option<usize>) -> usize {
 /// Which of `passes` a transaction key belongs to: `passes` equal ranges of the keys in
 /// unsigned order (the order of the key indexes).
 pub fn pass_of(key: i64, passes: usize) -> usize {
-    ((key as u64 as u128 * passes as u128) >> 64) as usize
+    ((super::day_keys::order(key) as u128 * passes as u128) >> 64) as usize
 }
 
 /// The day's copies, written out by pass (see the module docs). Dropping it deletes them.
@@ -186,7 +185,7 @@ async fn split(
         .collect::<Result<Vec<_>>>()?;
     let passes = outs.len();
     let mut rows = 0;
-    let mut of_row = Vec::new();
+    let mut by_pass: Vec<u32> = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         rows += batch.num_rows() as u64;
@@ -194,20 +193,33 @@ async fn split(
             .column(0)
             .as_primitive_opt::<Int64Type>()
             .ok_or_else(|| TallyError::Internal("txn_key is not a BIGINT".into()))?;
-        of_row.clear();
-        of_row.extend(keys.values().iter().map(|&k| pass_of(k, passes)));
+        // Each row's index under its pass, in row order (a counting sort): one pass over the
+        // rows, whatever the number of passes.
+        let mut starts = vec![0u32; passes + 1];
+        for &k in keys.values() {
+            starts[pass_of(k, passes) + 1] += 1;
+        }
+        for p in 0..passes {
+            starts[p + 1] += starts[p];
+        }
+        let mut next = starts.clone();
+        by_pass.clear();
+        by_pass.resize(keys.len(), 0);
+        for (row, &k) in keys.values().iter().enumerate() {
+            let p = pass_of(k, passes);
+            by_pass[next[p] as usize] = row as u32;
+            next[p] += 1;
+        }
         // The Parquet reader's string views point into whole decoded pages, even those whose
         // strings are inline: compacted once here, before the batch is split `passes` ways.
         let copies = compact_views(&batch.project(&columns)?)?;
         for (pass, file) in outs.iter_mut().enumerate() {
-            let mask = BooleanArray::new(
-                BooleanBuffer::collect_bool(of_row.len(), |i| of_row[i] == pass),
-                None,
-            );
-            if mask.true_count() == 0 {
+            let (from, to) = (starts[pass] as usize, starts[pass + 1] as usize);
+            if from == to {
                 continue;
             }
-            file.rows.push_batch_with_filter(copies.clone(), &mask)?;
+            let rows = UInt32Array::from(by_pass[from..to].to_vec());
+            file.rows.push_batch(take_record_batch(&copies, &rows)?)?;
             file.write_completed()?;
         }
     }

@@ -211,7 +211,12 @@ impl RunGroupsStream {
                     out.extend(std::iter::repeat_n(group, end - starts[r] as usize));
                 }
                 // The allocation back for the next batch.
-                self.run_starts = indices.into_parts().1.into_inner().into_vec().unwrap_or_default();
+                self.run_starts = indices
+                    .into_parts()
+                    .1
+                    .into_inner()
+                    .into_vec()
+                    .unwrap_or_default();
                 return Ok(());
             }
             self.run_starts = starts;

@@ -111,7 +111,11 @@ async fn same_answers(t: Arc<MemTable>, pool: Option<usize>, ratio: f64) -> Stri
 /// The value of metric `name` in an `EXPLAIN ANALYZE` text, as DataFusion prints counts
 /// (`7`, `7.50 K`, `1.20 M`); `None` when it is not there.
 fn metric(plan: &str, name: &str) -> Option<f64> {
-    let text = plan.split(&format!(" {name}=")).nth(1)?.split([',', ']']).next()?;
+    let text = plan
+        .split(&format!(" {name}="))
+        .nth(1)?
+        .split([',', ']'])
+        .next()?;
     let mut words = text.split_whitespace();
     let value: f64 = words.next()?.parse().ok()?;
     let scale = match words.next() {
@@ -157,7 +161,10 @@ async fn scattered_keys_nulls_and_long_keys_give_the_same_groups() {
 #[tokio::test]
 async fn one_group_per_row_passes_rows_through() {
     let plan = same_answers(table(|r| Some(format!("txn-{r:08}")), false), None, 0.8).await;
-    assert!(metric(&plan, "skipped_aggregation_rows").is_some_and(|n| n > 0.0), "{plan}");
+    assert!(
+        metric(&plan, "skipped_aggregation_rows").is_some_and(|n| n > 0.0),
+        "{plan}"
+    );
 }
 
 #[tokio::test]
@@ -165,5 +172,8 @@ async fn a_full_pool_emits_groups_early_with_the_same_answer() {
     // 10,000 groups, skipping off, in a pool that holds a fraction of them.
     let t = table(|r| Some(format!("txn-{r:08}")), false);
     let plan = same_answers(t, Some(1 << 20), 1.0).await;
-    assert!(metric(&plan, "early_emits").is_some_and(|n| n > 0.0), "{plan}");
+    assert!(
+        metric(&plan, "early_emits").is_some_and(|n| n > 0.0),
+        "{plan}"
+    );
 }
