@@ -55,47 +55,70 @@ copies AS (
     GROUP BY txn_id, partner_id, event_time, amount, currency, status
 ),
 
--- Step 3. Rank every copy of a transaction: earliest arrival first, then the content
--- tie-break. Ranked per txn_id, so two ids sharing a txn_key are settled apart.
-ranked AS (
+-- Step 3. Number every copy in one order: by transaction, then earliest arrival first, then
+-- the content tie-break. A transaction's winner is its lowest number. Numbered per txn_id,
+-- so two ids sharing a txn_key are settled apart. (One window over all copies in one order:
+-- a window partitioned by txn_id pays its overhead per two-row partition.)
+numbered AS (
     SELECT *,
         CAST(event_time AS DATE) AS copy_day,
         ROW_NUMBER() OVER (
-            PARTITION BY txn_id
-            ORDER BY first_arrival, partner_id, amount, currency, status, event_time
-        ) AS arrival_rank
+            ORDER BY txn_id, first_arrival, partner_id, amount, currency, status, event_time
+        ) AS copy_order
     FROM copies
 ),
 
--- Step 4. Only transactions of D: a neighbouring copy whose key merely collided with one of
--- D's keys has no copy naming D.
+-- Step 4. Each transaction's winner, for transactions of D only: a neighbouring copy whose
+-- key merely collided with one of D's keys has no copy naming D.
+winners AS (
+    SELECT txn_id, min(copy_order) AS winner_order
+    FROM numbered
+    GROUP BY txn_id
+    HAVING bool_or(copy_day = $1)
+),
 of_day AS (
-    SELECT * FROM ranked
-    WHERE txn_id IN (SELECT txn_id FROM ranked WHERE copy_day = $1)
+    SELECT n.*, n.copy_order = w.winner_order AS won
+    FROM numbered n
+    JOIN winners w ON n.txn_id = w.txn_id
 ),
 
 -- Step 5. One row per distinct payload and day: its first arrival, its copies, whether it won.
 payloads AS (
     SELECT txn_id, partner_id, amount, currency, status, copy_day,
-           max(CASE WHEN arrival_rank = 1 THEN event_time END) AS winner_event_time_here,
+           max(CASE WHEN won THEN event_time END)           AS winner_event_time_here,
            min(first_arrival)                                  AS first_ingest_time,
            sum(copies)                                         AS copies,
-           bool_or(arrival_rank = 1)                           AS is_winner
+           bool_or(won)                                        AS is_winner
     FROM of_day
     GROUP BY txn_id, partner_id, amount, currency, status, copy_day
+),
+
+-- Step 6. Per transaction: the day its winner names, the days its copies name, its totals.
+-- A GROUP BY joined back, not window functions: a window partitioned by txn_id evaluates
+-- each two-row partition on its own, which cost most of the settlement's time.
+per_txn AS (
+    SELECT txn_id,
+           max(CASE WHEN is_winner THEN copy_day END) AS owner_day,
+           min(copy_day)                               AS first_day,
+           max(copy_day)                               AS last_day,
+           count(*)                                    AS variants,
+           max(winner_event_time_here)                 AS winner_event_time,
+           sum(copies)                                 AS txn_copies,
+           min(first_ingest_time)                      AS txn_first_ingest_time
+    FROM payloads
+    GROUP BY txn_id
 )
 
 SELECT
-    txn_id, partner_id, amount, currency, status, copy_day,
-    first_ingest_time, copies, is_winner,
-    max(CASE WHEN is_winner THEN copy_day END) OVER (PARTITION BY txn_id) = $1 AS owned_here,
-    max(CASE WHEN is_winner THEN copy_day END) OVER (PARTITION BY txn_id)      AS owner_day,
-    min(copy_day) OVER (PARTITION BY txn_id)
-        <> max(copy_day) OVER (PARTITION BY txn_id)                           AS spans_days,
-    CAST(max(copy_day) OVER (PARTITION BY txn_id) AS INT)
-        - CAST(min(copy_day) OVER (PARTITION BY txn_id) AS INT) > $2          AS beyond_bound,
-    count(*) OVER (PARTITION BY txn_id)                                       AS variants,
-    max(winner_event_time_here) OVER (PARTITION BY txn_id)                    AS winner_event_time,
-    sum(copies) OVER (PARTITION BY txn_id)                                    AS txn_copies,
-    min(first_ingest_time) OVER (PARTITION BY txn_id)                         AS txn_first_ingest_time
-FROM payloads
+    p.txn_id, p.partner_id, p.amount, p.currency, p.status, p.copy_day,
+    p.first_ingest_time, p.copies, p.is_winner,
+    t.owner_day = $1                                                  AS owned_here,
+    t.owner_day,
+    t.first_day <> t.last_day                                         AS spans_days,
+    CAST(t.last_day AS INT) - CAST(t.first_day AS INT) > $2           AS beyond_bound,
+    t.variants,
+    t.winner_event_time,
+    t.txn_copies,
+    t.txn_first_ingest_time
+FROM payloads p
+JOIN per_txn t ON p.txn_id = t.txn_id
