@@ -24,6 +24,7 @@ impl Cli {
             Command::Ledger(a) => a.plan.memory_limit,
             Command::Backfill(a) => a.plan.memory_limit,
             Command::Serve(a) => a.memory_limit,
+            Command::Worker(a) => a.memory_limit,
             _ => None,
         }
     }
@@ -67,6 +68,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the lake read-only to BI tools (Arrow Flight SQL, Postgres wire) and monitoring (HTTP).
     Serve(ServeArgs),
+    /// Run plan stages for `--workers` callers (ledger, backfill, sql) on this machine.
+    Worker(WorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +317,31 @@ pub struct SqlArgs {
     #[arg(long, default_value_t = 1000)]
     pub max_rows: usize,
     /// Memory limit for the query, e.g. 2GiB; operators spill beyond it.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Where a command's plans run: on this machine, or on `tally worker` processes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// Run the plan's stages on these workers, HOST:PORT[,HOST:PORT…] (each a `tally worker`
+    /// that reaches the same lake) [default: `[cluster] workers` of tally.toml]
+    #[arg(long, env = "TALLY_WORKERS", value_delimiter = ',')]
+    pub workers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Where to accept work, HOST:PORT (port 0 picks a free one; printed as `listening worker`).
+    /// Without TALLY_TOKEN only a loopback address is allowed.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub bind: String,
+    /// Serve Prometheus /metrics (and /health) on HOST:PORT.
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// Memory limit for the tasks this worker runs, e.g. 4GiB; operators spill beyond it.
     #[arg(long, value_parser = parse_bytes)]
     pub memory_limit: Option<usize>,
 }

@@ -1,11 +1,13 @@
 //! Resolves configuration layers (defaults < file < environment < flags) into what the
 //! engine needs: the config and the opened lake.
 
-use crate::args::GlobalArgs;
+use crate::args::{ClusterArgs, GlobalArgs};
 use anyhow::Result;
 use std::path::PathBuf;
+use tally_engine::cluster::Workers;
 use tally_engine::config::Config;
 use tally_engine::lake::Lake;
+use tally_engine::serve::auth::Token;
 use tally_engine::session::{SessionOptions, TallySession};
 
 /// Everything a command needs to reach the lake.
@@ -30,6 +32,23 @@ impl Context {
             .unwrap_or_else(|| "./lake".to_string());
         let lake = Lake::open(&location, &config.s3)?;
         Ok(Self { config, lake })
+    }
+
+    /// The workers a command runs on: `--workers` / `TALLY_WORKERS`, else `[cluster]` of
+    /// tally.toml; `None` runs here. Those that do not answer are left out (a warning each);
+    /// none answering is an error naming them.
+    pub async fn workers(&self, args: &ClusterArgs) -> Result<Option<Workers>> {
+        let listed = if args.workers.is_empty() {
+            &self.config.cluster.workers
+        } else {
+            &args.workers
+        };
+        if listed.is_empty() {
+            return Ok(None);
+        }
+        let token = Token::new(std::env::var("TALLY_TOKEN").ok());
+        let workers = Workers::parse(listed, token)?;
+        Ok(Some(workers.reachable().await?))
     }
 
     /// Opens a session with every table of the lake and the config registered.

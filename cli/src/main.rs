@@ -91,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(a) => rt.block_on(cmd::trace::run(&ctx, a))?,
         Command::Demo(a) => rt.block_on(cmd::demo::run(&ctx, a))?,
         Command::Serve(a) => rt.block_on(cmd::serve::run(&ctx, a))?,
+        Command::Worker(a) => rt.block_on(cmd::worker::run(&ctx, a))?,
     }
     Ok(ExitCode::SUCCESS)
 }

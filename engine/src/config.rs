@@ -30,6 +30,17 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// Per-partner error-rate alerts of the live mode.
     pub alerts: AlertsConfig,
+    /// Scale-out workers (`[cluster]`).
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: the workers `ledger`, `backfill` and `sql` run their plans on when
+/// `--workers` / `TALLY_WORKERS` do not say otherwise (see [`crate::cluster`]).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `HOST:PORT` of each `tally worker`.
+    pub workers: Vec<String>,
 }
 
 /// S3 connection settings. Secrets are redacted from `Debug` output and never logged.

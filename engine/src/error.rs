@@ -92,6 +92,10 @@ pub enum TallyError {
     #[error("{message}")]
     Busy { message: String },
 
+    /// Scale-out workers could not be reached, or were all lost during a run.
+    #[error("cluster: {message}")]
+    Cluster { message: String },
+
     /// The object store (local disk or S3) failed.
     #[error("storage: {0}")]
     Storage(#[from] object_store::Error),
@@ -144,6 +148,7 @@ impl TallyError {
             TallyError::Lake { .. }
             | TallyError::Unreadable { .. }
             | TallyError::Busy { .. }
+            | TallyError::Cluster { .. }
             | TallyError::Storage(_)
             | TallyError::Io(_) => ErrorKind::External,
             TallyError::Query(e) => match e.find_root() {

@@ -36,6 +36,18 @@ pub mod layout {
     pub const RUNS: &str = "runs";
     /// Alerts the live mode sent (Delta).
     pub const ALERTS: &str = "alerts";
+
+    /// Every Delta table tally writes, in the order sessions register them.
+    pub const DELTA_TABLES: [&str; 8] = [
+        LEDGER,
+        LEDGER_CONFLICTS,
+        LIVE_VIEW,
+        LIVE_LATE,
+        LIVE_QUARANTINE,
+        RECONCILIATIONS,
+        RUNS,
+        ALERTS,
+    ];
 }
 
 /// A resolved lake root with its object store.

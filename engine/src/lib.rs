@@ -32,6 +32,7 @@
 //! arrow, datafusion and deltalake are re-exported so the CLI and tests never pin their own.
 
 pub mod backfill;
+pub mod cluster;
 pub mod config;
 pub mod day;
 pub mod day_lock;

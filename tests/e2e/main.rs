@@ -9,6 +9,7 @@ mod harness;
 
 mod backfill;
 mod cli;
+mod cluster;
 mod generate;
 mod lease_race;
 mod ledger;

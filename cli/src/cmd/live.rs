@@ -31,8 +31,9 @@ pub async fn run(ctx: &Context, args: &LiveArgs) -> Result<ExitCode> {
                 // stderr: stdout carries one batch per line (JSON with --format json).
                 eprintln!("listening metrics {}", listener.local_addr()?);
                 let mut stop = rx.clone();
+                let source: Arc<dyn metrics_server::MetricsSource> = ops.clone();
                 Some(tokio::spawn(metrics_server::run(
-                    Arc::clone(&ops),
+                    source,
                     listener,
                     token,
                     async move {

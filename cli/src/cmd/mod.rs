@@ -11,3 +11,4 @@ pub mod shell;
 pub mod sql;
 pub mod tables;
 pub mod trace;
+pub mod worker;

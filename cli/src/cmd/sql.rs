@@ -27,6 +27,7 @@ pub async fn run(ctx: &Context, args: &SqlArgs) -> Result<()> {
     }
     let opts = SessionOptions {
         memory_limit: args.memory_limit,
+        workers: ctx.workers(&args.cluster).await?,
         ..Default::default()
     };
     let session = ctx.session(&opts).await?;

@@ -1,5 +1,5 @@
-//! `tally live --metrics ADDR`: `/metrics` (Prometheus text, behind `TALLY_TOKEN` when set)
-//! and `/health` for a live loop that runs without `tally serve`.
+//! `--metrics ADDR`: `/metrics` (Prometheus text, behind `TALLY_TOKEN` when set) and
+//! `/health`, for processes that run without `tally serve`: `tally live` and `tally worker`.
 
 use super::LiveOps;
 use crate::error::{Result, TallyError};
@@ -34,9 +34,21 @@ pub async fn bind(addr: SocketAddr, token: &Token) -> Result<TcpListener> {
         })
 }
 
+/// What a process shows on `/metrics`.
+pub trait MetricsSource: Send + Sync {
+    /// Appends the series in Prometheus text (without the final `# EOF`).
+    fn encode(&self, out: &mut String) -> std::fmt::Result;
+}
+
+impl MetricsSource for LiveOps {
+    fn encode(&self, out: &mut String) -> std::fmt::Result {
+        LiveOps::encode(self, out)
+    }
+}
+
 /// Serves until `stop` completes.
 pub async fn run(
-    ops: Arc<LiveOps>,
+    ops: Arc<dyn MetricsSource>,
     listener: TcpListener,
     token: Token,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -57,7 +69,9 @@ pub async fn run(
         .map_err(TallyError::Io)
 }
 
-async fn metrics(axum::extract::State(ops): axum::extract::State<Arc<LiveOps>>) -> Response {
+async fn metrics(
+    axum::extract::State(ops): axum::extract::State<Arc<dyn MetricsSource>>,
+) -> Response {
     let mut text = String::new();
     let encoded = ops
         .encode(&mut text)

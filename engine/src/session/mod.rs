@@ -40,6 +40,10 @@ pub struct SessionOptions {
     /// Plan with DataFusion's physical optimizer rules only, without tally's query rules
     /// ([`crate::plan`]): the ledger's plans are tuned and benchmarked as DataFusion plans them.
     pub datafusion_plans_only: bool,
+    /// Run plans' stages on these workers ([`crate::cluster`]). Delta tables are then read
+    /// as plain Parquet scans (see [`crate::delta_files`]): delta-rs's scan operator cannot
+    /// be sent to a worker.
+    pub workers: Option<crate::cluster::Workers>,
 }
 
 /// Rows per batch of a ledger run without a memory limit.
@@ -61,6 +65,7 @@ impl SessionOptions {
             batch_size: memory_limit.is_none().then_some(LEDGER_BATCH_ROWS),
             fresh_listings: false,
             datafusion_plans_only: true,
+            workers: None,
         }
     }
 }
@@ -96,7 +101,7 @@ impl TallySession {
     /// Builds a session over `lake`: object store, UDFs, the lake's tables and the configured ones.
     pub async fn open(lake: &Lake, config: &Config, opts: &SessionOptions) -> Result<Self> {
         let ctx = new_context(opts, new_runtime(opts)?, None)?;
-        Self::open_on(ctx, lake, config, None).await
+        Self::open_on(ctx, lake, config, None, opts.workers.is_some()).await
     }
 
     /// Builds a session whose tables come from `cache`, brought up to date first: the session
@@ -113,7 +118,7 @@ impl TallySession {
             Arc::clone(&cache.runtime),
             cache.query_planner.clone(),
         )?;
-        Self::open_on(ctx, lake, config, Some(cache)).await
+        Self::open_on(ctx, lake, config, Some(cache), true).await
     }
 
     async fn open_on(
@@ -121,6 +126,7 @@ impl TallySession {
         lake: &Lake,
         config: &Config,
         mut cache: Option<&mut TableCache>,
+        plain_delta_scans: bool,
     ) -> Result<Self> {
         ctx.register_object_store(&lake.store_url(), lake.store());
         tally_udfs::register_all(&ctx);
@@ -135,7 +141,7 @@ impl TallySession {
                 sorted.sort();
                 sorted
             },
-            plain_delta_scans: cache.is_some(),
+            plain_delta_scans,
             unreadable: Default::default(),
         };
         // A server (the cached path) keeps serving the other tables when one cannot be
@@ -145,16 +151,7 @@ impl TallySession {
             let opened = session.register_raw_payments(cache.as_deref_mut()).await;
             session.keep_unreadable(serving, crate::lake::layout::RAW_PAYMENTS, opened)?;
         }
-        for name in [
-            layout::LEDGER,
-            layout::LEDGER_CONFLICTS,
-            layout::LIVE_VIEW,
-            layout::LIVE_LATE,
-            layout::LIVE_QUARANTINE,
-            layout::RECONCILIATIONS,
-            layout::RUNS,
-            layout::ALERTS,
-        ] {
+        for name in layout::DELTA_TABLES {
             if top.iter().any(|d| d == name) {
                 let url = lake.url_of(name)?;
                 let opened = session

@@ -41,11 +41,16 @@ pub(super) fn new_context(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features();
-    if !opts.datafusion_plans_only {
+    // tally's own operators cannot be sent to a worker: a distributed session plans with
+    // DataFusion's.
+    if !opts.datafusion_plans_only && opts.workers.is_none() {
         state = crate::plan::with_query_rules(state);
     }
     if let Some(planner) = planner {
         state = state.with_query_planner(planner);
+    }
+    if let Some(workers) = &opts.workers {
+        state = crate::cluster::coordinate(state, workers)?;
     }
     Ok(SessionContext::new_with_state(state.build()))
 }

@@ -1,0 +1,145 @@
+//! The workers a run may use: `--workers`, `TALLY_WORKERS` or `workers = [...]` under
+//! `[cluster]` in `tally.toml`.
+
+use crate::error::{Result, TallyError};
+use crate::serve::auth::Token;
+use datafusion::error::DataFusionError;
+use datafusion_distributed::WorkerResolver;
+use std::time::Duration;
+use url::Url;
+
+/// How long a worker has to accept a connection before a run counts it as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A fixed list of worker URLs (`http://host:port`) and the token to present to them.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    urls: Vec<Url>,
+    token: Token,
+}
+
+impl Workers {
+    /// Parses `HOST:PORT` or `http://HOST:PORT` entries (a list from a flag is split on commas).
+    pub fn parse<S: AsRef<str>>(entries: &[S], token: Token) -> Result<Self> {
+        let mut urls = Vec::new();
+        for entry in entries
+            .iter()
+            .flat_map(|e| e.as_ref().split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let text = if entry.contains("://") {
+                entry.to_string()
+            } else {
+                format!("http://{entry}")
+            };
+            let url = Url::parse(&text)
+                .ok()
+                .filter(|u| u.scheme() == "http" && u.host().is_some() && u.port().is_some())
+                .ok_or_else(|| TallyError::InvalidArgument {
+                    what: "--workers".into(),
+                    message: format!("{entry:?} is not HOST:PORT (e.g. 10.0.0.5:7070)"),
+                })?;
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        if urls.is_empty() {
+            return Err(TallyError::InvalidArgument {
+                what: "--workers".into(),
+                message: "no worker given".into(),
+            });
+        }
+        Ok(Self { urls, token })
+    }
+
+    /// The workers' URLs.
+    pub fn urls(&self) -> &[Url] {
+        &self.urls
+    }
+
+    /// The token sent to them.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// The workers without `url`: what a run retries on after losing it.
+    pub fn without(&self, url: &Url) -> Option<Self> {
+        let urls: Vec<Url> = self.urls.iter().filter(|u| *u != url).cloned().collect();
+        (!urls.is_empty()).then(|| Self {
+            urls,
+            token: self.token.clone(),
+        })
+    }
+
+    /// The workers that accept a connection now. Those that do not are left out with a
+    /// warning; none answering is an error naming them all.
+    pub async fn reachable(&self) -> Result<Self> {
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for url in &self.urls {
+            match connect(url).await {
+                Ok(()) => up.push(url.clone()),
+                Err(why) => down.push((url, why)),
+            }
+        }
+        if up.is_empty() {
+            let named: Vec<String> = down
+                .iter()
+                .map(|(url, why)| format!("{} ({why})", authority(url)))
+                .collect();
+            return Err(TallyError::Cluster {
+                message: format!("no worker reachable: {}", named.join(", ")),
+            });
+        }
+        for (url, why) in down {
+            tracing::warn!(worker = %url, error = %why, "worker unreachable; running without it");
+        }
+        Ok(Self {
+            urls: up,
+            token: self.token.clone(),
+        })
+    }
+}
+
+impl WorkerResolver for Workers {
+    fn get_urls(&self) -> std::result::Result<Vec<Url>, DataFusionError> {
+        Ok(self.urls.clone())
+    }
+}
+
+/// `host:port` of a worker URL, as people write it.
+pub fn authority(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        _ => url.to_string(),
+    }
+}
+
+async fn connect(url: &Url) -> std::result::Result<(), String> {
+    let addr = authority(url);
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer in {} s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_parse_as_http_urls_and_bad_ones_are_named() {
+        let w = Workers::parse(
+            &["127.0.0.1:7070, http://h:1", "127.0.0.1:7070"],
+            Token::default(),
+        )
+        .unwrap();
+        let urls: Vec<String> = w.urls().iter().map(|u| u.to_string()).collect();
+        assert_eq!(urls, ["http://127.0.0.1:7070/", "http://h:1/"]);
+        let e = Workers::parse(&["nohost"], Token::default()).unwrap_err();
+        assert!(e.to_string().contains("\"nohost\""), "{e}");
+        assert!(Workers::parse(&[" , "], Token::default()).is_err());
+    }
+}
