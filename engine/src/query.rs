@@ -150,6 +150,12 @@ pub async fn plan(session: &TallySession, stmt: DFStatement, access: Access) -> 
             .with_allow_statements(false)
             .verify_plan(&plan)?;
     }
+    if let LogicalPlan::Explain(e) = &plan {
+        if crate::cluster::is_distributed(&state) {
+            let batch = crate::cluster::explain(&state, &e.plan).await?;
+            return Ok(session.ctx().read_batch(batch)?);
+        }
+    }
     Ok(session.ctx().execute_logical_plan(plan).await?)
 }
 

@@ -122,7 +122,17 @@ fn sql_on_two_workers_answers_as_the_local_run_and_both_workers_run_stages() {
         "{here}"
     );
 
-    // The plans were cut into stages, and both workers ran some.
+    // EXPLAIN shows the stages; the plans were cut into them, and both workers ran some.
+    let explain = ok(sql_on(
+        dir,
+        Some(&workers),
+        None,
+        &format!("EXPLAIN {per_partner}"),
+    ));
+    assert!(
+        explain.contains("distributed_plan") && explain.contains("Stage"),
+        "{explain}"
+    );
     assert!(
         tasks(&w1) > 0.0 && tasks(&w2) > 0.0,
         "{} / {}",
@@ -191,4 +201,59 @@ fn unreachable_workers_are_left_out_and_none_reachable_is_an_error_naming_them()
     let bad = sql_on(dir, Some("not a host"), None, "SELECT 1");
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--workers"));
+}
+
+#[test]
+fn workers_read_a_lake_in_a_bucket_through_their_own_s3_settings() {
+    let s3 = s3();
+    let bucket = s3.bucket("cluster-lake");
+    let dir = tempdir();
+    let lake = format!("s3://{bucket}/lake");
+    let on_s3 = |args: &[&str]| {
+        let mut c = s3.cmd(dir.path());
+        c.args(["--lake", &lake]).args(args);
+        c
+    };
+    run_ok(&mut on_s3(&[
+        "generate",
+        "--days",
+        "2",
+        "--events-per-day",
+        "5000",
+        "--seed",
+        "3",
+    ]));
+    run_ok(&mut on_s3(&["ledger", "--date", "2026-11-01"]));
+    let w1 = Proc::spawn(
+        &mut on_s3(&[
+            "worker",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ]),
+        &["worker", "metrics"],
+    );
+    let w2 = Proc::spawn(
+        &mut on_s3(&[
+            "worker",
+            "--bind",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ]),
+        &["worker", "metrics"],
+    );
+    let workers = format!("{},{}", w1.addrs["worker"], w2.addrs["worker"]);
+    for query in [
+        "SELECT partner_id, count(*) AS n, sum(amount) AS total FROM raw_payments GROUP BY 1 ORDER BY 1",
+        "SELECT currency, count(*) AS n, sum(amount) AS total FROM ledger GROUP BY 1 ORDER BY 1",
+    ] {
+        let here = run_ok(on_s3(&["sql", "--format", "csv", query]).env_remove("TALLY_WORKERS"));
+        let there = run_ok(
+            on_s3(&["sql", "--format", "csv", "--workers", &workers, query]).env(SPREAD.0, SPREAD.1),
+        );
+        assert_eq!(there, here, "{query}");
+    }
+    assert!(tasks(&w1) > 0.0 && tasks(&w2) > 0.0);
 }

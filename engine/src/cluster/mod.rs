@@ -18,9 +18,15 @@ pub mod workers;
 
 use crate::error::{Result, TallyError};
 use crate::lake::one_line;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::config::{ConfigExtension, ExtensionOptions};
-use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion_distributed::{DistributedConfig, DistributedExt, SessionStateBuilderExt};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion_distributed::{
+    display_plan_ascii, DistributedConfig, DistributedExt, SessionStateBuilderExt,
+};
+use std::sync::Arc;
 pub use workers::Workers;
 
 /// `builder` with datafusion-distributed's planner over `workers`: every query's plan is
@@ -37,6 +43,29 @@ pub fn coordinate(builder: SessionStateBuilder, workers: &Workers) -> Result<Ses
     };
     apply_env_overrides(&mut builder)?;
     Ok(builder)
+}
+
+/// True when `state` plans with datafusion-distributed ([`coordinate`]).
+pub fn is_distributed(state: &SessionState) -> bool {
+    DistributedConfig::from_config_options(state.config().options()).is_ok()
+}
+
+/// `EXPLAIN` of a distributed session: the logical plan, and the physical plan as the
+/// distributed planner cut it into stages and tasks (DataFusion's own `EXPLAIN` shows the plan
+/// before that cut). Workers are picked for the tasks only when the plan runs.
+pub async fn explain(state: &SessionState, logical: &LogicalPlan) -> Result<RecordBatch> {
+    let physical = state.create_physical_plan(logical).await?;
+    let stages = display_plan_ascii(physical.as_ref(), false);
+    let plan_type = StringArray::from(vec!["logical_plan", "distributed_plan"]);
+    let plan = StringArray::from(vec![logical.display_indent().to_string(), stages]);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(plan_type), Arc::new(plan)],
+    )?)
 }
 
 /// `DISTRIBUTED_<OPTION>` variables tune datafusion-distributed's planner as
