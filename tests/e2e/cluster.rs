@@ -257,3 +257,26 @@ fn workers_read_a_lake_in_a_bucket_through_their_own_s3_settings() {
     }
     assert!(tasks(&w1) > 0.0 && tasks(&w2) > 0.0);
 }
+
+#[test]
+fn a_worker_lost_mid_run_is_dropped_and_the_query_runs_again_on_the_others() {
+    let d = lake_with_ledger();
+    let dir = d.path();
+    let (w1, w2) = (worker(dir, None), worker(dir, None));
+    // Stops dead (abort, as kill -9) when it is sent its first task.
+    let mut doomed = tally_cmd(dir);
+    doomed
+        .args(["worker", "--bind", "127.0.0.1:0"])
+        .env("TALLY_FAILPOINT", "worker_task");
+    let w3 = Proc::spawn(&mut doomed, &["worker"]);
+    let lost = w3.addrs["worker"].clone();
+    let all = format!("{},{},{lost}", w1.addrs["worker"], w2.addrs["worker"]);
+    let query = "SELECT partner_id, count(*) AS n, sum(amount) AS total FROM raw_payments \
+                 GROUP BY 1 ORDER BY 1";
+    let here = ok(sql_on(dir, None, None, query));
+    let out = sql_on(dir, Some(&all), None, query);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("worker lost") && err.contains(&lost), "{err}");
+    assert_eq!(ok(out), here, "printed once, and as the local run");
+    assert!(tasks(&w1) > 0.0 && tasks(&w2) > 0.0);
+}

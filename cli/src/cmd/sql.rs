@@ -4,6 +4,7 @@ use crate::args::SqlArgs;
 use crate::context::Context;
 use crate::output::write_stream;
 use anyhow::Result;
+use std::io::Write;
 use tally_engine::query::{self, Access};
 use tally_engine::session::SessionOptions;
 
@@ -25,25 +26,56 @@ pub async fn run(ctx: &Context, args: &SqlArgs) -> Result<()> {
         // A text with a write runs none of its statements.
         query::check_all_read_only(&statements)?;
     }
-    let opts = SessionOptions {
-        memory_limit: args.memory_limit,
-        workers: ctx.workers(&args.cluster).await?,
-        ..Default::default()
-    };
-    let session = ctx.session(&opts).await?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut workers = ctx.workers(&args.cluster).await?;
+    loop {
+        let opts = SessionOptions {
+            memory_limit: args.memory_limit,
+            workers: workers.clone(),
+            ..Default::default()
+        };
+        let session = ctx.session(&opts).await?;
+        if workers.is_none() {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            return run_all(&session, &statements, args, &mut out).await;
+        }
+        // On workers the answer is held until every statement has run, so that a run retried
+        // after losing a worker prints it once.
+        let mut held = Vec::new();
+        match run_all(&session, &statements, args, &mut held).await {
+            Ok(()) => {
+                std::io::stdout().lock().write_all(&held)?;
+                return Ok(());
+            }
+            Err(e) => match workers.as_ref() {
+                Some(w) => match w.after_failure().await? {
+                    Some(remaining) => workers = Some(remaining),
+                    None => return Err(e),
+                },
+                None => return Err(e),
+            },
+        }
+    }
+}
+
+async fn run_all(
+    session: &tally_engine::session::TallySession,
+    statements: &[tally_engine::datafusion::sql::parser::Statement],
+    args: &SqlArgs,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
     for stmt in statements {
         run_statement(
-            &session,
-            stmt,
+            session,
+            stmt.clone(),
             access(args.allow_write),
             args.format,
             args.max_rows,
-            &mut out,
+            out,
         )
         .await?;
     }
+    out.flush()?;
     Ok(())
 }
 

@@ -180,6 +180,8 @@ impl WorkerSessionBuilder for TallyTaskSession {
         ctx: WorkerQueryContext,
     ) -> std::result::Result<SessionState, DataFusionError> {
         self.metrics.tasks.inc();
+        // Tests stop a worker dead as it takes a task: a worker lost mid-run.
+        crate::failpoint::hit("worker_task");
         let mut builder = ctx.builder;
         if let Some(headers) = &self.forward {
             builder = builder.with_distributed_passthrough_headers(headers.clone())?;

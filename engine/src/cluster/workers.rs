@@ -102,6 +102,37 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// After a failed run: the workers still answering when some stopped (each lost one is
+    /// named in a warning), `None` when all still answer (the failure was not a lost worker),
+    /// and an error naming them all when none is left.
+    pub async fn after_failure(&self) -> Result<Option<Self>> {
+        let mut up = Vec::new();
+        let mut lost = Vec::new();
+        for url in &self.urls {
+            match connect(url).await {
+                Ok(()) => up.push(url.clone()),
+                Err(why) => lost.push(format!("{} ({why})", authority(url))),
+            }
+        }
+        if lost.is_empty() {
+            return Ok(None);
+        }
+        if up.is_empty() {
+            return Err(TallyError::Cluster {
+                message: format!("every worker was lost: {}", lost.join(", ")),
+            });
+        }
+        for l in &lost {
+            tracing::warn!(worker = %l, "worker lost; running again on the others");
+        }
+        Ok(Some(Self {
+            urls: up,
+            token: self.token.clone(),
+        }))
+    }
+}
+
 impl WorkerResolver for Workers {
     fn get_urls(&self) -> std::result::Result<Vec<Url>, DataFusionError> {
         Ok(self.urls.clone())
@@ -141,5 +172,34 @@ mod tests {
         let e = Workers::parse(&["nohost"], Token::default()).unwrap_err();
         assert!(e.to_string().contains("\"nohost\""), "{e}");
         assert!(Workers::parse(&[" , "], Token::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_lost_workers_are_dropped_and_none_left_names_them_all() {
+        let listeners: Vec<std::net::TcpListener> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let workers = Workers::parse(&addrs, Token::default()).unwrap();
+        assert!(
+            workers.after_failure().await.unwrap().is_none(),
+            "all answer"
+        );
+        let mut listeners = listeners.into_iter();
+        drop(listeners.next());
+        let left = workers.after_failure().await.unwrap().unwrap();
+        assert_eq!(left.urls().len(), 1);
+        assert_eq!(authority(&left.urls()[0]), addrs[1]);
+        drop(listeners.next());
+        let e = workers.after_failure().await.unwrap_err().to_string();
+        assert!(
+            e.starts_with("cluster: every worker was lost")
+                && e.contains(&addrs[0])
+                && e.contains(&addrs[1]),
+            "{e}"
+        );
     }
 }
