@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import WORK, machine, run_timed, tally_bin, write_section  # noqa: E402
+from common import WORK, machine, run_timed, tally_bin, vm_hwm_mib, write_section  # noqa: E402
 
 DAY = "2026-11-01"
 QUERIES = {
@@ -53,12 +53,6 @@ def tasks(addrs):
     m = re.search(r"^tally_worker_tasks_total (\S+)", text, re.M)
     return int(float(m.group(1))) if m else 0
 
-
-def peak_rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def main():
@@ -96,7 +90,7 @@ def main():
                 outs.add(out)
             ran = [tasks(a) - b for (_, a), b in zip(workers, before)]
             rows.append((name, min(local), min(dist), ran, local_rss, dist_rss, len(outs) == 1))
-        worker_rss = [peak_rss_mib(p.pid) for p, _ in workers]
+        worker_rss = [vm_hwm_mib(p.pid) for p, _ in workers]
     finally:
         for proc, _ in workers:
             proc.terminate()

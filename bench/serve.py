@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from common import WORK, machine, run_timed, tally_bin, write_section, ensure_duckdb
+from common import WORK, machine, run_timed, tally_bin, write_section, ensure_duckdb, vm_hwm_mib
 
 DAY = "2026-11-01"
 AGG = ("SELECT partner_id, sum(amount) AS total, count(*) AS n FROM ledger "
@@ -136,12 +136,6 @@ def sixteen_clients(flight, psycopg, addrs, per_client):
     [th.join() for th in threads]
     return len(done), time.perf_counter() - t
 
-
-def vm_hwm_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def main():

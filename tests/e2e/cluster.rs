@@ -224,26 +224,19 @@ fn workers_read_a_lake_in_a_bucket_through_their_own_s3_settings() {
         "3",
     ]));
     run_ok(&mut on_s3(&["ledger", "--date", "2026-11-01"]));
-    let w1 = Proc::spawn(
-        &mut on_s3(&[
-            "worker",
-            "--bind",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &["worker", "metrics"],
-    );
-    let w2 = Proc::spawn(
-        &mut on_s3(&[
-            "worker",
-            "--bind",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-        ]),
-        &["worker", "metrics"],
-    );
+    let spawn = || {
+        Proc::spawn(
+            &mut on_s3(&[
+                "worker",
+                "--bind",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+            ]),
+            &["worker", "metrics"],
+        )
+    };
+    let (w1, w2) = (spawn(), spawn());
     let workers = format!("{},{}", w1.addrs["worker"], w2.addrs["worker"]);
     for query in [
         "SELECT partner_id, count(*) AS n, sum(amount) AS total FROM raw_payments GROUP BY 1 ORDER BY 1",

@@ -22,17 +22,8 @@ pub fn headers(token: &Token) -> Option<HeaderMap> {
 
 /// A tonic interceptor that refuses requests without `token` (all pass without one).
 pub fn check(token: Token) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |req: Request<()>| {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if token.accepts_header(header) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated(
-                "missing or wrong token: this worker requires the caller's TALLY_TOKEN",
-            ))
-        }
-    }
+    crate::serve::auth::grpc_guard(
+        token,
+        "missing or wrong token: this worker requires the caller's TALLY_TOKEN",
+    )
 }

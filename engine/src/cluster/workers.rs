@@ -63,42 +63,39 @@ impl Workers {
         &self.token
     }
 
-    /// The workers without `url`: what a run retries on after losing it.
-    pub fn without(&self, url: &Url) -> Option<Self> {
-        let urls: Vec<Url> = self.urls.iter().filter(|u| *u != url).cloned().collect();
-        (!urls.is_empty()).then(|| Self {
-            urls,
-            token: self.token.clone(),
-        })
-    }
-
     /// The workers that accept a connection now. Those that do not are left out with a
     /// warning; none answering is an error naming them all.
     pub async fn reachable(&self) -> Result<Self> {
+        let (up, down) = self.probe().await;
+        if up.is_empty() {
+            return Err(TallyError::Cluster {
+                message: format!("no worker reachable: {}", down.join(", ")),
+            });
+        }
+        for d in &down {
+            tracing::warn!(worker = %d, "worker unreachable; running without it");
+        }
+        Ok(self.only(up))
+    }
+
+    /// The workers that accept a connection now, and each one that does not, with why.
+    async fn probe(&self) -> (Vec<Url>, Vec<String>) {
         let mut up = Vec::new();
         let mut down = Vec::new();
         for url in &self.urls {
             match connect(url).await {
                 Ok(()) => up.push(url.clone()),
-                Err(why) => down.push((url, why)),
+                Err(why) => down.push(format!("{} ({why})", authority(url))),
             }
         }
-        if up.is_empty() {
-            let named: Vec<String> = down
-                .iter()
-                .map(|(url, why)| format!("{} ({why})", authority(url)))
-                .collect();
-            return Err(TallyError::Cluster {
-                message: format!("no worker reachable: {}", named.join(", ")),
-            });
-        }
-        for (url, why) in down {
-            tracing::warn!(worker = %url, error = %why, "worker unreachable; running without it");
-        }
-        Ok(Self {
-            urls: up,
+        (up, down)
+    }
+
+    fn only(&self, urls: Vec<Url>) -> Self {
+        Self {
+            urls,
             token: self.token.clone(),
-        })
+        }
     }
 }
 
@@ -107,14 +104,7 @@ impl Workers {
     /// named in a warning), `None` when all still answer (the failure was not a lost worker),
     /// and an error naming them all when none is left.
     pub async fn after_failure(&self) -> Result<Option<Self>> {
-        let mut up = Vec::new();
-        let mut lost = Vec::new();
-        for url in &self.urls {
-            match connect(url).await {
-                Ok(()) => up.push(url.clone()),
-                Err(why) => lost.push(format!("{} ({why})", authority(url))),
-            }
-        }
+        let (up, lost) = self.probe().await;
         if lost.is_empty() {
             return Ok(None);
         }
@@ -126,10 +116,7 @@ impl Workers {
         for l in &lost {
             tracing::warn!(worker = %l, "worker lost; running again on the others");
         }
-        Ok(Some(Self {
-            urls: up,
-            token: self.token.clone(),
-        }))
+        Ok(Some(self.only(up)))
     }
 }
 

@@ -87,6 +87,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A tonic interceptor: lets a gRPC request through when its `authorization` metadata carries
+/// the token, and answers `unauthenticated` with `refusal` otherwise. Shared by Flight SQL
+/// and `tally worker`.
+pub fn grpc_guard(
+    token: Token,
+    refusal: &'static str,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req: tonic::Request<()>| {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if token.accepts_header(header) {
+            Ok(req)
+        } else {
+            Err(tonic::Status::unauthenticated(refusal))
+        }
+    }
+}
+
 /// HTTP middleware: lets a request through when it carries the token (bearer or basic), and
 /// answers 401 with the schemes a browser or scraper can use otherwise. Shared by `tally
 /// serve`'s HTTP endpoint and `tally live --metrics`.

@@ -75,20 +75,10 @@ pub fn service(
     FlightServiceServer<FlightSql>,
     impl tonic::service::Interceptor + Clone,
 > {
-    let token = shared.token.clone();
-    let check = move |req: Request<()>| {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if token.accepts_header(header) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated(
-                "missing or wrong token: send authorization: Bearer <TALLY_TOKEN>, or basic auth with the token as password",
-            ))
-        }
-    };
+    let check = crate::serve::auth::grpc_guard(
+        shared.token.clone(),
+        "missing or wrong token: send authorization: Bearer <TALLY_TOKEN>, or basic auth with the token as password",
+    );
     let plans = Arc::new(PlanCache::default());
     FlightServiceServer::with_interceptor(FlightSql { shared, plans }, check)
 }
