@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--restart", action="store_true",
                     help="kill -9 after a full dedup TTL and time the restart (bench/live_restart.py)")
     ap.add_argument("--ttl", type=int, default=600, help="with --restart: the dedup TTL in seconds")
+    ap.add_argument("--s3", action="store_true",
+                    help="with --restart: the lake in a bucket on the S3 test server (moto)")
     args = ap.parse_args()
     if args.restart:
         import live_restart

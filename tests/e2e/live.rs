@@ -1095,10 +1095,12 @@ fn live_once_logged(dir: &Path, extra: &[&str]) -> (String, String) {
     (stderr, stdout)
 }
 
-/// A restart loads the dedup state's snapshot and re-reads only the batches that reach past its
-/// boundary minute (issue 35 item 1); a snapshot part that is missing, torn, altered or of a future
-/// format version is set aside, and every batch is re-read as before snapshots: the totals are
-/// exact in every case, and copies of transactions the snapshot holds are never counted twice.
+/// A restart loads the dedup state's snapshot and replays only the batches that reach past its
+/// boundary minute (issue 35 item 1), from the key files they wrote when they committed; a
+/// snapshot part that is missing, torn, altered or of a future format version is set aside, and
+/// every batch is replayed as before snapshots; a key file in that state is replaced by its
+/// batch's raw files. The totals are exact in every case, and copies of transactions the
+/// snapshot holds are never counted twice.
 #[test]
 fn a_restart_loads_the_dedup_snapshot_and_falls_back_when_it_is_damaged() {
     let day = "2026-11-20";
@@ -1137,13 +1139,18 @@ fn a_restart_loads_the_dedup_snapshot_and_falls_back_when_it_is_damaged() {
     let mut parts: Vec<_> = std::fs::read_dir(&keys)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "keys"))
         .collect();
     parts.sort();
     assert!(!parts.is_empty(), "no snapshot part written");
     let part = parts[0].file_name().unwrap().to_owned();
+    // The batches a restart replays wrote the keys they added; a restart inserts those
+    // instead of re-reading the batches' raw files (a damaged one is replayed from raw).
+    let key_file = std::ffi::OsString::from(format!("b{:020}.tail", 3));
+    assert!(keys.join(&key_file).exists(), "no key file for batch 3");
 
     type Damage = fn(&Path);
-    let cases: [(&str, Option<Damage>); 5] = [
+    let cases: [(&str, Option<Damage>); 8] = [
         ("intact", None),
         ("missing", Some(|p| std::fs::remove_file(p).unwrap())),
         (
@@ -1170,15 +1177,37 @@ fn a_restart_loads_the_dedup_snapshot_and_falls_back_when_it_is_damaged() {
                 std::fs::write(p, b).unwrap();
             }),
         ),
+        (
+            "key file missing",
+            Some(|p| std::fs::remove_file(p).unwrap()),
+        ),
+        (
+            "key file altered",
+            Some(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                let at = b.len() - 12;
+                b[at] ^= 0x40;
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
+        (
+            "key file of a future version",
+            Some(|p| {
+                let mut b = std::fs::read(p).unwrap();
+                b[4..8].copy_from_slice(&2u32.to_le_bytes());
+                std::fs::write(p, b).unwrap();
+            }),
+        ),
     ];
     for (case, damage) in cases {
         let dir = tempdir();
         copy_dir(&base.path().join("lake"), &dir.path().join("lake"));
+        let of_key_file = case.starts_with("key file");
         if let Some(damage) = damage {
             damage(
                 &dir.path()
                     .join("lake/live_view/_tally_live/keys")
-                    .join(&part),
+                    .join(if of_key_file { &key_file } else { &part }),
             );
         }
         write_raw(&dir.path().join("lake"), day, "b.parquet", &retry);
@@ -1187,18 +1216,27 @@ fn a_restart_loads_the_dedup_snapshot_and_falls_back_when_it_is_damaged() {
             .lines()
             .find(|l| l.contains("live: recovered"))
             .unwrap_or_else(|| panic!("{case}: no recovery line: {log}"));
-        if damage.is_none() {
+        if damage.is_none() || of_key_file {
             assert!(
                 recovered.contains("from_snapshot=true"),
                 "{case}: {recovered}"
             );
             // The committed checkpoint lists the parts written after batch 2 (those written
             // after batch 3 go into the next checkpoint): batches 2 and 3 reach past their
-            // boundary minute.
+            // boundary minute, and each is replayed from its key file while it is sound.
             assert!(
                 recovered.contains("replayed_batches=2 "),
                 "{case}: {recovered}"
             );
+            let (from_keys, files) = if of_key_file { (1, 1) } else { (2, 0) };
+            assert!(
+                recovered.contains(&format!("replayed_from_keys={from_keys} "))
+                    && recovered.contains(&format!("replayed_files={files} ")),
+                "{case}: {recovered}"
+            );
+            if case != "key file missing" && of_key_file {
+                assert!(log.contains("batch key file is unusable"), "{case}: {log}");
+            }
         } else {
             assert!(log.contains("dedup snapshot is unusable"), "{case}: {log}");
             assert!(

@@ -119,6 +119,11 @@ impl DedupState {
         self.journal = None;
     }
 
+    /// The keys the batch in progress added so far, as `(minute, key)`.
+    pub fn batch_keys(&self) -> &[(i64, u64)] {
+        self.journal.as_deref().unwrap_or_default()
+    }
+
     /// Forgets the keys the batch added (it did not commit): the state is as before
     /// [`Self::begin_batch`].
     pub fn undo_batch(&mut self) {

@@ -6,8 +6,9 @@
 //! part, `live_view/_tally_live/keys/m<minute>-b<batch>.keys`: a minute is written about once,
 //! then a small part per late first copy. The next checkpoint carries the list of parts
 //! ([`KeySnapshot`]), so a snapshot is trusted exactly when its checkpoint is. A restart loads
-//! the parts of the minutes still inside the TTL and re-reads from raw only the batches that may
-//! hold keys of later minutes (the last minute or two of a 10-minute TTL).
+//! the parts of the minutes still inside the TTL and replays only the batches that may hold keys
+//! of later minutes (the last minute or two of a 10-minute TTL), from the keys each wrote when
+//! it committed ([`super::batch_keys`]) or else from their raw files.
 //!
 //! A part is `TLK1`, the format version (u32), the minute (i64), the key count (u64), the
 //! sorted keys (u64 each, little-endian) and an xxh3-64 of all of that. A part that is missing,
@@ -62,7 +63,7 @@ impl KeySnapshot {
     }
 }
 
-fn dir() -> String {
+pub(super) fn dir() -> String {
     format!("{}/{DIR}/keys", layout::LIVE_VIEW)
 }
 
@@ -254,7 +255,8 @@ pub async fn collect(lake: &Lake, committed: Option<&KeySnapshot>, next: &KeySna
     };
     for meta in listed {
         let name = meta.location.filename().unwrap_or_default();
-        if !keep.contains(name) {
+        // Batch key files are collected by the batches they belong to.
+        if !keep.contains(name) && !name.ends_with(super::batch_keys::SUFFIX) {
             if let Err(e) = store.delete(&meta.location).await {
                 tracing::warn!(error = %e, part = name, "live: could not delete a dedup snapshot part");
             }

@@ -56,6 +56,12 @@ pub struct BatchMetrics {
     /// Time spent writing them and collecting old ones (ms).
     #[serde(default)]
     pub snapshot_ms: u64,
+    /// Bytes of the batch's key file (the keys it added, for a restart's replay).
+    #[serde(default)]
+    pub key_file_bytes: u64,
+    /// Time spent writing it (ms).
+    #[serde(default)]
+    pub key_file_ms: u64,
     /// Raw files of retained batches the restart before this batch found gone (the dedup
     /// state was rebuilt without them).
     #[serde(default)]

@@ -17,6 +17,7 @@
 //! vacuumed, so reading `live_view` stays as fast after a day of 1 s batches as after a minute.
 
 pub mod batch;
+pub mod batch_keys;
 pub mod checkpoint;
 pub mod dedup;
 pub mod discovery;
@@ -41,6 +42,7 @@ use datafusion::prelude::SessionContext;
 use dedup::{minute_of, DedupState, MINUTE_US};
 use deltalake::DeltaTable;
 use discovery::Discovery;
+use futures::StreamExt;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -216,12 +218,55 @@ impl LiveJob {
     }
 }
 
+/// Batches whose inputs a restart fetches ahead of the one it applies.
+const REPLAY_AHEAD: usize = 2;
+
+/// Whether a restart whose state keeps minutes from `kept` on, loaded from `snapshot`, replays
+/// batch `b`: its keys may still be alive, and the snapshot does not hold them (it holds the
+/// minutes before its boundary as of its batch). Monotone in the batch number, as the newest
+/// event time only grows: the replayed batches are the last ones.
+fn replays(b: &BatchRecord, kept: i64, snapshot: Option<&key_snapshot::KeySnapshot>) -> bool {
+    b.max_event_after.is_some_and(|m| m >= kept * MINUTE_US)
+        && snapshot.is_none_or(|s| {
+            b.batch > s.batch
+                || b.max_event_after
+                    .is_some_and(|m| m >= s.boundary_minute * MINUTE_US)
+        })
+}
+
+/// What a restart replays a batch from.
+enum ReplayInput {
+    /// The keys it added, from its key file.
+    Keys(batch_keys::MinuteKeys),
+    /// Its raw files (those not quarantined) and what reading each gave.
+    Files(Vec<FileRecord>, Vec<FileRows>),
+}
+
+/// Batch `b`'s key file when it is there and sound, else its raw files. A damaged key file is
+/// logged and replaced by the raw files, so it can only cost time.
+async fn replay_input(lake: Lake, b: BatchRecord) -> Result<ReplayInput> {
+    match batch_keys::read(&lake, b.batch).await {
+        Ok(Some(keys)) => return Ok(ReplayInput::Keys(keys)),
+        Ok(None) => {}
+        Err(e @ TallyError::Internal(_)) => {
+            tracing::warn!(error = %e, "live: a batch key file is unusable; replaying the batch from its raw files");
+        }
+        Err(e) => return Err(e),
+    }
+    let files: Vec<FileRecord> = b.files.into_iter().filter(|f| !f.quarantined).collect();
+    let read = batch::read_files(&lake, &files, &schema::LIVE_KEYS).await?;
+    Ok(ReplayInput::Files(files, read))
+}
+
 /// How a restart got its dedup state back.
 #[derive(Debug, Default)]
 struct Rebuilt {
     from_snapshot: bool,
     loaded_keys: usize,
     replayed_batches: usize,
+    /// Of those, batches replayed from their key files.
+    replayed_from_keys: usize,
+    /// Raw files re-read for the others.
     replayed_files: usize,
     missing_files: usize,
     /// Time spent loading the snapshot (ms).
@@ -311,6 +356,7 @@ impl Runner {
             from_snapshot = rebuilt.from_snapshot,
             snapshot_keys = rebuilt.loaded_keys,
             replayed_batches = rebuilt.replayed_batches,
+            replayed_from_keys = rebuilt.replayed_from_keys,
             replayed_files = rebuilt.replayed_files,
             missing_files = rebuilt.missing_files,
             load_ms = rebuilt.load_ms,
@@ -364,35 +410,46 @@ impl Runner {
             .cp
             .batches
             .iter()
-            .filter(|b| b.max_event_after.is_some_and(|m| m >= kept * MINUTE_US))
-            // Batches before the snapshot's boundary minute are in it.
-            .filter(|b| {
-                loaded.as_ref().is_none_or(|s| {
-                    b.batch > s.batch
-                        || b.max_event_after
-                            .is_some_and(|m| m >= s.boundary_minute * MINUTE_US)
-                })
-            })
+            .filter(|b| replays(b, kept, loaded.as_ref()))
             .cloned()
             .collect();
+        // Each batch's input is fetched (and raw files decoded) a couple of batches ahead of
+        // the one being applied, which the state needs in order.
+        let lake = self.lake.clone();
+        let mut inputs = futures::stream::iter(replay.clone())
+            .map(move |b| replay_input(lake.clone(), b))
+            .buffered(REPLAY_AHEAD);
         for b in replay {
-            let files: Vec<FileRecord> = b.files.into_iter().filter(|f| !f.quarantined).collect();
+            let Some(input) = inputs.next().await else {
+                break;
+            };
             rebuilt.replayed_batches += 1;
-            rebuilt.replayed_files += files.len();
-            let clock = self.clock(b.max_event_before);
-            let read = batch::read_files(&self.lake, &files, &schema::LIVE_KEYS).await?;
-            for (file, rows) in files.iter().zip(read) {
-                match rows {
-                    FileRows::Rows(rows) => {
-                        batch::route(&mut self.state, clock, &rows, false)?;
+            match input? {
+                ReplayInput::Keys(minutes) => {
+                    rebuilt.replayed_from_keys += 1;
+                    for (minute, keys) in minutes {
+                        for key in keys {
+                            self.state.insert(minute, key);
+                        }
                     }
-                    // Its copies are in the view already; only later copies of its
-                    // transactions can no longer be recognised.
-                    FileRows::Missing => {
-                        rebuilt.missing_files += 1;
-                        tracing::warn!(file = %file.path, batch = b.batch, "live: a raw file of a retained batch is gone; rebuilding the dedup state without it");
+                }
+                ReplayInput::Files(files, read) => {
+                    rebuilt.replayed_files += files.len();
+                    let clock = self.clock(b.max_event_before);
+                    for (file, rows) in files.iter().zip(read) {
+                        match rows {
+                            FileRows::Rows(rows) => {
+                                batch::route(&mut self.state, clock, &rows, false)?;
+                            }
+                            // Its copies are in the view already; only later copies of its
+                            // transactions can no longer be recognised.
+                            FileRows::Missing => {
+                                rebuilt.missing_files += 1;
+                                tracing::warn!(file = %file.path, batch = b.batch, "live: a raw file of a retained batch is gone; rebuilding the dedup state without it");
+                            }
+                            FileRows::Quarantined(_) => {}
+                        }
                     }
-                    FileRows::Quarantined(_) => {}
                 }
             }
             if let Some(m) = self.kept_minute(b.max_event_after) {
@@ -403,6 +460,19 @@ impl Runner {
             }
         }
         Ok(rebuilt)
+    }
+
+    /// The first batch a restart from the committed checkpoint replays: the key files of
+    /// earlier batches are no longer needed.
+    pub(super) fn first_replayed_batch(&self) -> u64 {
+        let Some(kept) = self.kept_minute(self.cp.max_event_time) else {
+            return 0;
+        };
+        self.cp
+            .batches
+            .iter()
+            .find(|b| replays(b, kept, self.cp.key_snapshot.as_ref()))
+            .map_or(self.cp.batch + 1, |b| b.batch)
     }
 
     /// One tick: the pending redo, or new files. `None` when there was nothing to do.

@@ -4,7 +4,7 @@
 use super::batch::{self, FileRows};
 use super::checkpoint::{self, FileRecord};
 use super::dedup::minute_of;
-use super::key_snapshot;
+use super::{batch_keys, key_snapshot};
 use super::{sink, BatchMetrics, PartnerMinute};
 use crate::error::{Result, TallyError};
 use crate::lake::layout;
@@ -115,6 +115,8 @@ impl super::Runner {
             snapshot_parts: 0,
             snapshot_bytes: 0,
             snapshot_ms: 0,
+            key_file_bytes: 0,
+            key_file_ms: 0,
             rebuild_missing_files: std::mem::take(&mut self.missing_on_rebuild),
             newest_ingest_us: routed.newest_ingest,
             minutes: partner_minutes(&view_rows)?,
@@ -171,6 +173,17 @@ impl super::Runner {
         }
         checkpoint::prune(&self.lake, n).await;
         self.cp = cp;
+        // The keys this batch added, so a restart replays it without its raw files.
+        let t = Instant::now();
+        match batch_keys::write(&self.lake, n, self.state.batch_keys()).await {
+            Ok(bytes) => {
+                m.key_file_bytes = bytes;
+                m.key_file_ms = t.elapsed().as_millis() as u64;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = n, "live: could not write the batch's key file; a restart re-reads its raw files");
+            }
+        }
         // Sealed and evicted once committed: until then the batch's keys can be taken back.
         if let Some(m) = self.kept_minute(after) {
             self.state.evict_before(m);
@@ -183,6 +196,7 @@ impl super::Runner {
             if parts > 0 {
                 key_snapshot::collect(&self.lake, self.cp.key_snapshot.as_ref(), &self.snapshot)
                     .await;
+                batch_keys::collect(&self.lake, self.first_replayed_batch()).await;
                 m.snapshot_parts = parts;
                 m.snapshot_bytes = bytes;
                 m.snapshot_ms = t.elapsed().as_millis() as u64;
