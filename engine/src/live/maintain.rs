@@ -28,8 +28,11 @@ impl super::Runner {
             ms = started.elapsed().as_millis() as u64,
             "live: rolled up"
         );
-        // Checkpoint `n` is the committed one: every earlier one is stale.
-        super::checkpoint::collect(&self.lake, self.cp.batch).await;
+        // The committed checkpoint builds on the full one at `base`: every earlier one is
+        // stale.
+        if let Some(base) = self.base {
+            super::checkpoint::collect(&self.lake, base).await;
+        }
         Ok(())
     }
 }

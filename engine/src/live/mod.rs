@@ -299,6 +299,9 @@ struct Runner {
     snapshot: key_snapshot::KeySnapshot,
     /// Raw files the last rebuild found gone, reported with the next batch.
     missing_on_rebuild: usize,
+    /// The full checkpoint the committed one builds on (`None` before the first batch): the
+    /// next batch writes a delta on it, or a full checkpoint when the chain is long.
+    base: Option<u64>,
 }
 
 impl Runner {
@@ -313,22 +316,25 @@ impl Runner {
         let view = sink::open(lake, layout::LIVE_VIEW).await?;
         let late = sink::open(lake, layout::LIVE_LATE).await?;
         let committed = sink::committed_batch(&view).await?;
-        let cp = if committed == 0 {
-            Checkpoint::default()
+        let (cp, base) = if committed == 0 {
+            (Checkpoint::default(), None)
         } else {
-            checkpoint::read(lake, committed).await?.ok_or_else(|| {
+            let (cp, base) = checkpoint::read(lake, committed).await?.ok_or_else(|| {
                 TallyError::Internal(format!(
                     "live_view has batch {committed} but its checkpoint is missing"
                 ))
-            })?
+            })?;
+            (cp, Some(base))
         };
-        let pending = checkpoint::read(lake, committed + 1).await?.and_then(|p| {
-            let raw_version = p.raw_version;
-            p.batches
-                .last()
-                .filter(|b| b.batch == committed + 1)
-                .map(|b| (b.files.clone(), raw_version))
-        });
+        let pending = checkpoint::read(lake, committed + 1)
+            .await?
+            .and_then(|(p, _)| {
+                let raw_version = p.raw_version;
+                p.batches
+                    .last()
+                    .filter(|b| b.batch == committed + 1)
+                    .map(|b| (b.files.clone(), raw_version))
+            });
         let mut runner = Self {
             lake: lake.clone(),
             cfg: cfg.clone(),
@@ -345,6 +351,7 @@ impl Runner {
             snapshot: Default::default(),
             missing_on_rebuild: 0,
             cp,
+            base,
         };
         let started = Instant::now();
         let rebuilt = runner.rebuild_state().await?;

@@ -81,7 +81,10 @@ impl super::Runner {
         let mut cp = self.next_checkpoint(n, before, after, files);
         cp.raw_version = raw_version.or(self.cp.raw_version);
         self.fence.confirm().await?;
-        checkpoint::write(&self.lake, &cp).await?;
+        let delta = self
+            .base
+            .map(|base| checkpoint::Delta::between(base, &self.cp, &cp));
+        let base = checkpoint::write(&self.lake, &cp, delta.as_ref()).await?;
         self.written = cp.batches.last().map(|b| (b.files.clone(), cp.raw_version));
         crate::failpoint::hit("live_after_checkpoint");
 
@@ -171,8 +174,9 @@ impl super::Runner {
                 ),
             });
         }
-        checkpoint::prune(&self.lake, n).await;
+        checkpoint::prune(&self.lake, n, base).await;
         self.cp = cp;
+        self.base = Some(base);
         // The keys this batch added, so a restart replays it without its raw files.
         let t = Instant::now();
         match batch_keys::write(&self.lake, n, self.state.batch_keys()).await {
