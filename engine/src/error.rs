@@ -59,6 +59,10 @@ pub enum TallyError {
     #[error("{statement} is not allowed: tally sql is read-only (pass --allow-write to change tables; raw data is never writable)")]
     ReadOnly { statement: String },
 
+    /// A write under the lake's `raw/` folder, refused even with `--allow-write`.
+    #[error("{statement} {target} is not allowed: it is under the lake's raw/ folder, and raw data is never modified")]
+    RawWrite { statement: String, target: String },
+
     /// A statement refused by `tally serve`, which never changes a table.
     #[error("{statement} is not allowed: tally serve is read-only (change tables with tally sql --allow-write or the jobs; raw data is never writable)")]
     ServeReadOnly { statement: String },
@@ -139,6 +143,7 @@ impl TallyError {
             | TallyError::TableOpen { .. }
             | TallyError::ReadOnly { .. }
             | TallyError::ServeReadOnly { .. }
+            | TallyError::RawWrite { .. }
             | TallyError::QueryTimeout { .. }
             | TallyError::Usage { .. }
             | TallyError::BadRawFile { .. }

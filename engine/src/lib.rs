@@ -54,6 +54,7 @@ pub mod progress;
 pub mod query;
 pub mod raw_delta;
 pub mod raw_files;
+pub mod raw_guard;
 pub mod raw_table;
 pub mod reconcile;
 pub mod runs;

@@ -6,7 +6,7 @@
 //! DataFusion's (sqlparser reads `EXPLAIN (ANALYZE) COPY …` as a non-analyzing EXPLAIN, which
 //! DataFusion then runs). Statements are also classified before planning, so that a
 //! multi-statement text with a write runs none of it and refusals name the statement. Raw
-//! data is never writable either way: `raw_payments` has no insert path.
+//! data is never writable either way ([`crate::raw_guard`]).
 
 use crate::error::{Result, TallyError};
 use crate::session::TallySession;
@@ -149,6 +149,8 @@ pub async fn plan(session: &TallySession, stmt: DFStatement, access: Access) -> 
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)?;
+    } else {
+        crate::raw_guard::check(session.lake(), &plan)?;
     }
     if let LogicalPlan::Explain(e) = &plan {
         if crate::cluster::is_distributed(&state) {

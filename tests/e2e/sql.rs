@@ -188,6 +188,83 @@ fn allow_write_permits_copy_but_raw_stays_read_only() {
     );
 }
 
+/// Every file under a folder with its size, sorted: what "unchanged" means for raw.
+fn files_with_sizes(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path().display().to_string(), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Raw data is never modified, not even with `--allow-write` (issue 36 item 6): a write whose
+/// target is under the lake's `raw/` folder is refused with one line naming it, however the
+/// location is spelled (absolute, relative, `.`/`..`, doubled slashes, `file://`, through a
+/// symbolic link) and whether it is a `COPY`, an `INSERT` into `raw_payments` or into an
+/// external table over raw; raw is left as it was. The same writes outside raw go through.
+#[test]
+fn no_spelling_of_a_raw_location_is_writable() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 3);
+    let d = dir.path().display().to_string();
+    std::os::unix::fs::symlink(dir.path().join("lake/raw"), dir.path().join("alias")).unwrap();
+    let raw = dir.path().join("lake/raw");
+    let before = files_with_sizes(&raw);
+    let copy = |to: &str| format!("COPY (SELECT 1 AS x) TO '{to}' STORED AS PARQUET");
+    for sql in [
+        copy(&format!(
+            "{d}/lake/raw/payments/ingest_date=2026-01-01/x.parquet"
+        )),
+        copy("lake/./raw/y.parquet"),
+        copy("lake/ledger/../raw/z.parquet"),
+        copy(&format!("file://{d}/lake//raw/w.parquet")),
+        copy("alias/payments/v.parquet"),
+        "INSERT INTO raw_payments SELECT * FROM raw_payments LIMIT 1".to_string(),
+        "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 'lake/raw/payments/'; \
+         INSERT INTO t SELECT * FROM t LIMIT 1"
+            .to_string(),
+    ] {
+        let err = tally_fails(dir.path(), &["sql", &sql, "--allow-write"], 1);
+        assert_eq!(err.trim().lines().count(), 1, "{sql}: {err}");
+        assert!(
+            err.contains("raw data is never modified")
+                && (err.contains("raw") || err.contains("raw_payments")),
+            "{sql}: {err}"
+        );
+        assert_eq!(files_with_sizes(&raw), before, "{sql} changed raw");
+    }
+    // Outside raw, the same statements write.
+    tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            &copy("lake/ledger/../out/x.parquet"),
+            "--allow-write",
+        ],
+    );
+    assert!(dir.path().join("lake/out/x.parquet").exists());
+    tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 'lake/out/'; \
+             INSERT INTO t SELECT * FROM t",
+            "--allow-write",
+        ],
+    );
+    assert_eq!(parquet_files(&dir.path().join("lake/out")).len(), 2);
+}
+
 #[test]
 fn tables_lists_raw_payments() {
     let out = tally_ok(lake(), &["tables"]);
