@@ -300,6 +300,11 @@ def main():
     cp_files = len(lander.landed)
     first_min_ms = [b["batch_ms"] for b in batches if b["rows"] and b["seen_at"] - t0 <= 60]
     last_min_ms = [b["batch_ms"] for b in batches if b["rows"] and land_end - b["seen_at"] <= 60]
+    def cp_writes(sel):
+        picked = [b for b in batches if sel(b)] or batches
+        return ([b.get("checkpoint_bytes", 0) for b in picked], [b.get("checkpoint_ms", 0) for b in picked])
+    cp_first = cp_writes(lambda b: b["seen_at"] - t0 <= 60)
+    cp_last = cp_writes(lambda b: land_end - b["seen_at"] <= 60)
     fresh_last = [committed_at[p] - t for p, t in lander.landed.items()
                   if p in committed_at and land_end - t <= 60]
 
@@ -333,6 +338,10 @@ def main():
         f"| batch median / p95: first minute, last minute | {statistics.median(first_min_ms):.0f} / {pct(first_min_ms, 95):.0f} ms, {statistics.median(last_min_ms):.0f} / {pct(last_min_ms, 95):.0f} ms | flat |",
         f"| freshness p95 in the last minute | {pct(fresh_last, 95):.2f} s | ≤ 1.5 s |",
         f"| checkpoint bytes over the run | {', '.join(f'{t / 60:.0f} min {b / 1024:,.0f} KiB' for t, b in cp_at)} | bounded by the horizon |",
+        f"| checkpoint write per batch, first minute / last minute: median bytes, median and p95 ms | "
+        f"{statistics.median(cp_first[0]):,.0f} B, {statistics.median(cp_first[1]):.1f} / {pct(cp_first[1], 95):.1f} ms; "
+        f"{statistics.median(cp_last[0]):,.0f} B, {statistics.median(cp_last[1]):.1f} / {pct(cp_last[1], 95):.1f} ms "
+        f"(a delta a batch, the whole state every 60th: largest {max(b.get('checkpoint_bytes', 0) for b in batches) / 1024:,.0f} KiB) | flat |",
         f"| tally RSS: first minute avg / last minute avg / peak | {statistics.mean(minute1):.0f} / {statistics.mean(last_min):.0f} / {peak:.0f} MiB | flat |",
         f"| tally RSS over the run (MiB) | {rss_at} | |",
         f"| reading live_view (`tally sql`, fresh process): after 1 min / at the end | {read_early or 0:.2f} s / {read_late:.2f} s | as fast after a day as after a minute |",

@@ -269,19 +269,21 @@ async fn read_stored(lake: &Lake, batch: u64) -> Result<Option<Stored>> {
 
 /// Writes checkpoint `cp` (overwriting a leftover of a crashed attempt at the same batch): as
 /// `delta` when it is given and its chain is shorter than [`FULL_EVERY`], else whole. Returns
-/// the batch of the full checkpoint the written one builds on (itself when whole).
-pub async fn write(lake: &Lake, cp: &Checkpoint, delta: Option<&Delta>) -> Result<u64> {
+/// the batch of the full checkpoint the written one builds on (itself when whole), and the
+/// bytes written.
+pub async fn write(lake: &Lake, cp: &Checkpoint, delta: Option<&Delta>) -> Result<(u64, u64)> {
     let path = lake.file_path(&relative(cp.batch))?;
     let (body, base) = match delta.filter(|d| cp.batch - d.base < FULL_EVERY) {
         Some(d) => (serde_json::to_vec(d), d.base),
         None => (serde_json::to_vec(cp), cp.batch),
     };
     let body = body.map_err(|e| TallyError::Internal(e.to_string()))?;
+    let bytes = body.len() as u64;
     lake.store()
         .put(&path, PutPayload::from(body))
         .await
         .map_err(|e| lake.storage_error(e))?;
-    Ok(base)
+    Ok((base, bytes))
 }
 
 /// Once full checkpoint `base` is committed, deletes the checkpoints before it (the previous
@@ -393,7 +395,7 @@ mod tests {
         for n in 1..=FULL_EVERY + 5 {
             let next = state(n);
             let delta = base.map(|b| Delta::between(b, &previous, &next));
-            base = Some(write(&lake, &next, delta.as_ref()).await.unwrap());
+            base = Some(write(&lake, &next, delta.as_ref()).await.unwrap().0);
             let (read, read_base) = read(&lake, n).await.unwrap().unwrap();
             assert_eq!(read, next, "batch {n}");
             assert_eq!(Some(read_base), base);

@@ -56,6 +56,12 @@ pub struct BatchMetrics {
     /// Time spent writing them and collecting old ones (ms).
     #[serde(default)]
     pub snapshot_ms: u64,
+    /// Bytes of the checkpoint the batch wrote (a delta, or every 60th batch the whole state).
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
+    /// Time spent writing it (ms).
+    #[serde(default)]
+    pub checkpoint_ms: u64,
     /// Bytes of the batch's key file (the keys it added, for a restart's replay).
     #[serde(default)]
     pub key_file_bytes: u64,

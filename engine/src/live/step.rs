@@ -84,7 +84,9 @@ impl super::Runner {
         let delta = self
             .base
             .map(|base| checkpoint::Delta::between(base, &self.cp, &cp));
-        let base = checkpoint::write(&self.lake, &cp, delta.as_ref()).await?;
+        let written_at = Instant::now();
+        let (base, checkpoint_bytes) = checkpoint::write(&self.lake, &cp, delta.as_ref()).await?;
+        let checkpoint_ms = written_at.elapsed().as_millis() as u64;
         self.written = cp.batches.last().map(|b| (b.files.clone(), cp.raw_version));
         crate::failpoint::hit("live_after_checkpoint");
 
@@ -118,6 +120,8 @@ impl super::Runner {
             snapshot_parts: 0,
             snapshot_bytes: 0,
             snapshot_ms: 0,
+            checkpoint_bytes,
+            checkpoint_ms,
             key_file_bytes: 0,
             key_file_ms: 0,
             rebuild_missing_files: std::mem::take(&mut self.missing_on_rebuild),
