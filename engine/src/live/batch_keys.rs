@@ -103,7 +103,11 @@ fn decode(body: &[u8], batch: u64) -> std::result::Result<MinuteKeys, String> {
         return Err(format!("written for batch {}", u64_at(8)?));
     }
     let (minutes, keys) = (u64_at(16)? as usize, u64_at(24)? as usize);
-    if data.len() != HEADER + minutes * 16 + keys * 8 {
+    let expected = minutes
+        .checked_mul(16)
+        .zip(keys.checked_mul(8))
+        .and_then(|(m, k)| m.checked_add(k)?.checked_add(HEADER));
+    if expected != Some(data.len()) {
         return Err(format!(
             "{} bytes for {minutes} minutes and {keys} keys",
             body.len()
@@ -115,7 +119,10 @@ fn decode(body: &[u8], batch: u64) -> std::result::Result<MinuteKeys, String> {
         let minute = u64_at(at)? as i64;
         let n = u64_at(at + 8)? as usize;
         at += 16;
-        let end = at + n * 8;
+        let end = n
+            .checked_mul(8)
+            .and_then(|b| b.checked_add(at))
+            .ok_or_else(|| "a minute runs past the end".to_string())?;
         let run = data
             .get(at..end)
             .ok_or_else(|| "a minute runs past the end".to_string())?;

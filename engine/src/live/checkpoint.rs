@@ -155,7 +155,7 @@ impl Delta {
             return Err(TallyError::Internal(format!(
                 "live checkpoint {} follows checkpoint {}, not {}",
                 self.batch,
-                self.batch - 1,
+                self.batch.saturating_sub(1),
                 cp.batch
             )));
         }
