@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import WORK, machine, run_timed, tally_bin, vm_hwm_mib, write_section  # noqa: E402
+from common import WORK, machine, run_timed, tally_bin, vm_hwm_mib, wait_listening, write_section  # noqa: E402
 
 DAY = "2026-11-01"
 QUERIES = {
@@ -37,15 +37,7 @@ def start_worker(tally, lake):
     proc = subprocess.Popen(
         [tally, "worker", "--lake", str(lake), "--bind", "127.0.0.1:0", "--metrics", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    addrs = {}
-    while len(addrs) < 2:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("worker ended before listening")
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "listening":
-            addrs[parts[1]] = parts[2]
-    return proc, addrs
+    return proc, wait_listening(proc, 2, "tally worker")
 
 
 def tasks(addrs):

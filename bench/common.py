@@ -34,6 +34,20 @@ def ensure_duckdb():
     return duckdb
 
 
+def wait_listening(proc, count, what):
+    """The addresses a tally server prints as `listening <name> <addr>` lines, once it has
+    printed `count` of them."""
+    addrs = {}
+    while len(addrs) < count:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{what} ended before listening")
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "listening":
+            addrs[parts[1]] = parts[2]
+    return addrs
+
+
 def run_timed(cmd, **kw):
     """Runs a command; returns (seconds, peak RSS in MiB of that child, stdout)."""
     start = time.perf_counter()

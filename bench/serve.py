@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 
-from common import WORK, machine, run_timed, tally_bin, write_section, ensure_duckdb, vm_hwm_mib
+from common import WORK, machine, run_timed, tally_bin, write_section, ensure_duckdb, vm_hwm_mib, wait_listening
 
 DAY = "2026-11-01"
 AGG = ("SELECT partner_id, sum(amount) AS total, count(*) AS n FROM ledger "
@@ -62,14 +62,7 @@ def start_server(tally, lake, limit, extra=()):
                              "--flight-sql", "127.0.0.1:0", "--pg", "127.0.0.1:0",
                              "--memory-limit", limit, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    addrs = {}
-    while len(addrs) < 3:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError("tally serve exited")
-        _, name, addr = line.split()
-        addrs[name] = addr
-    return proc, addrs
+    return proc, wait_listening(proc, 3, "tally serve")
 
 
 HEAVY_EVENTS = 634_000

@@ -5,7 +5,6 @@
 //! local fails).
 
 use crate::harness::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -95,21 +94,8 @@ fn sql_on_two_workers_answers_as_the_local_run_and_both_workers_run_stages() {
     let here = ok(sql_on(dir, None, None, per_partner));
     let there = ok(sql_on(dir, Some(&workers), None, per_partner));
     assert_eq!(there, here);
-    let mut want: BTreeMap<String, (u64, i128)> = BTreeMap::new();
-    for r in read_raw(&dir.join("lake")) {
-        let e = want.entry(r.partner_id.clone()).or_default();
-        e.0 += 1;
-        e.1 += r.amount;
-    }
-    let got: BTreeMap<String, (u64, String)> = csv_rows(&there)
-        .into_iter()
-        .map(|r| (r[0].clone(), (r[1].parse().unwrap(), r[2].clone())))
-        .collect();
-    let want: BTreeMap<String, (u64, String)> = want
-        .into_iter()
-        .map(|(k, (n, s))| (k, (n, cents(s))))
-        .collect();
-    assert_eq!(got, want);
+    let want = count_and_sum_by(&read_raw(&dir.join("lake")), |r| r.partner_id.clone());
+    assert_eq!(csv_count_and_sum(&there), want);
 
     // The Delta ledger (read as its snapshot's Parquet files) and a tally UDF on the workers.
     let ledger = "SELECT count(*) AS n, sum(amount) AS total, \

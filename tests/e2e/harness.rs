@@ -363,6 +363,31 @@ pub fn csv_rows(out: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Rows and exact amount (as tally prints it) per key of the raw rows: what a
+/// `SELECT key, count(*), sum(amount) … GROUP BY key` must answer.
+pub fn count_and_sum_by(
+    rows: &[RawRow],
+    key: impl Fn(&RawRow) -> String,
+) -> BTreeMap<String, (u64, String)> {
+    let mut sums: BTreeMap<String, (u64, i128)> = BTreeMap::new();
+    for r in rows {
+        let e = sums.entry(key(r)).or_default();
+        e.0 += 1;
+        e.1 += r.amount;
+    }
+    sums.into_iter()
+        .map(|(k, (n, s))| (k, (n, cents(s))))
+        .collect()
+}
+
+/// `key,count,sum` rows of `tally sql --format csv` output, by key.
+pub fn csv_count_and_sum(out: &str) -> BTreeMap<String, (u64, String)> {
+    csv_rows(out)
+        .into_iter()
+        .map(|f| (f[0].clone(), (f[1].parse().unwrap(), f[2].clone())))
+        .collect()
+}
+
 /// Counts by key.
 pub fn count_by<K: std::hash::Hash + Eq, T>(rows: &[T], key: impl Fn(&T) -> K) -> HashMap<K, u64> {
     let mut m = HashMap::new();

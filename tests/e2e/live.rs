@@ -1150,54 +1150,31 @@ fn a_restart_loads_the_dedup_snapshot_and_falls_back_when_it_is_damaged() {
     assert!(keys.join(&key_file).exists(), "no key file for batch 3");
 
     type Damage = fn(&Path);
+    let missing: Damage = |p| std::fs::remove_file(p).unwrap();
+    let torn: Damage = |p| {
+        let b = std::fs::read(p).unwrap();
+        std::fs::write(p, &b[..b.len() / 2]).unwrap();
+    };
+    let altered: Damage = |p| {
+        let mut b = std::fs::read(p).unwrap();
+        let at = b.len() - 12;
+        b[at] ^= 0x40;
+        std::fs::write(p, b).unwrap();
+    };
+    let future_version: Damage = |p| {
+        let mut b = std::fs::read(p).unwrap();
+        b[4..8].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(p, b).unwrap();
+    };
     let cases: [(&str, Option<Damage>); 8] = [
         ("intact", None),
-        ("missing", Some(|p| std::fs::remove_file(p).unwrap())),
-        (
-            "torn",
-            Some(|p| {
-                let b = std::fs::read(p).unwrap();
-                std::fs::write(p, &b[..b.len() / 2]).unwrap();
-            }),
-        ),
-        (
-            "altered",
-            Some(|p| {
-                let mut b = std::fs::read(p).unwrap();
-                let at = b.len() - 12;
-                b[at] ^= 0x40;
-                std::fs::write(p, b).unwrap();
-            }),
-        ),
-        (
-            "future version",
-            Some(|p| {
-                let mut b = std::fs::read(p).unwrap();
-                b[4..8].copy_from_slice(&2u32.to_le_bytes());
-                std::fs::write(p, b).unwrap();
-            }),
-        ),
-        (
-            "key file missing",
-            Some(|p| std::fs::remove_file(p).unwrap()),
-        ),
-        (
-            "key file altered",
-            Some(|p| {
-                let mut b = std::fs::read(p).unwrap();
-                let at = b.len() - 12;
-                b[at] ^= 0x40;
-                std::fs::write(p, b).unwrap();
-            }),
-        ),
-        (
-            "key file of a future version",
-            Some(|p| {
-                let mut b = std::fs::read(p).unwrap();
-                b[4..8].copy_from_slice(&2u32.to_le_bytes());
-                std::fs::write(p, b).unwrap();
-            }),
-        ),
+        ("missing", Some(missing)),
+        ("torn", Some(torn)),
+        ("altered", Some(altered)),
+        ("future version", Some(future_version)),
+        ("key file missing", Some(missing)),
+        ("key file altered", Some(altered)),
+        ("key file of a future version", Some(future_version)),
     ];
     for (case, damage) in cases {
         let dir = tempdir();

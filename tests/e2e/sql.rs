@@ -1,7 +1,6 @@
 //! `tally sql` / `tally tables` over a generated local lake, checked against the raw files.
 
 use crate::harness::*;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -20,12 +19,7 @@ fn lake() -> &'static Path {
 fn count_and_exact_sum_per_arrival_day_match_the_files() {
     let dir = lake();
     let rows = read_raw(&dir.join("lake"));
-    let mut want: BTreeMap<String, (u64, i128)> = BTreeMap::new();
-    for r in &rows {
-        let e = want.entry(r.ingest_date.clone()).or_default();
-        e.0 += 1;
-        e.1 += r.amount;
-    }
+    let want = count_and_sum_by(&rows, |r| r.ingest_date.clone());
     let out = tally_ok(
         dir,
         &[
@@ -36,15 +30,7 @@ fn count_and_exact_sum_per_arrival_day_match_the_files() {
         ],
     );
     assert!(out.starts_with("ingest_date,n,total"), "{out}");
-    let got: BTreeMap<String, (u64, String)> = csv_rows(&out)
-        .into_iter()
-        .map(|f| (f[0].clone(), (f[1].parse().unwrap(), f[2].clone())))
-        .collect();
-    let want: BTreeMap<String, (u64, String)> = want
-        .into_iter()
-        .map(|(k, (n, s))| (k, (n, cents(s))))
-        .collect();
-    assert_eq!(got, want);
+    assert_eq!(csv_count_and_sum(&out), want);
 }
 
 #[test]

@@ -12,7 +12,6 @@
 use super::key_snapshot;
 use crate::error::{Result, TallyError};
 use crate::lake::Lake;
-use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 
 /// What a batch's key file's name ends with.
@@ -30,7 +29,8 @@ fn name(batch: u64) -> String {
     format!("b{batch:020}{SUFFIX}")
 }
 
-fn batch_of(name: &str) -> Option<u64> {
+/// The batch of a key file's name; `None` for any other file.
+pub(super) fn batch_of(name: &str) -> Option<u64> {
     name.strip_prefix('b')?.strip_suffix(SUFFIX)?.parse().ok()
 }
 
@@ -135,31 +135,6 @@ fn decode(body: &[u8], batch: u64) -> std::result::Result<MinuteKeys, String> {
         at = end;
     }
     Ok(out)
-}
-
-/// Deletes the key files of batches before `first_needed` (those a restart from the committed
-/// checkpoint no longer replays). Best effort: a leftover is only bytes.
-pub async fn collect(lake: &Lake, first_needed: u64) {
-    let Ok(prefix) = lake.file_path(&key_snapshot::dir()) else {
-        return;
-    };
-    let store = lake.store();
-    let listed: Vec<object_store::ObjectMeta> = match store.list(Some(&prefix)).try_collect().await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "live: could not list batch key files to collect");
-            return;
-        }
-    };
-    for meta in listed {
-        let name = meta.location.filename().unwrap_or_default();
-        if batch_of(name).is_some_and(|b| b < first_needed) {
-            if let Err(e) = store.delete(&meta.location).await {
-                tracing::warn!(error = %e, file = name, "live: could not delete a batch key file");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -252,6 +252,20 @@ pub async fn read(lake: &Lake, batch: u64) -> Result<Option<(Checkpoint, u64)>> 
     Ok(Some((cp, base)))
 }
 
+/// The checkpoint after `cp` when one was written (a batch whose commit may be missing):
+/// only its own file is read, a delta being applied to `cp` (the chain is not read again).
+pub async fn read_next(lake: &Lake, cp: &Checkpoint) -> Result<Option<Checkpoint>> {
+    Ok(match read_stored(lake, cp.batch + 1).await? {
+        None => None,
+        Some(Stored::Full(next)) => Some(next),
+        Some(Stored::Delta(d)) => {
+            let mut next = cp.clone();
+            d.apply(&mut next)?;
+            Some(next)
+        }
+    })
+}
+
 async fn read_stored(lake: &Lake, batch: u64) -> Result<Option<Stored>> {
     let path = lake.file_path(&relative(batch))?;
     match lake.store().get(&path).await {
@@ -398,6 +412,11 @@ mod tests {
             base = Some(write(&lake, &next, delta.as_ref()).await.unwrap().0);
             let (read, read_base) = read(&lake, n).await.unwrap().unwrap();
             assert_eq!(read, next, "batch {n}");
+            // A pending checkpoint is read as the committed state plus its own file.
+            assert_eq!(
+                read_next(&lake, &previous).await.unwrap(),
+                Some(next.clone())
+            );
             assert_eq!(Some(read_base), base);
             previous = next;
         }

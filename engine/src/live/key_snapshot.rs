@@ -234,8 +234,16 @@ async fn read_part(lake: &Lake, part: &KeyPart, minute: i64) -> Result<Vec<u64>>
 }
 
 /// Deletes every part that neither `committed` (the checkpoint a restart would read) nor
-/// `next` (the one the next batch writes) lists. Best effort: a leftover is only bytes.
-pub async fn collect(lake: &Lake, committed: Option<&KeySnapshot>, next: &KeySnapshot) {
+/// `next` (the one the next batch writes) lists, and the batch key files
+/// ([`super::batch_keys`]) of batches before `first_replayed` (those a restart from
+/// `committed` no longer replays), in one listing of the folder. Best effort: a leftover is
+/// only bytes.
+pub async fn collect(
+    lake: &Lake,
+    committed: Option<&KeySnapshot>,
+    next: &KeySnapshot,
+    first_replayed: u64,
+) {
     let keep: BTreeSet<&str> = committed
         .into_iter()
         .flat_map(KeySnapshot::names)
@@ -255,8 +263,11 @@ pub async fn collect(lake: &Lake, committed: Option<&KeySnapshot>, next: &KeySna
     };
     for meta in listed {
         let name = meta.location.filename().unwrap_or_default();
-        // Batch key files are collected by the batches they belong to.
-        if !keep.contains(name) && !name.ends_with(super::batch_keys::SUFFIX) {
+        let stale = match super::batch_keys::batch_of(name) {
+            Some(batch) => batch < first_replayed,
+            None => !keep.contains(name),
+        };
+        if stale {
             if let Err(e) = store.delete(&meta.location).await {
                 tracing::warn!(error = %e, part = name, "live: could not delete a dedup snapshot part");
             }

@@ -270,15 +270,13 @@ impl Runner {
             })?;
             (cp, Some(base))
         };
-        let pending = checkpoint::read(lake, committed + 1)
-            .await?
-            .and_then(|(p, _)| {
-                let raw_version = p.raw_version;
-                p.batches
-                    .last()
-                    .filter(|b| b.batch == committed + 1)
-                    .map(|b| (b.files.clone(), raw_version))
-            });
+        let pending = checkpoint::read_next(lake, &cp).await?.and_then(|p| {
+            let raw_version = p.raw_version;
+            p.batches
+                .last()
+                .filter(|b| b.batch == committed + 1)
+                .map(|b| (b.files.clone(), raw_version))
+        });
         let mut runner = Self {
             lake: lake.clone(),
             cfg: cfg.clone(),

@@ -38,18 +38,18 @@ enum ReplayInput {
 
 /// Batch `b`'s key file when it is there and sound, else its raw files. A damaged key file is
 /// logged and replaced by the raw files, so it can only cost time.
-async fn replay_input(lake: Lake, b: BatchRecord) -> Result<ReplayInput> {
+async fn replay_input(lake: Lake, b: BatchRecord) -> Result<(BatchRecord, ReplayInput)> {
     match batch_keys::read(&lake, b.batch).await {
-        Ok(Some(keys)) => return Ok(ReplayInput::Keys(keys)),
+        Ok(Some(keys)) => return Ok((b, ReplayInput::Keys(keys))),
         Ok(None) => {}
         Err(e @ TallyError::Internal(_)) => {
             tracing::warn!(error = %e, "live: a batch key file is unusable; replaying the batch from its raw files");
         }
         Err(e) => return Err(e),
     }
-    let files: Vec<FileRecord> = b.files.into_iter().filter(|f| !f.quarantined).collect();
+    let files: Vec<FileRecord> = b.files.iter().filter(|f| !f.quarantined).cloned().collect();
     let read = batch::read_files(&lake, &files, &schema::LIVE_KEYS).await?;
-    Ok(ReplayInput::Files(files, read))
+    Ok((b, ReplayInput::Files(files, read)))
 }
 
 /// How a restart got its dedup state back.
@@ -105,15 +105,13 @@ impl super::Runner {
         // Each batch's input is fetched (and raw files decoded) a couple of batches ahead of
         // the one being applied, which the state needs in order.
         let lake = self.lake.clone();
-        let mut inputs = futures::stream::iter(replay.clone())
+        let mut inputs = futures::stream::iter(replay)
             .map(move |b| replay_input(lake.clone(), b))
             .buffered(REPLAY_AHEAD);
-        for b in replay {
-            let Some(input) = inputs.next().await else {
-                break;
-            };
+        while let Some(input) = inputs.next().await {
+            let (b, input) = input?;
             rebuilt.replayed_batches += 1;
-            match input? {
+            match input {
                 ReplayInput::Keys(minutes) => {
                     rebuilt.replayed_from_keys += 1;
                     for (minute, keys) in minutes {

@@ -202,9 +202,13 @@ impl super::Runner {
                 key_snapshot::write(&self.lake, &mut self.state, &mut self.snapshot, n, newest)
                     .await;
             if parts > 0 {
-                key_snapshot::collect(&self.lake, self.cp.key_snapshot.as_ref(), &self.snapshot)
-                    .await;
-                batch_keys::collect(&self.lake, self.first_replayed_batch()).await;
+                key_snapshot::collect(
+                    &self.lake,
+                    self.cp.key_snapshot.as_ref(),
+                    &self.snapshot,
+                    self.first_replayed_batch(),
+                )
+                .await;
                 m.snapshot_parts = parts;
                 m.snapshot_bytes = bytes;
                 m.snapshot_ms = t.elapsed().as_millis() as u64;
