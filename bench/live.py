@@ -302,7 +302,7 @@ def main():
     last_min_ms = [b["batch_ms"] for b in batches if b["rows"] and land_end - b["seen_at"] <= 60]
     def cp_writes(sel):
         picked = [b for b in batches if sel(b)] or batches
-        return ([b.get("checkpoint_bytes", 0) for b in picked], [b.get("checkpoint_ms", 0) for b in picked])
+        return ([b.get("checkpoint_bytes", 0) for b in picked], [b.get("checkpoint_us", 0) / 1000 for b in picked])
     cp_first = cp_writes(lambda b: b["seen_at"] - t0 <= 60)
     cp_last = cp_writes(lambda b: land_end - b["seen_at"] <= 60)
     fresh_last = [committed_at[p] - t for p, t in lander.landed.items()

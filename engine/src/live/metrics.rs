@@ -59,15 +59,15 @@ pub struct BatchMetrics {
     /// Bytes of the checkpoint the batch wrote (a delta, or every 60th batch the whole state).
     #[serde(default)]
     pub checkpoint_bytes: u64,
-    /// Time spent writing it (ms).
+    /// Time spent writing it (µs: on local disk it is well under a millisecond).
     #[serde(default)]
-    pub checkpoint_ms: u64,
+    pub checkpoint_us: u64,
     /// Bytes of the batch's key file (the keys it added, for a restart's replay).
     #[serde(default)]
     pub key_file_bytes: u64,
-    /// Time spent writing it (ms).
+    /// Time spent writing it (µs).
     #[serde(default)]
-    pub key_file_ms: u64,
+    pub key_file_us: u64,
     /// Raw files of retained batches the restart before this batch found gone (the dedup
     /// state was rebuilt without them).
     #[serde(default)]

@@ -257,8 +257,12 @@ impl Runner {
                 message: "no raw/payments directory to follow".into(),
             });
         }
-        let view = sink::open(lake, layout::LIVE_VIEW).await?;
-        let late = sink::open(lake, layout::LIVE_LATE).await?;
+        let opening = Instant::now();
+        let (view, late, discovery) = futures::try_join!(
+            sink::open(lake, layout::LIVE_VIEW),
+            sink::open(lake, layout::LIVE_LATE),
+            Discovery::new(lake, cfg.start_lookback_days, cfg.track_days),
+        )?;
         let committed = sink::committed_batch(&view).await?;
         let (cp, base) = if committed == 0 {
             (Checkpoint::default(), None)
@@ -284,7 +288,7 @@ impl Runner {
             late,
             quarantine: None,
             state: DedupState::default(),
-            discovery: Discovery::new(lake, cfg.start_lookback_days, cfg.track_days).await?,
+            discovery,
             ctx: SessionContext::new(),
             pending,
             ahead: Vec::new(),
@@ -295,6 +299,7 @@ impl Runner {
             cp,
             base,
         };
+        let open_ms = opening.elapsed().as_millis() as u64;
         let started = Instant::now();
         let rebuilt = runner.rebuild_state().await?;
         runner.missing_on_rebuild = rebuilt.missing_files;
@@ -308,7 +313,9 @@ impl Runner {
             replayed_from_keys = rebuilt.replayed_from_keys,
             replayed_files = rebuilt.replayed_files,
             missing_files = rebuilt.missing_files,
+            open_ms,
             load_ms = rebuilt.load_ms,
+            replay_ms = rebuilt.replay_ms,
             ms = started.elapsed().as_millis() as u64,
             "live: recovered"
         );

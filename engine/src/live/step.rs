@@ -86,7 +86,7 @@ impl super::Runner {
             .map(|base| checkpoint::Delta::between(base, &self.cp, &cp));
         let written_at = Instant::now();
         let (base, checkpoint_bytes) = checkpoint::write(&self.lake, &cp, delta.as_ref()).await?;
-        let checkpoint_ms = written_at.elapsed().as_millis() as u64;
+        let checkpoint_us = written_at.elapsed().as_micros() as u64;
         self.written = cp.batches.last().map(|b| (b.files.clone(), cp.raw_version));
         crate::failpoint::hit("live_after_checkpoint");
 
@@ -121,9 +121,9 @@ impl super::Runner {
             snapshot_bytes: 0,
             snapshot_ms: 0,
             checkpoint_bytes,
-            checkpoint_ms,
+            checkpoint_us,
             key_file_bytes: 0,
-            key_file_ms: 0,
+            key_file_us: 0,
             rebuild_missing_files: std::mem::take(&mut self.missing_on_rebuild),
             newest_ingest_us: routed.newest_ingest,
             minutes: partner_minutes(&view_rows)?,
@@ -186,7 +186,7 @@ impl super::Runner {
         match batch_keys::write(&self.lake, n, self.state.batch_keys()).await {
             Ok(bytes) => {
                 m.key_file_bytes = bytes;
-                m.key_file_ms = t.elapsed().as_millis() as u64;
+                m.key_file_us = t.elapsed().as_micros() as u64;
             }
             Err(e) => {
                 tracing::warn!(error = %e, batch = n, "live: could not write the batch's key file; a restart re-reads its raw files");
