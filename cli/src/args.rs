@@ -70,6 +70,25 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run plan stages for `--workers` callers (ledger, backfill, sql) on this machine.
     Worker(WorkerArgs),
+    /// Delete files of tally's tables no version within the retention needs (never raw/).
+    Vacuum(VacuumArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArgs {
+    /// Only this table (ledger, ledger_conflicts, live_view, live_late, live_quarantine,
+    /// reconciliations, runs, alerts); repeat for several [default: all of them]
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// Versions newer than this stay readable with every file they use, e.g. 7d or 12h.
+    #[arg(long, default_value = "7d")]
+    pub retain: humantime::Duration,
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// A table for people, or one JSON object.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SummaryFormat,
 }
 
 #[derive(Debug, Args)]

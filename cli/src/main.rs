@@ -92,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => rt.block_on(cmd::demo::run(&ctx, a))?,
         Command::Serve(a) => rt.block_on(cmd::serve::run(&ctx, a))?,
         Command::Worker(a) => rt.block_on(cmd::worker::run(&ctx, a))?,
+        Command::Vacuum(a) => rt.block_on(cmd::vacuum::run(&ctx, a))?,
     }
     Ok(ExitCode::SUCCESS)
 }

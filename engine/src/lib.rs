@@ -63,6 +63,7 @@ pub mod serve;
 pub mod session;
 pub mod trace;
 pub mod unreadable;
+pub mod upkeep;
 
 pub use arrow;
 pub use datafusion;

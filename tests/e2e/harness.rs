@@ -632,3 +632,31 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until the process is stopped (SIGSTOP at a failpoint).
+pub fn wait_stopped(child: &Child) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state is the field after the parenthesised command name.
+        if s.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('T'))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the run did not reach its failpoint");
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, `-9`) to a child.
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}

@@ -8,7 +8,7 @@ use crate::ledger::{
     conflict_rows, delta_versions, expected_conflicts, expected_ledger, ledger_rows, run_ledger,
 };
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DAY_US: i64 = 86_400_000_000;
@@ -19,33 +19,6 @@ fn runs_of(dir: &Path, day: &str) -> Vec<Vec<String>> {
         "SELECT outcome, ledger_rows, rows_without_event_time FROM runs WHERE day = DATE '{day}' ORDER BY started_at"
     );
     csv_rows(&tally_ok(dir, &["sql", &sql, "--format", "csv"]))
-}
-
-/// Waits until the process is stopped (SIGSTOP at a failpoint).
-fn wait_stopped(child: &Child) {
-    let stat = format!("/proc/{}/stat", child.id());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let s = std::fs::read_to_string(&stat).unwrap_or_default();
-        // The state is the field after the parenthesised command name.
-        if s.rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('T'))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the run did not reach its failpoint");
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig}");
 }
 
 #[test]

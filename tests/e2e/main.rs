@@ -21,3 +21,4 @@ mod s3;
 mod serve;
 mod sql;
 mod trace;
+mod upkeep;

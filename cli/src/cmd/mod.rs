@@ -11,4 +11,5 @@ pub mod shell;
 pub mod sql;
 pub mod tables;
 pub mod trace;
+pub mod vacuum;
 pub mod worker;

@@ -33,7 +33,7 @@ use tokio::sync::Mutex;
 /// (tests that pause a holder past its lease use a few seconds).
 const LEASE: Duration = Duration::from_secs(60);
 
-fn lease_duration() -> Duration {
+pub(crate) fn lease_duration() -> Duration {
     std::env::var("TALLY_LEASE_SECS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -47,15 +47,29 @@ struct Lease {
     host: String,
     pid: u32,
     expires_ms: i64,
+    /// When the holder took the lease (kept across renewals): files it writes are no older,
+    /// which is what `tally vacuum` weighs its retention against. 0 from a build before it.
+    #[serde(default)]
+    since_ms: i64,
 }
 
 impl Lease {
     fn new(owner: &str) -> Self {
+        let now = chrono::Utc::now().timestamp_millis();
         Self {
             owner: owner.to_string(),
             host: host(),
             pid: std::process::id(),
-            expires_ms: chrono::Utc::now().timestamp_millis() + lease_duration().as_millis() as i64,
+            expires_ms: now + lease_duration().as_millis() as i64,
+            since_ms: now,
+        }
+    }
+
+    /// The holder's next heartbeat: a later expiry, the same start.
+    fn renewed(owner: &str, since_ms: i64) -> Self {
+        Self {
+            since_ms,
+            ..Self::new(owner)
         }
     }
 
@@ -175,7 +189,8 @@ pub async fn acquire_live(lake: &Lake, owner: &str) -> Result<DayLock> {
 
 /// The outcome of one attempt to take a lease.
 enum Attempt {
-    Taken(Version),
+    /// Taken: the version written and the lease's start.
+    Taken(Version, i64),
     Held(Lease),
     /// Someone changed it between our read and our write: read again.
     Raced,
@@ -185,7 +200,7 @@ async fn try_take(object: &LeaseObject, owner: &str, what: &str) -> Result<Attem
     let lease = Lease::new(owner);
     match object.read().await? {
         None => Ok(match object.swap(None, &lease).await? {
-            Some(v) => Attempt::Taken(v),
+            Some(v) => Attempt::Taken(v, lease.since_ms),
             None => Attempt::Raced,
         }),
         Some((Some(h), _)) if !h.is_stale() => Ok(Attempt::Held(h)),
@@ -194,7 +209,7 @@ async fn try_take(object: &LeaseObject, owner: &str, what: &str) -> Result<Attem
                 tracing::warn!(%what, "taking over a stale lease");
             }
             Ok(match object.swap(Some(&version), &lease).await? {
-                Some(v) => Attempt::Taken(v),
+                Some(v) => Attempt::Taken(v, lease.since_ms),
                 None => Attempt::Raced,
             })
         }
@@ -215,13 +230,14 @@ async fn acquire_named(
     let started = std::time::Instant::now();
     loop {
         match try_take(&object, owner, what).await? {
-            Attempt::Taken(version) => {
+            Attempt::Taken(version, since_ms) => {
                 let version = Arc::new(Mutex::new(version));
                 let mut fence = Fence::new(what);
                 fence.lease = Some((object.clone(), Arc::clone(&version)));
                 let heartbeat = tokio::spawn(renew(
                     object.clone(),
                     owner.to_string(),
+                    since_ms,
                     Arc::clone(&version),
                     fence.clone(),
                 ));
@@ -250,11 +266,17 @@ async fn acquire_named(
     }
 }
 
-async fn renew(object: LeaseObject, owner: String, version: Arc<Mutex<Version>>, fence: Fence) {
+async fn renew(
+    object: LeaseObject,
+    owner: String,
+    since_ms: i64,
+    version: Arc<Mutex<Version>>,
+    fence: Fence,
+) {
     let beat = (lease_duration() / 4).max(Duration::from_millis(250));
     loop {
         tokio::time::sleep(beat).await;
-        match renew_once(&object, &owner, &version).await {
+        match renew_once(&object, &owner, since_ms, &version).await {
             Renewal::Renewed => {}
             Renewal::Failed(e) => tracing::warn!(error = %e, "could not renew a lease"),
             Renewal::Lost => {
@@ -278,9 +300,17 @@ enum Renewal {
 
 /// Pushes the expiry forward with a compare-and-swap on the version this holder wrote: if
 /// anyone else wrote the lease since, the swap fails and the holder knows it lost it.
-async fn renew_once(object: &LeaseObject, owner: &str, version: &Mutex<Version>) -> Renewal {
+async fn renew_once(
+    object: &LeaseObject,
+    owner: &str,
+    since_ms: i64,
+    version: &Mutex<Version>,
+) -> Renewal {
     let mut ours = version.lock().await;
-    match object.swap(Some(&ours), &Lease::new(owner)).await {
+    match object
+        .swap(Some(&ours), &Lease::renewed(owner, since_ms))
+        .await
+    {
         Ok(Some(v)) => {
             *ours = v;
             Renewal::Renewed
@@ -312,6 +342,55 @@ impl DayLock {
     }
 }
 
+/// A lease a run holds now (not expired, released, or left by a dead process of this host).
+#[derive(Debug, Clone)]
+pub struct HeldLease {
+    /// `ledger-<day>` or `live`.
+    pub name: String,
+    pub owner: String,
+    pub host: String,
+    pub pid: u32,
+    /// When it was taken (ms since the epoch); `None` when its holder's build did not say.
+    pub since_ms: Option<i64>,
+}
+
+/// Every lease held now, for jobs that must not pull files from under a running one.
+pub async fn held(lake: &Lake) -> Result<Vec<HeldLease>> {
+    let dir = lake.path_of(&format!("{}/_locks", layout::RUNS))?;
+    let listing = lake
+        .store()
+        .list_with_delimiter(Some(&dir))
+        .await
+        .map_err(|e| lake.storage_error(e))?;
+    let mut out = Vec::new();
+    for meta in listing.objects {
+        let Some(name) = meta
+            .location
+            .filename()
+            .and_then(|f| f.strip_suffix(".json"))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let object = LeaseObject {
+            lake: lake.clone(),
+            path: meta.location,
+        };
+        if let Some((Some(lease), _)) = object.read().await? {
+            if !lease.is_stale() {
+                out.push(HeldLease {
+                    name,
+                    owner: lease.owner,
+                    host: lease.host,
+                    pid: lease.pid,
+                    since_ms: (lease.since_ms > 0).then_some(lease.since_ms),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Test support: makes the lease `name` stale, as a holder that died on another host leaves
 /// it, so racers can break it.
 #[doc(hidden)]
@@ -325,6 +404,7 @@ pub async fn plant_stale_lease(lake: &Lake, name: &str) -> Result<()> {
         host: "elsewhere".into(),
         pid: 1,
         expires_ms: chrono::Utc::now().timestamp_millis() - 1,
+        since_ms: 0,
     };
     loop {
         let current = object.read().await?.map(|(_, v)| v);
@@ -344,7 +424,7 @@ pub async fn try_take_once(lake: &Lake, name: &str, owner: &str) -> Result<bool>
     };
     loop {
         match try_take(&object, owner, name).await? {
-            Attempt::Taken(_) => return Ok(true),
+            Attempt::Taken(..) => return Ok(true),
             Attempt::Held(_) => return Ok(false),
             Attempt::Raced => continue,
         }

@@ -13,7 +13,7 @@ async fn a_holder_keeps_renewing_its_own_lease() {
     let lake = local_lake(&dir);
     let lock = acquire_live(&lake, "a").await.unwrap();
     assert_eq!(
-        renew_once(&lock.object, "a", &lock.version).await,
+        renew_once(&lock.object, "a", 0, &lock.version).await,
         Renewal::Renewed
     );
     assert!(lock.fence().confirm().await.is_ok());
@@ -21,6 +21,38 @@ async fn a_holder_keeps_renewing_its_own_lease() {
     // Released: the next run takes it at once.
     let again = acquire_live(&lake, "b").await.unwrap();
     again.release().await;
+}
+
+#[tokio::test]
+async fn a_held_lease_is_listed_with_when_it_was_taken_across_renewals() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = local_lake(&dir);
+    assert!(held(&lake).await.unwrap().is_empty());
+    let lock = acquire(
+        &lake,
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 3).unwrap(),
+        "ledger",
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let first = held(&lake).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].name, "ledger-2026-11-03");
+    let since = first[0].since_ms.expect("a start time");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (lease, _) = lock.object.read().await.unwrap().unwrap();
+    assert_eq!(lease.unwrap().since_ms, since);
+    assert_eq!(
+        renew_once(&lock.object, "ledger", since, &lock.version).await,
+        Renewal::Renewed
+    );
+    assert_eq!(held(&lake).await.unwrap()[0].since_ms, Some(since));
+    lock.release().await;
+    assert!(
+        held(&lake).await.unwrap().is_empty(),
+        "a released lease is not held"
+    );
 }
 
 #[tokio::test]
@@ -37,7 +69,7 @@ async fn a_lease_taken_over_is_not_overwritten_and_fences_its_old_holder() {
         .unwrap()
         .is_some());
     assert_eq!(
-        renew_once(&lock.object, "a", &lock.version).await,
+        renew_once(&lock.object, "a", 0, &lock.version).await,
         Renewal::Lost
     );
     let (holder, _) = lock.object.read().await.unwrap().unwrap();
@@ -79,7 +111,7 @@ async fn a_renewal_during_a_confirm_is_not_a_takeover() {
     let heartbeat = tokio::spawn(async move {
         for _ in 0..3000 {
             assert_eq!(
-                renew_once(&beating.object, "a", &beating.version).await,
+                renew_once(&beating.object, "a", 0, &beating.version).await,
                 Renewal::Renewed
             );
         }

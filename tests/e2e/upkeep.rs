@@ -1,0 +1,222 @@
+//! Lake upkeep: `tally vacuum` deletes what no retained version needs and nothing else, and
+//! never pulls files from under a running job.
+
+use crate::harness::*;
+use crate::ledger::{ledger_rows, run_ledger};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const DAY: &str = "2026-11-01";
+
+/// Every data file under a table's folder (not its log or `_` state), relative to it.
+fn data_files(table: &Path) -> BTreeSet<String> {
+    parquet_files(table)
+        .into_iter()
+        .map(|p| {
+            p.strip_prefix(table)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|p| !p.starts_with('_'))
+        .collect()
+}
+
+/// The files each version of a Delta table references, read by deltalake-python.
+fn files_by_version(table: &Path) -> Vec<BTreeSet<String>> {
+    let script = format!(
+        r#"
+import json
+from deltalake import DeltaTable
+t = DeltaTable({path:?})
+root = {path:?}.rstrip("/") + "/"
+print(json.dumps([[u.split(root, 1)[-1] for u in DeltaTable({path:?}, version=v).file_uris()]
+                  for v in range(t.version() + 1)]))
+"#,
+        path = table.to_string_lossy()
+    );
+    let versions: Vec<Vec<String>> = serde_json::from_slice(&python(&script)).unwrap();
+    versions
+        .into_iter()
+        .map(|v| v.into_iter().collect())
+        .collect()
+}
+
+/// Rows of version `v` of a Delta table, read by deltalake-python (fails if a file is gone).
+/// The script leaves with `os._exit`: pyarrow's thread pool can abort the interpreter's
+/// normal shutdown after `to_pyarrow_table` (deltalake 1.6).
+fn rows_at(table: &Path, v: usize) -> u64 {
+    let script = format!(
+        "import os, sys\nfrom deltalake import DeltaTable\nprint(DeltaTable({:?}, version={v}).to_pyarrow_table().num_rows)\nsys.stdout.flush()\nos._exit(0)",
+        table.to_string_lossy()
+    );
+    String::from_utf8(python(&script))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn backdate(files: impl IntoIterator<Item = std::path::PathBuf>, ago: &str) {
+    for f in files {
+        run_ok(
+            std::process::Command::new("touch")
+                .args(["-d", ago])
+                .arg(&f),
+        );
+    }
+}
+
+fn vacuum_json(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["vacuum", "--format", "json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(tally_ok(dir, &args).trim()).unwrap()
+}
+
+fn vacuumed(report: &serde_json::Value, table: &str) -> BTreeSet<String> {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["table"] == table)
+        .flat_map(|t| t["files"].as_array().unwrap().iter())
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A run killed after writing its part files leaves them behind; a rerun replaces the day.
+/// Vacuum with a retention keeps every version inside it readable and deletes exactly the
+/// killed run's files once they are older than the retention; with none left, exactly the
+/// files no version but the newest uses.
+#[test]
+fn vacuum_deletes_exactly_what_no_retained_version_needs() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 71);
+    run_ledger(dir.path(), DAY, &[]);
+    let killed = tally_cmd(dir.path())
+        .args(["ledger", "--date", DAY])
+        .env("TALLY_FAILPOINT", "ledger_after_part_files")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the run dies at its failpoint");
+    run_ledger(dir.path(), DAY, &[]);
+    let want = ledger_rows(dir.path(), DAY);
+    let ledger = dir.path().join("lake/ledger");
+    let versions = files_by_version(&ledger);
+    let referenced: BTreeSet<String> = versions.iter().flatten().cloned().collect();
+    let on_disk = data_files(&ledger);
+    let orphans: BTreeSet<String> = on_disk.difference(&referenced).cloned().collect();
+    let current = versions.last().unwrap().clone();
+    let replaced: BTreeSet<String> = referenced.difference(&current).cloned().collect();
+    assert!(!orphans.is_empty(), "the killed run left part files");
+    assert!(
+        !replaced.is_empty(),
+        "the rerun replaced the first run's files"
+    );
+
+    // Within a 1 h retention the killed run's files are too young to be known dead.
+    let young = vacuum_json(dir.path(), &["--retain", "1h", "--dry-run"]);
+    assert!(vacuumed(&young, "ledger").is_empty(), "{young}");
+
+    // Two hours later they are; the replaced files' versions are still inside the retention.
+    backdate(orphans.iter().map(|f| ledger.join(f)), "2 hours ago");
+    let dry = vacuum_json(dir.path(), &["--retain", "1h", "--dry-run"]);
+    assert_eq!(vacuumed(&dry, "ledger"), orphans, "{dry}");
+    assert_eq!(data_files(&ledger), on_disk, "a dry run deletes nothing");
+    let bytes: u64 = orphans
+        .iter()
+        .map(|f| std::fs::metadata(ledger.join(f)).unwrap().len())
+        .sum();
+    let done = vacuum_json(dir.path(), &["--retain", "1h"]);
+    assert_eq!(vacuumed(&done, "ledger"), orphans, "{done}");
+    let ledger_report = done["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "ledger")
+        .unwrap();
+    assert_eq!(ledger_report["bytes"].as_u64().unwrap(), bytes);
+    assert_eq!(
+        data_files(&ledger),
+        on_disk.difference(&orphans).cloned().collect()
+    );
+    for (v, files) in versions.iter().enumerate() {
+        if !files.is_empty() {
+            assert!(
+                rows_at(&ledger, v) > 0,
+                "version {v} reads after the vacuum"
+            );
+        }
+    }
+
+    // With no retention only the newest version's files stay, and it reads the same day.
+    let all = vacuum_json(dir.path(), &["--retain", "0s"]);
+    assert_eq!(vacuumed(&all, "ledger"), replaced, "{all}");
+    assert_eq!(data_files(&ledger), current);
+    assert_eq!(ledger_rows(dir.path(), DAY), want);
+    assert!(
+        !data_files(&dir.path().join("lake/raw/payments")).is_empty(),
+        "raw/ untouched"
+    );
+    let again = vacuum_json(dir.path(), &["--retain", "0s"]);
+    assert_eq!(
+        again["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["files"].as_array().unwrap().len())
+            .sum::<usize>(),
+        0
+    );
+}
+
+/// A run holding its day's lease may still commit what it wrote: a retention shorter than the
+/// run has been going is refused before anything is deleted; a longer one goes ahead and
+/// keeps the run's files.
+#[test]
+fn vacuum_refuses_to_pull_files_from_under_a_running_job() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 72);
+    run_ledger(dir.path(), DAY, &[]);
+    let paused = tally_cmd(dir.path())
+        .args(["ledger", "--date", DAY])
+        .env("TALLY_FAILPOINT", "ledger_after_part_files:stop")
+        .spawn()
+        .unwrap();
+    wait_stopped(&paused);
+    let ledger = dir.path().join("lake/ledger");
+    let before = data_files(&ledger);
+    let err = tally_fails(dir.path(), &["vacuum", "--retain", "0s"], 1);
+    assert!(
+        err.contains("ledger-2026-11-01") && err.contains("has not committed yet"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(data_files(&ledger), before, "nothing deleted");
+    // Tables the run does not write can be vacuumed; a retention reaching back past the
+    // run's start keeps its files.
+    tally_ok(
+        dir.path(),
+        &["vacuum", "--retain", "0s", "--table", "reconciliations"],
+    );
+    tally_ok(dir.path(), &["vacuum", "--retain", "1h"]);
+    assert_eq!(data_files(&ledger), before);
+    signal(&paused, "-CONT");
+    let out = paused.wait_with_output().unwrap();
+    assert!(out.status.success(), "the paused run commits");
+    tally_ok(dir.path(), &["vacuum", "--retain", "0s"]);
+    assert!(!ledger_rows(dir.path(), DAY).is_empty());
+}
+
+#[test]
+fn vacuum_never_names_raw_and_says_what_it_takes() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 1_000, 73);
+    let err = tally_fails(dir.path(), &["vacuum", "--table", "raw"], 2);
+    assert!(err.contains("never modified"), "{err}");
+    let err = tally_fails(dir.path(), &["vacuum", "--table", "ledgr"], 2);
+    assert!(err.contains("live_view"), "{err}");
+    // No table written yet: nothing to do, said plainly.
+    let out = tally_ok(dir.path(), &["vacuum"]);
+    assert!(out.contains("deleted 0 data files, 0 bytes"), "{out}");
+}
