@@ -536,3 +536,79 @@ fn the_shell_sees_raw_files_that_land_while_it_is_open() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// A shell open while the ledger commits a new day sees it at its next statement; the view
+/// and the setting made before the commit are still there, and the view reads the new day.
+#[test]
+fn the_shell_sees_new_commits_and_keeps_what_was_made_in_it() {
+    use std::io::{BufRead, Write};
+    let dir = tempdir();
+    generate(dir.path(), 2, 800, 19);
+    tally_ok(dir.path(), &["ledger", "--date", "2026-11-01"]);
+    let count =
+        |sql: &str| csv_rows(&tally_ok(dir.path(), &["sql", sql, "--format", "csv"]))[0][0].clone();
+    let one_day = count("SELECT count(*) FROM ledger");
+    let mut child = tally_cmd(dir.path())
+        .args(["shell", "--allow-write"])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ask = |stdin: &mut std::process::ChildStdin, sql: &str| -> Vec<String> {
+        stdin.write_all(format!("{sql}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the shell answered");
+            let done = line.contains(" in ") && line.ends_with('s');
+            seen.push(line);
+            if done {
+                return seen;
+            }
+        }
+    };
+    let has = |lines: &[String], v: &str| lines.iter().any(|l| l.contains(&format!(" {v} ")));
+    let first = ask(&mut stdin, "SELECT count(*) AS n FROM ledger;");
+    assert!(has(&first, &one_day), "{first:?}");
+    ask(
+        &mut stdin,
+        "CREATE VIEW per_day AS SELECT event_date, count(*) AS n FROM ledger GROUP BY event_date;",
+    );
+    ask(&mut stdin, "SET datafusion.execution.batch_size = 1234;");
+
+    tally_ok(dir.path(), &["ledger", "--date", "2026-11-02"]);
+    let two_days = count("SELECT count(*) FROM ledger");
+    assert_ne!(two_days, one_day);
+    let after = ask(&mut stdin, "SELECT count(*) AS n FROM ledger;");
+    assert!(has(&after, &two_days), "the new day is seen: {after:?}");
+    let view = ask(&mut stdin, "SELECT count(*) AS days FROM per_day;");
+    assert!(
+        has(&view, "2"),
+        "the view reads the refreshed ledger: {view:?}"
+    );
+    let setting = ask(&mut stdin, "SHOW datafusion.execution.batch_size;");
+    assert!(has(&setting, "1234"), "the setting is kept: {setting:?}");
+    stdin.write_all(b"\\q\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tally_engine::arrow::array::{RecordBatch, StringArray};
 use tally_engine::arrow::datatypes::{DataType, Field, Schema};
 use tally_engine::query;
-use tally_engine::session::{SessionOptions, TallySession};
+use tally_engine::session::{FreshSession, SessionOptions, TallySession};
 use tokio::runtime::Runtime;
 
 const HELP: &str = "\
@@ -34,7 +34,8 @@ pub fn run(rt: &Runtime, ctx: &Context, args: &ShellArgs) -> Result<()> {
         fresh_listings: true,
         ..Default::default()
     };
-    let session = rt.block_on(ctx.session(&opts))?;
+    // Each statement sees what was committed before it: a shell stays open for hours.
+    let mut fresh = rt.block_on(FreshSession::open(&ctx.lake, &ctx.config, &opts))?;
     let mut editor = DefaultEditor::new()?;
     let history =
         std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".tally_history"));
@@ -43,7 +44,7 @@ pub fn run(rt: &Runtime, ctx: &Context, args: &ShellArgs) -> Result<()> {
     }
     println!(
         "tally shell on {} — \\? for help, \\q to quit",
-        session.lake().root()
+        ctx.lake.root()
     );
     let mut buffer = String::new();
     loop {
@@ -57,8 +58,11 @@ pub fn run(rt: &Runtime, ctx: &Context, args: &ShellArgs) -> Result<()> {
                 let trimmed = line.trim();
                 if buffer.is_empty() && trimmed.starts_with('\\') {
                     let _ = editor.add_history_entry(trimmed);
-                    if !backslash(rt, &session, trimmed)? {
+                    if trimmed == "\\q" {
                         break;
+                    }
+                    if let Some(session) = current(rt, &mut fresh) {
+                        backslash(rt, session, trimmed)?;
                     }
                     continue;
                 }
@@ -70,7 +74,9 @@ pub fn run(rt: &Runtime, ctx: &Context, args: &ShellArgs) -> Result<()> {
                 if trimmed.ends_with(';') {
                     let sql = std::mem::take(&mut buffer);
                     let _ = editor.add_history_entry(sql.trim());
-                    run_statements(rt, &session, &sql, args);
+                    if let Some(session) = current(rt, &mut fresh) {
+                        run_statements(rt, session, &sql, args);
+                    }
                 }
             }
             Err(ReadlineError::Interrupted) => {
@@ -84,6 +90,18 @@ pub fn run(rt: &Runtime, ctx: &Context, args: &ShellArgs) -> Result<()> {
         let _ = editor.save_history(h);
     }
     Ok(())
+}
+
+/// The session with every commit made so far, or `None` after printing why not (the store
+/// unreachable: the shell stays open).
+fn current<'a>(rt: &Runtime, fresh: &'a mut FreshSession) -> Option<&'a TallySession> {
+    match rt.block_on(fresh.current()) {
+        Ok(session) => Some(session),
+        Err(e) => {
+            eprintln!("error: {}", tally_engine::lake::one_line(&e.to_string()));
+            None
+        }
+    }
 }
 
 /// Runs one or more statements, printing results, a timing line, or the error.

@@ -269,8 +269,10 @@ impl TallySession {
 }
 
 mod cache;
+mod fresh;
 mod runtime;
 mod tables;
 
 pub use cache::TableCache;
+pub use fresh::FreshSession;
 use runtime::*;
