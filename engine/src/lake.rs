@@ -234,9 +234,21 @@ impl Lake {
     }
 }
 
-/// Collapses a multi-line error chain into one line.
+/// Collapses a multi-line error chain into one line, without a backtrace some errors carry
+/// in their text (delta-kernel's: `0: buoyant_kernel::error::Error::with_backtrace 1: …`).
 pub fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.find(" 0: ") {
+        Some(at)
+            if line[at + 4..]
+                .split(' ')
+                .next()
+                .is_some_and(|f| f.contains("::")) =>
+        {
+            line[..at].trim_end_matches([':', ' ']).to_string()
+        }
+        _ => line,
+    }
 }
 
 /// Turns a path or URL into a directory URL ending in `/`.
@@ -350,6 +362,15 @@ fn build_s3(root: &Url, s3: &S3Options) -> Result<(impl ObjectStore, HashMap<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_drops_a_backtrace() {
+        assert_eq!(
+            one_line("delta: Json error: bad\n 0: buoyant_kernel::error::Error::with_backtrace\n 1: x::y"),
+            "delta: Json error: bad"
+        );
+        assert_eq!(one_line("a\n b 0: c"), "a b 0: c");
+    }
 
     #[test]
     fn relative_path_becomes_absolute_directory_url() {

@@ -392,12 +392,48 @@ fn tables_named_in_tally_toml_are_queryable_and_a_bad_one_is_named() {
         "/nonexistent/ledger",
     );
     std::fs::write(other.path().join("tally.toml"), bad).unwrap();
-    let err = tally_fails(other.path(), &["sql", "SELECT 1"], 1);
+    // A broken table fails only the statements that name it, by name.
+    tally_ok(other.path(), &["sql", "SELECT 1"]);
+    let raw = tally_ok(
+        other.path(),
+        &["sql", "SELECT count(*) FROM their_raw", "--format", "csv"],
+    );
+    assert_eq!(csv_rows(&raw)[0][0].parse::<usize>().unwrap(), want);
+    let err = tally_fails(
+        other.path(),
+        &["sql", "SELECT count(*) FROM their_ledger"],
+        1,
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
         err.contains("their_ledger") && err.contains("/nonexistent/ledger"),
         "{err}"
     );
+}
+
+/// A lake table whose log is damaged fails only what reads it: the ledger job and queries of
+/// other tables go on (issue: a broken `reconciliations` used to fail `tally ledger`).
+#[test]
+fn a_broken_lake_table_fails_only_what_names_it() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 1_000, 32);
+    tally_ok(dir.path(), &["ledger", "--date", "2026-11-01"]);
+    let log = dir.path().join("lake/reconciliations/_delta_log");
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(log.join("00000000000000000000.json"), b"{not json").unwrap();
+    tally_ok(dir.path(), &["ledger", "--date", "2026-11-01"]);
+    let n = tally_ok(
+        dir.path(),
+        &["sql", "SELECT count(*) FROM ledger", "--format", "csv"],
+    );
+    assert_eq!(csv_rows(&n)[0][0], "1000");
+    let err = tally_fails(
+        dir.path(),
+        &["sql", "SELECT count(*) FROM reconciliations"],
+        1,
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("reconciliations"), "{err}");
 }
 
 #[test]

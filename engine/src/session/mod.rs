@@ -93,8 +93,11 @@ pub struct TallySession {
     /// Read Delta tables as plain Parquet scans where their protocol allows (see
     /// [`crate::delta_files`]): the server's sessions, where the cost per query counts.
     plain_delta_scans: bool,
-    /// Tables a server's session could not open, with why (see [`crate::unreadable`]).
+    /// Tables this session could not open, with why (see [`crate::unreadable`]).
     unreadable: std::collections::BTreeMap<String, String>,
+    /// A server's or shell's session (through a [`TableCache`]): an unreadable table is
+    /// logged as it is found, not only when a statement names it.
+    long_lived: bool,
 }
 
 impl TallySession {
@@ -143,21 +146,41 @@ impl TallySession {
             },
             plain_delta_scans,
             unreadable: Default::default(),
+            long_lived: cache.is_some(),
         };
-        // A server (the cached path) keeps serving the other tables when one cannot be
-        // opened; a one-shot command fails on it.
-        let serving = cache.is_some();
+        // A table that cannot be opened fails only the statements that name it (by name,
+        // with why); the session serves the others.
         if top.iter().any(|d| d == "raw") {
             let opened = session.register_raw_payments(cache.as_deref_mut()).await;
-            session.keep_unreadable(serving, crate::lake::layout::RAW_PAYMENTS, opened)?;
+            session.keep_unreadable(crate::lake::layout::RAW_PAYMENTS, opened)?;
         }
-        for name in layout::DELTA_TABLES {
-            if top.iter().any(|d| d == name) {
+        let present: Vec<&str> = layout::DELTA_TABLES
+            .into_iter()
+            .filter(|name| top.iter().any(|d| d == name))
+            .collect();
+        if cache.is_none() {
+            // A one-shot command opens its tables at once: each is a log listing and reads.
+            let opened = futures::future::join_all(present.iter().map(|name| async {
+                let url = lake.url_of(name)?;
+                let table = session.open_delta_uncached(name, &url).await;
+                Ok::<_, TallyError>((url, table))
+            }))
+            .await;
+            for (name, opened) in present.iter().zip(opened) {
+                let registered = match opened? {
+                    (url, Ok(table)) => session.register_opened_delta(name, &url, table).await,
+                    (_, Err(TallyError::Delta(deltalake::DeltaTableError::NotATable(_)))) => Ok(()),
+                    (_, Err(e)) => Err(e),
+                };
+                session.keep_unreadable(name, registered)?;
+            }
+        } else {
+            for name in present {
                 let url = lake.url_of(name)?;
                 let opened = session
                     .register_delta_if_present(name, url, cache.as_deref_mut())
                     .await;
-                session.keep_unreadable(serving, name, opened)?;
+                session.keep_unreadable(name, opened)?;
             }
         }
         for (name, table) in &config.tables {
@@ -179,7 +202,7 @@ impl TallySession {
                         .await
                 }
             };
-            session.keep_unreadable(serving, name, opened)?;
+            session.keep_unreadable(name, opened)?;
         }
         if !session.unreadable.is_empty() {
             let catalog = session
@@ -195,13 +218,18 @@ impl TallySession {
         Ok(session)
     }
 
-    /// On a server, records a table that failed to open (logged once per session) instead of
-    /// failing the session; elsewhere passes the error on.
-    fn keep_unreadable(&mut self, serving: bool, name: &str, opened: Result<()>) -> Result<()> {
+    /// Records a table that failed to open (logged once per session) instead of failing the
+    /// session: only statements naming it fail. A bad configuration still fails at once.
+    fn keep_unreadable(&mut self, name: &str, opened: Result<()>) -> Result<()> {
         match opened {
-            Err(e) if serving && !matches!(e, TallyError::Config { .. }) => {
+            Err(e) if !matches!(e, TallyError::Config { .. }) => {
                 let message = one_line(&e.to_string());
-                tracing::warn!(table = name, error = %message, "table cannot be read; serving the others");
+                // A server logs it; a command says it only if a statement names the table.
+                if self.long_lived {
+                    tracing::warn!(table = name, error = %message, "table cannot be read; serving the others");
+                } else {
+                    tracing::debug!(table = name, error = %message, "table cannot be read");
+                }
                 self.unreadable.insert(name.to_string(), message);
                 Ok(())
             }
@@ -209,7 +237,7 @@ impl TallySession {
         }
     }
 
-    /// Tables this session could not open, with why (servers only; empty elsewhere).
+    /// Tables this session could not open, with why.
     pub fn unreadable(&self) -> &std::collections::BTreeMap<String, String> {
         &self.unreadable
     }
@@ -261,6 +289,12 @@ impl TallySession {
 
     /// Looks up a registered table by name.
     pub fn table(&self, name: &str) -> Result<&TableInfo> {
+        if let Some(message) = self.unreadable.get(name) {
+            return Err(TallyError::Unreadable {
+                name: name.into(),
+                message: message.clone(),
+            });
+        }
         self.tables
             .iter()
             .find(|t| t.name == name)
