@@ -72,6 +72,21 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Delete files of tally's tables no version within the retention needs (never raw/).
     Vacuum(VacuumArgs),
+    /// Rewrite one ledger day's files as fewer, sorted ones: same rows, same fingerprint.
+    Optimize(OptimizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OptimizeArgs {
+    /// The ledger day (event date, UTC), YYYY-MM-DD.
+    #[arg(long)]
+    pub date: String,
+    /// Memory for the day's sort, e.g. 1GiB: it spills to disk beyond it.
+    #[arg(long, value_parser = parse_bytes)]
+    pub memory_limit: Option<usize>,
+    /// A line for people, or one JSON object.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SummaryFormat,
 }
 
 #[derive(Debug, Args)]

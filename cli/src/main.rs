@@ -93,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => rt.block_on(cmd::serve::run(&ctx, a))?,
         Command::Worker(a) => rt.block_on(cmd::worker::run(&ctx, a))?,
         Command::Vacuum(a) => rt.block_on(cmd::vacuum::run(&ctx, a))?,
+        Command::Optimize(a) => rt.block_on(cmd::optimize::run(&ctx, a))?,
     }
     Ok(ExitCode::SUCCESS)
 }

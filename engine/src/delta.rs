@@ -87,7 +87,7 @@ pub async fn open_or_create(
 }
 
 /// The files of one value of a partition column in `table`'s snapshot, with their rows.
-async fn partition_files(
+pub(crate) async fn partition_files(
     table: &DeltaTable,
     column: &str,
     value: &str,
@@ -141,13 +141,35 @@ pub async fn replace_partition(
     adds: Vec<Add>,
     app_metadata: HashMap<String, serde_json::Value>,
 ) -> Result<(u64, usize)> {
+    replace_partition_as(table, column, value, adds, app_metadata, Replacement::Data).await
+}
+
+/// What a partition replacement does to the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacement {
+    /// New rows (a ledger run): a Delta `WRITE` whose files change data.
+    Data,
+    /// The same rows in other files (`tally optimize`): a Delta `OPTIMIZE` whose adds and
+    /// removes say `dataChange: false`, so readers of the log's changes skip them.
+    Compaction { target_size: i64 },
+}
+
+/// [`replace_partition`], saying what the replacement is.
+pub async fn replace_partition_as(
+    table: &DeltaTable,
+    column: &str,
+    value: &str,
+    adds: Vec<Add>,
+    app_metadata: HashMap<String, serde_json::Value>,
+    kind: Replacement,
+) -> Result<(u64, usize)> {
     /// Other days' commits can keep arriving; each retry needs one to have landed.
     const ATTEMPTS: usize = 16;
     let read_version = table.snapshot()?.version();
     let mut current = table.clone();
     for _ in 0..ATTEMPTS {
         let conflict =
-            match commit_replacement(&current, column, value, &adds, &app_metadata).await? {
+            match commit_replacement(&current, column, value, &adds, &app_metadata, kind).await? {
                 Ok(done) => return Ok(done),
                 Err(conflict) => conflict,
             };
@@ -180,19 +202,37 @@ async fn commit_replacement(
     value: &str,
     adds: &[Add],
     app_metadata: &HashMap<String, serde_json::Value>,
+    kind: Replacement,
 ) -> Result<std::result::Result<(u64, usize), String>> {
     let snapshot = table.snapshot()?;
+    let data_change = kind == Replacement::Data;
     let mut actions: Vec<Action> = partition_files(table, column, value)
         .await?
         .into_iter()
-        .map(|(a, _)| a)
+        .map(|(a, _)| match a {
+            Action::Remove(mut r) => {
+                r.data_change = data_change;
+                Action::Remove(r)
+            }
+            other => other,
+        })
         .collect();
     let removed = actions.len();
-    actions.extend(adds.iter().cloned().map(Action::Add));
-    let operation = DeltaOperation::Write {
-        mode: SaveMode::Overwrite,
-        partition_by: Some(vec![column.to_string()]),
-        predicate: Some(format!("{column} = '{value}'")),
+    actions.extend(adds.iter().cloned().map(|mut a| {
+        a.data_change = data_change;
+        Action::Add(a)
+    }));
+    let predicate = Some(format!("{column} = '{value}'"));
+    let operation = match kind {
+        Replacement::Data => DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: Some(vec![column.to_string()]),
+            predicate,
+        },
+        Replacement::Compaction { target_size } => DeltaOperation::Optimize {
+            predicate,
+            target_size,
+        },
     };
     let commit = CommitBuilder::from(CommitProperties::default())
         .with_actions(actions)

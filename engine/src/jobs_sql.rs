@@ -35,3 +35,8 @@ pub const LIVE_WINDOW: &str = include_str!("../../sql/live_window.sql");
 pub const RECONCILE: &str = include_str!("../../sql/reconcile.sql");
 /// The live mode's quarantined files that landed on a reconciled day or the next.
 pub const RECONCILE_QUARANTINE: &str = include_str!("../../sql/reconcile_quarantine.sql");
+
+/// One ledger day's rows in file order, for `tally optimize` (`sql/optimize_day.sql`).
+pub const OPTIMIZE_DAY: &str = include_str!("../../sql/optimize_day.sql");
+/// The fingerprint the day's newest ledger run committed (`sql/optimize_expected.sql`).
+pub const OPTIMIZE_EXPECTED: &str = include_str!("../../sql/optimize_expected.sql");

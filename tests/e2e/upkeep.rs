@@ -268,3 +268,120 @@ fn vacuum_on_s3_deletes_the_replaced_files_and_the_day_still_reads() {
             .unwrap();
     assert!(vacuumed(&again, "ledger").is_empty(), "{again}");
 }
+
+fn optimize_json(dir: &Path, day: &str) -> serde_json::Value {
+    serde_json::from_str(tally_ok(dir, &["optimize", "--date", day, "--format", "json"]).trim())
+        .unwrap()
+}
+
+/// (partner_id, txn_id) of every row of a Parquet file, in file order.
+fn sort_keys(file: &Path) -> Vec<(String, String)> {
+    let f = std::fs::File::open(file).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut keys = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let p = b.column_by_name("partner_id").unwrap();
+        let t = b.column_by_name("txn_id").unwrap();
+        for i in 0..b.num_rows() {
+            keys.push((string_at(p.as_ref(), i), string_at(t.as_ref(), i)));
+        }
+    }
+    keys
+}
+
+/// A day written as one file per hash bucket is rewritten as one file sorted by (partner,
+/// txn_id), in one OPTIMIZE commit that changes no data: the same rows, the fingerprint the
+/// ledger run recorded, readable by deltalake-python; a second optimize has nothing to do, and
+/// a later ledger run of the day replaces the optimized file as usual.
+#[test]
+fn optimize_rewrites_a_day_as_sorted_files_with_the_same_rows() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 5_000, 75);
+    let run = run_ledger(dir.path(), DAY, &[]);
+    let want = ledger_rows(dir.path(), DAY);
+    let ledger = dir.path().join("lake/ledger");
+    let before = files_by_version(&ledger).last().unwrap().len();
+    assert!(before > 1, "the ledger wrote one file per bucket");
+
+    let done = optimize_json(dir.path(), DAY);
+    assert_eq!(
+        done["files_before"].as_u64().unwrap() as usize,
+        before,
+        "{done}"
+    );
+    assert_eq!(done["files_after"], 1, "{done}");
+    assert_eq!(done["rows"], 5_000, "{done}");
+    assert_eq!(
+        done["fingerprint"]["row_hash"], run["fingerprint"]["row_hash"],
+        "{done} vs {run}"
+    );
+    assert_eq!(ledger_rows(dir.path(), DAY), want);
+    let commit = last_commit(&ledger);
+    assert!(commit.contains("\"OPTIMIZE\""), "{commit}");
+    assert!(
+        commit.contains("\"dataChange\":false") && !commit.contains("\"dataChange\":true"),
+        "{commit}"
+    );
+    let files = files_by_version(&ledger);
+    let now = files.last().unwrap();
+    assert_eq!(now.len(), 1);
+    let keys = sort_keys(&ledger.join(now.iter().next().unwrap()));
+    assert_eq!(keys.len(), 5_000);
+    assert!(
+        keys.windows(2).all(|w| w[0] <= w[1]),
+        "sorted by (partner_id, txn_id)"
+    );
+    assert_eq!(rows_at(&ledger, files.len() - 1), 5_000);
+    assert_eq!(
+        rows_at(&ledger, files.len() - 2),
+        5_000,
+        "the version before still reads"
+    );
+
+    let again = optimize_json(dir.path(), DAY);
+    assert!(again["version"].is_null(), "{again}");
+    assert!(
+        again["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("already compact"),
+        "{again}"
+    );
+    assert_eq!(files_by_version(&ledger).len(), files.len(), "no commit");
+
+    run_ledger(dir.path(), DAY, &[]);
+    assert_eq!(ledger_rows(dir.path(), DAY), want);
+    let empty = optimize_json(dir.path(), "2026-10-01");
+    assert!(
+        empty["skipped"].as_str().unwrap().contains("no rows"),
+        "{empty}"
+    );
+}
+
+/// Optimize takes the day's lease: while a ledger run of the day holds it, optimize refuses
+/// and changes nothing.
+#[test]
+fn optimize_waits_for_no_one_and_touches_nothing_while_the_day_is_being_built() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 2_000, 76);
+    run_ledger(dir.path(), DAY, &[]);
+    let ledger = dir.path().join("lake/ledger");
+    let versions = files_by_version(&ledger).len();
+    let paused = tally_cmd(dir.path())
+        .args(["ledger", "--date", DAY])
+        .env("TALLY_FAILPOINT", "ledger_after_input_check:stop")
+        .spawn()
+        .unwrap();
+    wait_stopped(&paused);
+    let err = tally_fails(dir.path(), &["optimize", "--date", DAY], 1);
+    assert!(err.contains("being built by another run"), "{err}");
+    assert_eq!(files_by_version(&ledger).len(), versions);
+    signal(&paused, "-CONT");
+    assert!(paused.wait_with_output().unwrap().status.success());
+    let done = optimize_json(dir.path(), DAY);
+    assert_eq!(done["files_after"], 1, "{done}");
+}

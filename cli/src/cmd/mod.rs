@@ -5,6 +5,7 @@ pub mod demo;
 pub mod generate;
 pub mod ledger;
 pub mod live;
+pub mod optimize;
 pub mod reconcile;
 pub mod serve;
 pub mod shell;

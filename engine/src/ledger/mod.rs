@@ -30,7 +30,7 @@
 mod commit;
 mod day_keys;
 mod disputed_rows;
-mod fingerprint;
+pub(crate) mod fingerprint;
 pub mod guard;
 mod held_rows;
 pub mod inputs;
@@ -38,7 +38,7 @@ pub mod key_index;
 mod metrics;
 mod neighbours;
 mod one_pass;
-mod part_writer;
+pub(crate) mod part_writer;
 mod partition_sort;
 pub mod passes;
 mod payload_disputes;
