@@ -99,24 +99,37 @@ pub async fn files_of_days(
 
 /// The lake-relative path of a raw Delta table's `add` (as delta-rs gives it, decoded):
 /// relative paths are under the table; an absolute URL (Delta allows them, e.g. after a
-/// shallow clone) is read when it is under the lake root, and is `Err(reason)` otherwise.
+/// shallow clone) is read when it is under the lake root. An absolute URL under another
+/// root that still names this table's folder (`…/raw/payments/…`) is the same file in a lake
+/// that was copied or restored under another prefix (to S3, another bucket or folder): it is
+/// read at that place in this lake. Anything else is `Err(reason)`.
 pub(crate) fn lake_relative(lake_root: &str, path: &str) -> std::result::Result<String, String> {
-    match url::Url::parse(path) {
-        Ok(url) => {
-            let root = lake_root.trim_end_matches('/');
-            url.as_str()
-                .strip_prefix(root)
-                .and_then(|rest| rest.strip_prefix('/'))
-                .map(|p| {
-                    percent_encoding::percent_decode_str(p)
-                        .decode_utf8_lossy()
-                        .to_string()
-                })
-                .ok_or_else(|| {
-                    format!("{path}: an absolute path outside the lake ({root}); tally reads only files under the lake root")
-                })
-        }
-        Err(_) => Ok(format!("{}/{path}", layout::RAW_PAYMENTS)),
+    let Ok(url) = url::Url::parse(path) else {
+        return Ok(format!("{}/{path}", layout::RAW_PAYMENTS));
+    };
+    let decode = |p: &str| {
+        percent_encoding::percent_decode_str(p)
+            .decode_utf8_lossy()
+            .to_string()
+    };
+    let root = lake_root.trim_end_matches('/');
+    if let Some(rest) = url
+        .as_str()
+        .strip_prefix(root)
+        .and_then(|r| r.strip_prefix('/'))
+    {
+        return Ok(decode(rest));
+    }
+    let table = format!("/{}/", layout::RAW_PAYMENTS);
+    match url.path().rfind(&table) {
+        Some(at) => Ok(format!(
+            "{}/{}",
+            layout::RAW_PAYMENTS,
+            decode(&url.path()[at + table.len()..])
+        )),
+        None => Err(format!(
+            "{path}: an absolute path outside the lake ({root}) and outside any raw/payments folder; tally reads only files under the lake root"
+        )),
     }
 }
 
@@ -143,5 +156,22 @@ mod tests {
         assert!(outside.contains("outside the lake"), "{outside}");
         // A sibling directory sharing the root's prefix is outside too.
         assert!(lake_relative(root, "file:///data/lake2/a.parquet").is_err());
+        // The same lake copied from elsewhere: its raw table's files are read here.
+        assert_eq!(
+            lake_relative(
+                root,
+                "s3://old-bucket/prod/lake/raw/payments/ingest_date=2026-11-20/part%20two.parquet"
+            )
+            .unwrap(),
+            "raw/payments/ingest_date=2026-11-20/part two.parquet"
+        );
+        assert_eq!(
+            lake_relative(
+                root,
+                "file:///restored/lake/raw/payments/ingest_date=2026-11-20/a.parquet"
+            )
+            .unwrap(),
+            "raw/payments/ingest_date=2026-11-20/a.parquet"
+        );
     }
 }

@@ -511,6 +511,23 @@ impl S3Server {
         python(&script);
     }
 
+    /// Uploads every file under the local folder `from` to `bucket/prefix/…`, keeping paths.
+    pub fn put_dir(&self, bucket: &str, prefix: &str, from: &Path) {
+        let script = format!(
+            "import boto3, os\n\
+             s3 = boto3.client('s3', endpoint_url={endpoint:?}, aws_access_key_id='testing', \
+             aws_secret_access_key='testing-secret', region_name='us-east-1')\n\
+             root = {from:?}\n\
+             for d, _, names in os.walk(root):\n\
+             \x20   for n in names:\n\
+             \x20       p = os.path.join(d, n)\n\
+             \x20       s3.upload_file(p, {bucket:?}, {prefix:?} + '/' + os.path.relpath(p, root))",
+            endpoint = self.endpoint,
+            from = from.display().to_string(),
+        );
+        python(&script);
+    }
+
     /// A `tally` command pointed at this server with dummy credentials.
     pub fn cmd(&self, dir: &Path) -> Command {
         let mut c = tally_cmd(dir);

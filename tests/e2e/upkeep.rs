@@ -2,7 +2,7 @@
 //! never pulls files from under a running job.
 
 use crate::harness::*;
-use crate::ledger::{ledger_rows, run_ledger};
+use crate::ledger::{expected_ledger, ledger_rows, run_ledger};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -384,4 +384,126 @@ fn optimize_waits_for_no_one_and_touches_nothing_while_the_day_is_being_built() 
     assert!(paused.wait_with_output().unwrap().status.success());
     let done = optimize_json(dir.path(), DAY);
     assert_eq!(done["files_after"], 1, "{done}");
+}
+
+/// Writes are relative: a lake moved to another folder (the original gone) or copied to a
+/// bucket reads the same and every job goes on there; deltalake-python reads its tables too.
+#[test]
+fn a_lake_moved_elsewhere_or_copied_to_s3_reads_and_runs_the_same() {
+    let dir = tempdir();
+    generate(dir.path(), 1, 1_500, 77);
+    run_ledger(dir.path(), DAY, &[]);
+    tally_ok(dir.path(), &["live", "--once"]);
+    let reconcile = |cmd: &mut std::process::Command| {
+        let out = cmd.args(["reconcile", "--date", DAY]).output().unwrap();
+        let code = out.status.code();
+        assert!(
+            code == Some(0) || code == Some(3),
+            "reconcile ran: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    reconcile(&mut tally_cmd(dir.path()));
+    let sums = "SELECT (SELECT count(*) FROM ledger) AS l, (SELECT sum(amount) FROM ledger) AS a, \
+                (SELECT sum(events) FROM live_view) AS e, (SELECT count(*) FROM reconciliations) AS r";
+    let want = csv_rows(&tally_ok(dir.path(), &["sql", sums, "--format", "csv"]));
+    let txn = csv_rows(&tally_ok(
+        dir.path(),
+        &["sql", "SELECT min(txn_id) FROM ledger", "--format", "csv"],
+    ))[0][0]
+        .clone();
+
+    let moved = tempdir();
+    std::fs::rename(dir.path().join("lake"), moved.path().join("lake")).unwrap();
+    let here = moved.path();
+    assert_eq!(
+        csv_rows(&tally_ok(here, &["sql", sums, "--format", "csv"])),
+        want
+    );
+    let trace = tally_ok(here, &["trace", "--txn", &txn]);
+    assert!(trace.contains(DAY), "{trace}");
+    reconcile(&mut tally_cmd(here));
+    tally_ok(here, &["live", "--once"]);
+    run_ledger(here, DAY, &[]);
+    for table in ["ledger", "live_view", "reconciliations"] {
+        let path = here.join("lake").join(table);
+        let versions = files_by_version(&path).len();
+        assert!(
+            rows_at(&path, versions - 1) > 0,
+            "deltalake-python reads {table}"
+        );
+    }
+
+    let s3 = s3();
+    let bucket = s3.bucket("portable");
+    s3.put_dir(&bucket, "copied/lake", &here.join("lake"));
+    let lake = format!("s3://{bucket}/copied/lake");
+    let on_s3 = |args: &[&str]| {
+        let mut all = vec!["--lake", lake.as_str()];
+        all.extend_from_slice(args);
+        run_ok(s3.cmd(here).args(all))
+    };
+    let after = csv_rows(&tally_ok(here, &["sql", sums, "--format", "csv"]));
+    assert_eq!(csv_rows(&on_s3(&["sql", sums, "--format", "csv"])), after);
+    assert!(on_s3(&["trace", "--txn", &txn]).contains(DAY));
+    on_s3(&["live", "--once"]);
+    on_s3(&["ledger", "--date", DAY]);
+    reconcile(s3.cmd(here).args(["--lake", lake.as_str()]));
+}
+
+/// A raw Delta table whose log names its files by absolute URLs under the root it was written
+/// at (a lake restored under another prefix) is read at the same places in this lake, by the
+/// ledger and by the live mode, instead of its files being refused as outside the lake.
+#[test]
+fn a_raw_delta_table_with_absolute_paths_from_its_old_root_is_read_here() {
+    let dir = tempdir();
+    let day = "2026-11-01";
+    generate(dir.path(), 1, 1_200, 78);
+    let lake = dir.path().join("lake");
+    let rows = read_raw(&lake);
+    std::fs::rename(lake.join("raw/payments"), dir.path().join("plain")).unwrap();
+    python(&format!(
+        r#"
+import deltalake, glob, json, pyarrow as pa, pyarrow.dataset as ds
+part = ds.partitioning(pa.schema([("ingest_date", pa.string())]), flavor="hive")
+t = ds.dataset({plain:?}, format="parquet", partitioning=part).to_table()
+dest = {dest:?}
+deltalake.write_deltalake(dest, t, partition_by=["ingest_date"])
+for log in glob.glob(dest + "/_delta_log/*.json"):
+    out = []
+    for line in open(log):
+        a = json.loads(line)
+        if "add" in a:
+            a["add"]["path"] = "s3://old-bucket/prod/lake/raw/payments/" + a["add"]["path"]
+        out.append(json.dumps(a))
+    open(log, "w").write("\n".join(out) + "\n")
+"#,
+        plain = dir.path().join("plain").to_str().unwrap(),
+        dest = lake.join("raw/payments").to_str().unwrap(),
+    ));
+    let log =
+        std::fs::read_to_string(lake.join("raw/payments/_delta_log/00000000000000000000.json"))
+            .unwrap();
+    assert!(
+        log.contains("s3://old-bucket/prod/lake/raw/payments/"),
+        "{log}"
+    );
+    let summary = run_ledger(dir.path(), day, &[]);
+    assert_eq!(
+        summary["ledger_rows"].as_u64().unwrap() as usize,
+        expected_ledger(&rows, day, 3).len(),
+        "{summary}"
+    );
+    let live = tally_ok(dir.path(), &["live", "--once", "--format", "json"]);
+    assert!(!live.contains("\"quarantined\":[\""), "{live}");
+    let events = csv_rows(&tally_ok(
+        dir.path(),
+        &[
+            "sql",
+            "SELECT sum(events) FROM live_view",
+            "--format",
+            "csv",
+        ],
+    ));
+    assert!(events[0][0].parse::<u64>().unwrap() > 0, "{events:?}");
 }
