@@ -178,6 +178,11 @@ impl super::Runner {
                 ),
             });
         }
+        // Visible to readers from here on; what follows (key file, snapshot) only readies a
+        // restart.
+        m.committed_at_ms = chrono::Utc::now().timestamp_millis();
+        // Landed (newest ingest_time applied) to visible.
+        m.freshness_ms = routed.newest_ingest.map(|t| m.committed_at_ms - t / 1000);
         checkpoint::prune(&self.lake, n, base).await;
         self.cp = cp;
         self.base = Some(base);
@@ -216,9 +221,6 @@ impl super::Runner {
         }
         m.state_keys = self.state.keys();
         m.state_bytes = self.state.approx_bytes();
-        m.committed_at_ms = chrono::Utc::now().timestamp_millis();
-        // Landed (newest ingest_time applied) to visible, now that it is visible.
-        m.freshness_ms = routed.newest_ingest.map(|t| m.committed_at_ms - t / 1000);
         m.batch_ms = started.elapsed().as_millis() as u64;
         Ok(m)
     }
