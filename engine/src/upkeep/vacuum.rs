@@ -217,7 +217,14 @@ async fn vacuum_table(
         return Ok(out);
     }
     out.exists = true;
-    let table = delta::open(lake, &lake.url_of(name)?).await?;
+    let url = lake.url_of(name)?;
+    let table = delta::open(lake, &url)
+        .await
+        .map_err(|e| TallyError::TableOpen {
+            name: name.into(),
+            location: url.to_string(),
+            message: crate::lake::one_line(&e.to_string()),
+        })?;
     let sizes = file_sizes(lake, name).await?;
     // The plan first: a real vacuum writes a VACUUM START and END commit even when it
     // deletes nothing, which a nightly run would add to every table's history.
