@@ -512,45 +512,11 @@ fn only_the_failing_scans_files_are_checked_to_name_the_bad_one() {
 /// (DataFusion would otherwise keep the folder listing of the first query).
 #[test]
 fn the_shell_sees_raw_files_that_land_while_it_is_open() {
-    use std::io::{BufRead, Write};
     let dir = tempdir();
     generate(dir.path(), 1, 500, 9);
-    let mut child = tally_cmd(dir.path())
-        .args(["shell"])
-        .env("HOME", dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let query = b"SELECT count(*) AS landed FROM raw_payments WHERE txn_id = 'shell-late-1';\n";
-    let answer = |lines: &std::sync::mpsc::Receiver<String>| -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            let line = lines
-                .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("the shell answered");
-            let done = line.contains("row in");
-            seen.push(line);
-            if done {
-                return seen;
-            }
-        }
-    };
-    stdin.write_all(query).unwrap();
-    stdin.flush().unwrap();
-    let first = answer(&rx);
+    let mut shell = Shell::open(dir.path(), &[]);
+    let query = "SELECT count(*) AS landed FROM raw_payments WHERE txn_id = 'shell-late-1';";
+    let first = shell.ask(query);
     assert!(first.iter().any(|l| l.contains(" 0 ")), "{first:?}");
     let at = micros("2026-11-01T12:00:00Z");
     let day = std::fs::read_dir(dir.path().join("lake/raw/payments"))
@@ -564,51 +530,91 @@ fn the_shell_sees_raw_files_that_land_while_it_is_open() {
         "landed-while-open.parquet",
         &[ok_row("shell-late-1", "p-late", at, at + 1_000_000, 100)],
     );
-    stdin.write_all(query).unwrap();
-    stdin.flush().unwrap();
-    let second = answer(&rx);
+    let second = shell.ask(query);
     assert!(second.iter().any(|l| l.contains(" 1 ")), "{second:?}");
-    stdin.write_all(b"\\q\n").unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    shell.quit();
 }
 
 /// A shell open while the ledger commits a new day sees it at its next statement; the view
 /// and the setting made before the commit are still there, and the view reads the new day.
 #[test]
 fn the_shell_sees_new_commits_and_keeps_what_was_made_in_it() {
-    use std::io::{BufRead, Write};
     let dir = tempdir();
     generate(dir.path(), 2, 800, 19);
     tally_ok(dir.path(), &["ledger", "--date", "2026-11-01"]);
     let count =
         |sql: &str| csv_rows(&tally_ok(dir.path(), &["sql", sql, "--format", "csv"]))[0][0].clone();
     let one_day = count("SELECT count(*) FROM ledger");
-    let mut child = tally_cmd(dir.path())
-        .args(["shell", "--allow-write"])
-        .env("HOME", dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    let mut shell = Shell::open(dir.path(), &["--allow-write"]);
+    let has = |lines: &[String], v: &str| lines.iter().any(|l| l.contains(&format!(" {v} ")));
+    let first = shell.ask("SELECT count(*) AS n FROM ledger;");
+    assert!(has(&first, &one_day), "{first:?}");
+    shell.ask(
+        "CREATE VIEW per_day AS SELECT event_date, count(*) AS n FROM ledger GROUP BY event_date;",
+    );
+    shell.ask("SET datafusion.execution.batch_size = 1234;");
+
+    tally_ok(dir.path(), &["ledger", "--date", "2026-11-02"]);
+    let two_days = count("SELECT count(*) FROM ledger");
+    assert_ne!(two_days, one_day);
+    let after = shell.ask("SELECT count(*) AS n FROM ledger;");
+    assert!(has(&after, &two_days), "the new day is seen: {after:?}");
+    let view = shell.ask("SELECT count(*) AS days FROM per_day;");
+    assert!(
+        has(&view, "2"),
+        "the view reads the refreshed ledger: {view:?}"
+    );
+    let setting = shell.ask("SHOW datafusion.execution.batch_size;");
+    assert!(has(&setting, "1234"), "the setting is kept: {setting:?}");
+    shell.quit();
+}
+
+/// A `tally shell` fed one statement at a time, its answers read as they come.
+struct Shell {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Shell {
+    fn open(dir: &std::path::Path, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = tally_cmd(dir)
+            .arg("shell")
+            .args(args)
+            .env("HOME", dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
         }
-    });
-    let ask = |stdin: &mut std::process::ChildStdin, sql: &str| -> Vec<String> {
-        stdin.write_all(format!("{sql}\n").as_bytes()).unwrap();
-        stdin.flush().unwrap();
+    }
+
+    /// Sends one statement; the lines printed up to its timing line (`… rows in 0.01s`).
+    fn ask(&mut self, sql: &str) -> Vec<String> {
+        use std::io::Write;
+        self.stdin.write_all(format!("{sql}\n").as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
         let mut seen = Vec::new();
         loop {
-            let line = rx
+            let line = self
+                .lines
                 .recv_timeout(std::time::Duration::from_secs(60))
                 .expect("the shell answered");
             let done = line.contains(" in ") && line.ends_with('s');
@@ -617,34 +623,18 @@ fn the_shell_sees_new_commits_and_keeps_what_was_made_in_it() {
                 return seen;
             }
         }
-    };
-    let has = |lines: &[String], v: &str| lines.iter().any(|l| l.contains(&format!(" {v} ")));
-    let first = ask(&mut stdin, "SELECT count(*) AS n FROM ledger;");
-    assert!(has(&first, &one_day), "{first:?}");
-    ask(
-        &mut stdin,
-        "CREATE VIEW per_day AS SELECT event_date, count(*) AS n FROM ledger GROUP BY event_date;",
-    );
-    ask(&mut stdin, "SET datafusion.execution.batch_size = 1234;");
+    }
 
-    tally_ok(dir.path(), &["ledger", "--date", "2026-11-02"]);
-    let two_days = count("SELECT count(*) FROM ledger");
-    assert_ne!(two_days, one_day);
-    let after = ask(&mut stdin, "SELECT count(*) AS n FROM ledger;");
-    assert!(has(&after, &two_days), "the new day is seen: {after:?}");
-    let view = ask(&mut stdin, "SELECT count(*) AS days FROM per_day;");
-    assert!(
-        has(&view, "2"),
-        "the view reads the refreshed ledger: {view:?}"
-    );
-    let setting = ask(&mut stdin, "SHOW datafusion.execution.batch_size;");
-    assert!(has(&setting, "1234"), "the setting is kept: {setting:?}");
-    stdin.write_all(b"\\q\n").unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    /// `\q`, and the shell must exit 0.
+    fn quit(mut self) {
+        use std::io::Write;
+        self.stdin.write_all(b"\\q\n").unwrap();
+        drop(self.stdin);
+        let out = self.child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -228,17 +228,19 @@ async fn vacuum_table(
     let sizes = file_sizes(lake, name).await?;
     // The plan first: a real vacuum writes a VACUUM START and END commit even when it
     // deletes nothing, which a nightly run would add to every table's history.
+    let root = format!("{}/", lake.path_of(name)?.as_ref());
     let (_, planned) = run_vacuum(&table, name, retain, true).await?;
-    let (table, deleted) = if dry_run || !exists_any(lake, name, &planned, &sizes)? {
-        (table, planned)
-    } else {
-        run_vacuum(&table, name, retain, false).await?
-    };
+    let (table, deleted) =
+        if dry_run || !planned.iter().any(|p| existing(&root, p, &sizes).is_some()) {
+            (table, planned)
+        } else {
+            run_vacuum(&table, name, retain, false).await?
+        };
     // delta-rs names expired tombstones by their full store path and orphans relative to the
     // table, and names a tombstone again on every run after its file is gone: what counts is
     // what was there.
     for path in deleted {
-        if let Some((rel, bytes)) = existing(lake, name, &path, &sizes)? {
+        if let Some((rel, bytes)) = existing(&root, &path, &sizes) {
             out.bytes += bytes;
             out.files.push(VacuumedFile { path: rel, bytes });
         }
@@ -270,31 +272,12 @@ async fn run_vacuum(
     Ok((table, metrics.files_deleted))
 }
 
-/// A file delta-rs named, relative to the table, with its size, if it was there.
-fn existing(
-    lake: &Lake,
-    table: &str,
-    path: &str,
-    sizes: &HashMap<String, u64>,
-) -> Result<Option<(String, u64)>> {
-    let root = format!("{}/", lake.path_of(table)?.as_ref());
+/// A file delta-rs named (full store path or relative to the table, whose store path is
+/// `root`), relative to the table, with its size, if it was there.
+fn existing(root: &str, path: &str, sizes: &HashMap<String, u64>) -> Option<(String, u64)> {
     let trimmed = path.trim_start_matches('/');
-    let rel = trimmed.strip_prefix(root.as_str()).unwrap_or(trimmed);
-    Ok(sizes.get(rel).map(|&b| (rel.to_string(), b)))
-}
-
-fn exists_any(
-    lake: &Lake,
-    table: &str,
-    paths: &[String],
-    sizes: &HashMap<String, u64>,
-) -> Result<bool> {
-    for p in paths {
-        if existing(lake, table, p, sizes)?.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    let rel = trimmed.strip_prefix(root).unwrap_or(trimmed);
+    sizes.get(rel).map(|&b| (rel.to_string(), b))
 }
 
 /// Deletes log files older than the table's `delta.logRetentionDuration` (30 days unless
